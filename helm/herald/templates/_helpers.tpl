@@ -1,0 +1,134 @@
+{{/*
+herald.name is the chart name, or .Values.nameOverride; it becomes the
+app.kubernetes.io/name label. Truncated to 63 characters, the limit of a
+label value.
+*/}}
+{{- define "herald.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+herald.fullname is the prefix of every object name: .Values.fullnameOverride,
+else "<release>-<name>", else just the release name when it already contains
+the chart name (so release "herald" gives "herald", not "herald-herald").
+Truncated to 63 characters, the limit of a DNS label.
+*/}}
+{{- define "herald.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.peerServiceName is the headless Service whose endpoints are the peers;
+herald watches it (--k8s-service). The fullname is cut to 57 characters so
+that the "-peers" suffix still fits in 63.
+*/}}
+{{- define "herald.peerServiceName" -}}
+{{- printf "%s-peers" (include "herald.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+herald.chart is the helm.sh/chart label value: "<chart>-<version>", with "+"
+(legal in SemVer, not in labels) replaced by "_".
+*/}}
+{{- define "herald.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+herald.selectorLabels are the labels that pick out this release's pods. They
+are immutable in a Deployment's selector, so they hold only the name and the
+instance, never the version.
+*/}}
+{{- define "herald.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "herald.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+herald.labels are the standard app.kubernetes.io labels plus helm.sh/chart,
+put on every object the chart creates.
+*/}}
+{{- define "herald.labels" -}}
+{{ include "herald.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | replace "+" "_" | trunc 63 | quote }}
+app.kubernetes.io/component: server
+app.kubernetes.io/part-of: herald
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "herald.chart" . }}
+{{- end }}
+
+{{/*
+herald.serviceAccountName is the ServiceAccount the pods run as; see
+serviceAccount.name in values.yaml for how it is chosen.
+*/}}
+{{- define "herald.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "herald.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.imageTag is .Values.image.tag, or the chart's appVersion (the crate
+version) when that is empty.
+*/}}
+{{- define "herald.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/*
+herald.image is the full image reference, "<repository>:<tag>".
+*/}}
+{{- define "herald.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "herald.imageTag" .) }}
+{{- end }}
+
+{{/*
+herald.clusterName is the identity the pods exchange in the peer handshake
+(--cluster-name); pods only join peers with the same one, so two releases in
+one namespace never mix their messages.
+*/}}
+{{- define "herald.clusterName" -}}
+{{- printf "%s/%s" .Release.Namespace (include "herald.fullname" .) }}
+{{- end }}
+
+{{/*
+herald.args is the `herald serve` command line as a YAML list, one flag per
+item. Numbers go through int64 because Helm reads values as floats and would
+print a large one as "1e+06". tests/chart runs exactly these arguments
+through `herald serve --check-config`, so a flag renamed in the binary fails
+the chart tests.
+*/}}
+{{- define "herald.args" -}}
+{{- $v := .Values }}
+{{- $args := list "serve" }}
+{{- $args = append $args (printf "--http-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.http)) }}
+{{- $args = append $args (printf "--grpc-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.grpc)) }}
+{{- $args = append $args (printf "--peer-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.peer)) }}
+{{- $args = append $args "--discovery=kubernetes" }}
+{{- $args = append $args (printf "--k8s-service=%s" (include "herald.peerServiceName" .)) }}
+{{- $args = append $args (printf "--k8s-api=%s" $v.discovery.api) }}
+{{- $args = append $args "--k8s-peer-port-name=peer" }}
+{{- $args = append $args (printf "--cluster-name=%s" (include "herald.clusterName" .)) }}
+{{- $args = append $args (printf "--peer-ready-timeout=%s" $v.discovery.peerReadyTimeout) }}
+{{- $args = append $args (printf "--peer-queue=%d" (int64 $v.discovery.peerQueue)) }}
+{{- $args = append $args (printf "--max-message-bytes=%d" (int64 $v.limits.maxMessageBytes)) }}
+{{- $args = append $args (printf "--max-frame-bytes=%d" (int64 $v.limits.maxFrameBytes)) }}
+{{- $args = append $args (printf "--max-subscriptions=%d" (int64 $v.limits.maxSubscriptions)) }}
+{{- $args = append $args (printf "--client-queue=%d" (int64 $v.limits.clientQueue)) }}
+{{- $args = append $args (printf "--heartbeat-interval=%s" $v.limits.heartbeatInterval) }}
+{{- $args = append $args (printf "--log-format=%s" $v.log.format) }}
+{{- $args = append $args (printf "--log-level=%s" $v.log.level) }}
+{{- $args = concat $args $v.extraArgs }}
+{{- toYaml $args }}
+{{- end }}
