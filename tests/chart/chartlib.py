@@ -1,0 +1,143 @@
+"""Render helm/herald offline and hand back the objects.
+
+Shared by the chart checks (test_*.py) and by render_deploy.py, which writes
+deploy/. Rendering goes through helm-python-sdk, which binds Helm's own Go
+SDK (libhelm_c), so what we check is what `helm template` would produce,
+schema validation included, without a `helm` binary or a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "helm" / "herald"
+
+# The release deploy/ is rendered for, and the one the checks use.
+RELEASE = "herald"
+NAMESPACE = "herald"
+
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion): the
+# preStop `sleep` handler is on by default from 1.30.
+KUBE_VERSION = "1.30"
+
+# Every optional object at once, and every list or map value filled in, so
+# that one render exercises each template branch.
+ALL_ON: dict[str, Any] = {
+    "imagePullSecrets": [{"name": "regcred"}],
+    "serviceAccount": {"annotations": {"example.com/role": "herald"}},
+    "discovery": {"api": "endpointslices", "peerReadyTimeout": "20s"},
+    "limits": {"maxMessageBytes": 1048576, "maxFrameBytes": 2097152, "clientQueue": 4096},
+    "log": {"format": "text", "level": "herald=debug,info"},
+    "extraArgs": ["--k8s-namespace=herald"],
+    "extraEnv": [{"name": "OTEL_SERVICE_NAME", "value": "herald"}],
+    "podAnnotations": {"example.com/scrape": "false"},
+    "podLabels": {"team": "realtime"},
+    "priorityClassName": "high",
+    "nodeSelector": {"kubernetes.io/os": "linux"},
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "realtime", "effect": "NoSchedule"}],
+    "affinity": {
+        "nodeAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 1,
+                    "preference": {
+                        "matchExpressions": [
+                            {"key": "node-type", "operator": "In", "values": ["realtime"]}
+                        ]
+                    },
+                }
+            ]
+        }
+    },
+    "topologySpread": {"enabled": True},
+    "service": {"type": "LoadBalancer", "annotations": {"example.com/lb": "internal"}},
+    "autoscaling": {"enabled": True},
+    "ingress": {
+        "enabled": True,
+        "className": "nginx",
+        "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"},
+        "tls": [{"secretName": "herald-tls", "hosts": ["herald.example.com"]}],
+    },
+    "httpRoute": {
+        "enabled": True,
+        "parentRefs": [{"name": "public", "namespace": "gateways"}],
+        "hostnames": ["herald.example.com"],
+    },
+    "networkPolicy": {
+        "enabled": True,
+        "grpcFrom": [{"podSelector": {"matchLabels": {"app": "backend"}}}],
+    },
+}
+
+# The value sets every check runs against, by name.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "hpa": {"autoscaling": {"enabled": True}},
+    "networkpolicy": {"networkPolicy": {"enabled": True}},
+    "endpointslices": {"discovery": {"api": "endpointslices"}},
+    "ingress": {"ingress": {"enabled": True}},
+    "httproute": {"httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]}},
+    "topologyspread": {"topologySpread": {"enabled": True}},
+    "all": ALL_ON,
+}
+
+# Helm's install order for the kinds this chart creates; deploy/ follows it
+# so that `kubectl apply -f` creates a thing before what depends on it.
+KIND_ORDER = [
+    "Namespace",
+    "NetworkPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "Ingress",
+    "HTTPRoute",
+]
+
+
+def render_templates(
+    values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE
+) -> dict[str, str]:
+    """Render the chart; returns template path → rendered text, NOTES.txt included."""
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        return chart.render(values=copy.deepcopy(values or {}), name=name, namespace=namespace)
+
+
+def render(
+    values: dict[str, Any] | None = None, *, name: str = RELEASE, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
+    """Render the chart and parse every manifest into a list of objects."""
+    objects: list[dict[str, Any]] = []
+    for path, text in sorted(render_templates(values, name=name, namespace=namespace).items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The single object of `kind`; fails when there are none or several."""
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected exactly one {kind}, found {len(found)}"
+    return found[0]
+
+
+def cargo_version() -> str:
+    """The crate version from Cargo.toml's [package] table."""
+    with open(REPO_ROOT / "Cargo.toml", "rb") as f:
+        return str(tomllib.load(f)["package"]["version"])
+
+
+def kind_rank(kind: str) -> int:
+    """Position of `kind` in KIND_ORDER; unknown kinds go last, as in Helm."""
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
