@@ -11,6 +11,8 @@
 
 ARG RUST_VERSION=1.95
 
+# Build on bookworm because the runtime is Debian 12: a binary linked against
+# a newer glibc would not start there.
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 COPY . .
