@@ -1,0 +1,248 @@
+//! Wiring: builds the parts of a pod from its configuration, serves the
+//! three listeners, and drains on shutdown.
+//!
+//! Every long-lived task runs on one [`TaskTracker`] and stops with one
+//! [`CancellationToken`], so tests run whole pods in-process on port 0 and
+//! stop them cleanly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::cluster::discovery::dns::Dns;
+use crate::cluster::discovery::fixed::Fixed;
+use crate::cluster::discovery::index::Filter;
+use crate::cluster::discovery::kubernetes::Kubernetes;
+use crate::cluster::discovery::{Discovery, PeerSet};
+use crate::cluster::inbound::PeerService;
+use crate::cluster::{Mesh, MeshSettings};
+use crate::config::{ClusterArgs, DiscoveryKind, ListenArgs, ServeArgs};
+use crate::error::{Error, Result};
+use crate::health::Health;
+use crate::hub::Hub;
+use crate::message::NodeId;
+use crate::publish::Publisher;
+use crate::ws::{Gateway, session};
+use crate::{grpc, http};
+
+/// How long shutdown waits for sessions and streams to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The pod's bound listeners.
+pub struct Listeners {
+    /// HTTP: WebSocket and probes.
+    pub http: TcpListener,
+    /// gRPC: the public API.
+    pub grpc: TcpListener,
+    /// The internal peer port.
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `listen`.
+    pub async fn bind(listen: &ListenArgs) -> Result<Self> {
+        async fn one(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { what, addr, source })
+        }
+        Ok(Self {
+            http: one("http", listen.http_addr).await?,
+            grpc: one("grpc", listen.grpc_addr).await?,
+            peer: one("peer", listen.peer_addr).await?,
+        })
+    }
+}
+
+/// Runs a pod on `listeners` until `shutdown` is cancelled, then drains.
+pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+    let ServeArgs {
+        listen: _,
+        limits,
+        cluster,
+        log: _,
+        check_config: _,
+    } = args;
+    let node = NodeId::random();
+    let peer_local = listeners.peer.local_addr().ok();
+    let peer_port = peer_local.map_or(0, |a| a.port());
+    let own: Vec<String> = cluster
+        .pod_ip
+        .map(|ip| std::net::SocketAddr::new(ip, peer_port))
+        .into_iter()
+        .chain(peer_local.filter(|a| !a.ip().is_unspecified()))
+        .map(|a| a.to_string())
+        .collect();
+    let address = own
+        .first()
+        .cloned()
+        .unwrap_or_else(|| format!("0.0.0.0:{peer_port}"));
+
+    let tracker = TaskTracker::new();
+    let hub = Hub::new();
+    let mesh = Mesh::new(
+        MeshSettings {
+            cluster: cluster_identity(&cluster),
+            node,
+            address,
+            peer_queue: cluster.peer_queue,
+            max_message_bytes: limits.max_message_bytes,
+            ready_timeout: cluster.peer_ready_timeout,
+        },
+        hub.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    );
+    let publisher = Publisher::new(
+        hub.clone(),
+        Arc::new(mesh.clone()),
+        node,
+        limits.max_message_bytes,
+    );
+    let health = Health::new(mesh.clone());
+
+    let (peers_tx, peers_rx) = watch::channel(None);
+    spawn_discovery(&cluster, &own, peer_port, peers_tx, &tracker, &shutdown)?;
+    tracker.spawn(
+        mesh.clone()
+            .follow(peers_rx)
+            .instrument(tracing::info_span!("mesh")),
+    );
+
+    let gateway = Gateway {
+        hub,
+        queue_capacity: limits.client_queue,
+        max_subscriptions: limits.max_subscriptions,
+        max_frame_bytes: limits.max_frame_bytes,
+        settings: session::Settings {
+            heartbeat_interval: limits.heartbeat_interval,
+        },
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let grpc_routes = grpc::routes(publisher, mesh.clone()).await?;
+    let peer_service = PeerService::server(mesh.clone(), tracker.clone(), shutdown.clone());
+
+    tracing::info!(
+        %node,
+        cluster = %mesh.settings().cluster,
+        http = ?listeners.http.local_addr().ok(),
+        grpc = ?listeners.grpc.local_addr().ok(),
+        peer = ?peer_local,
+        discovery = ?cluster.discovery,
+        "herald serving"
+    );
+    let http = axum::serve(listeners.http, http::router(gateway, health.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grpc = tonic::transport::Server::builder()
+        .add_routes(grpc_routes)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            shutdown.clone().cancelled_owned(),
+        );
+    let peer = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(peer_service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.peer),
+            shutdown.clone().cancelled_owned(),
+        );
+    health.set_serving();
+    let served = tokio::try_join!(
+        async { http.await.map_err(|e| serve_error("http", e)) },
+        async { grpc.await.map_err(|e| serve_error("grpc", e)) },
+        async { peer.await.map_err(|e| serve_error("peer", e)) },
+    );
+    health.set_draining();
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "some sessions did not finish in time");
+    }
+    served.map(|_| ())
+}
+
+fn serve_error(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Serve {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// The identity peers must share: `--cluster-name`, else
+/// `<namespace>/<service>` in kubernetes mode, else `herald`.
+fn cluster_identity(cluster: &ClusterArgs) -> String {
+    if let Some(name) = &cluster.cluster_name {
+        return name.clone();
+    }
+    match cluster.discovery {
+        DiscoveryKind::Kubernetes => {
+            let namespace = namespace(cluster).unwrap_or_else(|| "default".into());
+            format!("{namespace}/{}", cluster.k8s_service)
+        }
+        _ => "herald".into(),
+    }
+}
+
+fn namespace(cluster: &ClusterArgs) -> Option<String> {
+    cluster
+        .k8s_namespace
+        .clone()
+        .or_else(|| cluster.pod_namespace.clone())
+}
+
+fn spawn_discovery(
+    cluster: &ClusterArgs,
+    own: &[String],
+    peer_port: u16,
+    peers: watch::Sender<Option<PeerSet>>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    fn spawn<D: Discovery>(
+        source: D,
+        peers: watch::Sender<Option<PeerSet>>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        let span = tracing::info_span!("discovery");
+        tracker.spawn(source.run(peers, shutdown.clone()).instrument(span));
+    }
+    match cluster.discovery {
+        DiscoveryKind::None => spawn(Fixed::alone(), peers, tracker, shutdown),
+        DiscoveryKind::Static => spawn(Fixed::new(&cluster.peers, own)?, peers, tracker, shutdown),
+        DiscoveryKind::Dns => {
+            let name = cluster.dns_name.clone().ok_or(Error::MissingDnsName)?;
+            let dns = Dns {
+                name,
+                port: peer_port,
+                interval: cluster.dns_interval,
+                self_ip: cluster.pod_ip,
+            };
+            spawn(dns, peers, tracker, shutdown);
+        }
+        DiscoveryKind::Kubernetes => {
+            let kubernetes = Kubernetes {
+                service: cluster.k8s_service.clone(),
+                namespace: namespace(cluster),
+                api: cluster.k8s_api,
+                filter: Filter {
+                    port_name: cluster.k8s_peer_port_name.clone(),
+                    self_ip: cluster.pod_ip,
+                },
+            };
+            spawn(kubernetes, peers, tracker, shutdown);
+        }
+    }
+    Ok(())
+}

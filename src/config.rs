@@ -1,0 +1,241 @@
+//! The command line: one clap-derived [`Cli`], every flag long, with a
+//! `HERALD_*` environment variable and a default. The `///` docs here are
+//! the `--help` text.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// herald: real-time message publishing for Kubernetes. Backends publish over
+/// gRPC; users receive over WebSocket; the pods are the broker.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// herald's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pod: WebSocket gateway, gRPC API and peer broadcast.
+    Serve(Box<ServeArgs>),
+    /// Publish one message through a pod's gRPC API.
+    Publish(PublishArgs),
+    /// List the peers a pod knows and whether each stream is up.
+    Peers(PeersArgs),
+}
+
+/// `herald serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Where to listen.
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// Limits on what clients may do.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// How to find and talk to the other pods.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Check the configuration, print it and exit without serving.
+    #[arg(long, env = "HERALD_CHECK_CONFIG")]
+    pub check_config: bool,
+}
+
+/// Listening addresses.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// HTTP listener: the WebSocket endpoint `/ws`, `/healthz` and `/readyz`.
+    #[arg(long, env = "HERALD_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// gRPC listener for the public Publisher API, health and reflection.
+    #[arg(long, env = "HERALD_GRPC_ADDR", default_value = "0.0.0.0:9090")]
+    pub grpc_addr: SocketAddr,
+    /// Internal peer listener for the broadcast group between pods.
+    #[arg(long, env = "HERALD_PEER_ADDR", default_value = "0.0.0.0:7070")]
+    pub peer_addr: SocketAddr,
+}
+
+/// Per-message and per-connection limits.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest published `data`, in bytes, before compaction.
+    #[arg(long, env = "HERALD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+    /// Largest WebSocket message a client may send, in bytes; a larger one
+    /// closes the connection with code 1009.
+    #[arg(long, env = "HERALD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Most topics one connection may subscribe to.
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    pub max_subscriptions: usize,
+    /// Messages queued for one connection before it counts as slow and is
+    /// closed with code 1013.
+    #[arg(long, env = "HERALD_CLIENT_QUEUE", default_value_t = 1024)]
+    pub client_queue: usize,
+    /// How often the server pings each WebSocket; a connection that sends
+    /// nothing (not even a pong) for two intervals is closed.
+    #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+}
+
+/// Where peers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiscoveryKind {
+    /// A single pod: no peers.
+    None,
+    /// A fixed list, `--peers`.
+    Static,
+    /// The A/AAAA records of `--dns-name`, re-resolved every `--dns-interval`.
+    Dns,
+    /// A watch on the Kubernetes Endpoints (or EndpointSlices) of the
+    /// headless Service `--k8s-service`.
+    Kubernetes,
+}
+
+/// Which Kubernetes API the discovery watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum K8sApi {
+    /// core/v1 Endpoints (deprecated from Kubernetes 1.33, still served).
+    Endpoints,
+    /// discovery.k8s.io/v1 EndpointSlices.
+    Endpointslices,
+}
+
+/// Cluster membership and the peer mesh.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// How this pod finds its peers.
+    #[arg(long, env = "HERALD_DISCOVERY", value_enum, default_value = "none")]
+    pub discovery: DiscoveryKind,
+    /// Peer addresses (host:port of their peer listener) for static discovery.
+    #[arg(long, env = "HERALD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Name whose A/AAAA records are the peers, for dns discovery (usually
+    /// the headless Service).
+    #[arg(long, env = "HERALD_DNS_NAME")]
+    pub dns_name: Option<String>,
+    /// How often dns discovery resolves the name again.
+    #[arg(long, env = "HERALD_DNS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_interval: Duration,
+    /// The headless Service whose endpoints are the peers.
+    #[arg(long, env = "HERALD_K8S_SERVICE", default_value = "herald-peers")]
+    pub k8s_service: String,
+    /// Namespace of that Service; defaults to `POD_NAMESPACE`, then to the
+    /// service account's namespace.
+    #[arg(long, env = "HERALD_K8S_NAMESPACE")]
+    pub k8s_namespace: Option<String>,
+    /// This pod's namespace, from the Downward API.
+    #[arg(long, env = "POD_NAMESPACE", hide = true)]
+    pub pod_namespace: Option<String>,
+    /// Name of the endpoint port that is the peer listener.
+    #[arg(long, env = "HERALD_K8S_PEER_PORT_NAME", default_value = "peer")]
+    pub k8s_peer_port_name: String,
+    /// Which Kubernetes API to watch.
+    #[arg(long, env = "HERALD_K8S_API", value_enum, default_value = "endpoints")]
+    pub k8s_api: K8sApi,
+    /// This pod's IP (from the Downward API), left out of its own peer set.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
+    /// The cluster identity in the peer handshake; defaults to
+    /// `<namespace>/<k8s-service>` in kubernetes mode, else `herald`. Pods
+    /// join only peers with the same identity.
+    #[arg(long, env = "HERALD_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// Longest a new pod waits for streams to all discovered peers before it
+    /// reports ready anyway.
+    #[arg(long, env = "HERALD_PEER_READY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub peer_ready_timeout: Duration,
+    /// Messages queued for one peer before new ones are dropped for it.
+    #[arg(long, env = "HERALD_PEER_QUEUE", default_value_t = 65536)]
+    pub peer_queue: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (e.g. `info` or `herald=debug,info`); `RUST_LOG` wins when
+    /// set.
+    #[arg(long, env = "HERALD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// `herald publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The pod's gRPC API.
+    #[arg(long, env = "HERALD_ADDR", default_value = "http://127.0.0.1:9090")]
+    pub addr: String,
+    /// Topic to publish to.
+    #[arg(long)]
+    pub topic: String,
+    /// The JSON document to publish; read from standard input when absent.
+    #[arg(long)]
+    pub data: Option<String>,
+}
+
+/// `herald peers`.
+#[derive(Debug, Clone, Args)]
+pub struct PeersArgs {
+    /// The pod's gRPC API.
+    #[arg(long, env = "HERALD_ADDR", default_value = "http://127.0.0.1:9090")]
+    pub addr: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_the_documented_ports() {
+        let cli = Cli::try_parse_from(["herald", "serve"]).expect("defaults parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.listen.http_addr.port(), 8080);
+        assert_eq!(args.listen.grpc_addr.port(), 9090);
+        assert_eq!(args.listen.peer_addr.port(), 7070);
+        assert_eq!(args.cluster.discovery, DiscoveryKind::None);
+        assert_eq!(args.limits.heartbeat_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn static_peers_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "herald",
+            "serve",
+            "--discovery=static",
+            "--peers=127.0.0.2:7070,127.0.0.3:7070",
+        ])
+        .expect("parses");
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(args.cluster.peers, ["127.0.0.2:7070", "127.0.0.3:7070"]);
+    }
+}

@@ -1,0 +1,344 @@
+//! The local topic registry: which sessions on this pod listen to which
+//! topic, and the fan-out of one message to all of them.
+//!
+//! The hub knows no transport and no peers: the WebSocket gateway joins
+//! sessions to it, the publish path and the cluster hand it messages.
+//!
+//! Concurrency: topics are spread over [`SHARDS`] shards, each a std
+//! `RwLock<HashMap>`. Delivery takes one shard's read lock and only does
+//! non-blocking queue offers under it, so publishes to any topics run in
+//! parallel and never wait for a socket; subscribe and unsubscribe take the
+//! write lock of one shard for one map operation.
+
+mod mailbox;
+mod membership;
+
+pub use mailbox::{Mailbox, Offer, Sender, SessionId};
+pub use membership::{Membership, TooManySubscriptions};
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::message::Message;
+use crate::topic::Topic;
+
+/// Number of registry shards. A power of two well above the core count keeps
+/// two publishes to different topics from meeting on one lock.
+pub const SHARDS: usize = 64;
+
+type Subscribers = HashMap<SessionId, Sender>;
+
+/// A handle to the registry. Clones share it.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[RwLock<HashMap<Topic, Subscribers>>]>,
+    hasher: RandomState,
+    sessions: mailbox::SessionIds,
+    stats: HubStats,
+}
+
+/// Counters the hub keeps on its hot path; read by metrics at scrape time.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    delivered: AtomicU64,
+    slow_disconnects: AtomicU64,
+    subscriptions: AtomicU64,
+    topics: AtomicU64,
+}
+
+impl HubStats {
+    /// Frames queued to sessions since start.
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Sessions marked slow (queue full) since start.
+    pub fn slow_disconnects(&self) -> u64 {
+        self.slow_disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Current (topic, session) subscriptions.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(Ordering::Relaxed)
+    }
+
+    /// Current topics with at least one subscriber.
+    pub fn topics(&self) -> u64 {
+        self.topics.load(Ordering::Relaxed)
+    }
+}
+
+/// The outcome of delivering one message on this pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Sessions the frame was queued for.
+    pub queued: usize,
+    /// Sessions that fell behind with this message and will be closed.
+    pub marked_slow: usize,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// An empty registry.
+    pub fn new() -> Self {
+        let shards = (0..SHARDS).map(|_| RwLock::default()).collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                hasher: RandomState::new(),
+                sessions: mailbox::SessionIds::default(),
+                stats: HubStats::default(),
+            }),
+        }
+    }
+
+    /// Opens a session: its membership (what it subscribes to, at most
+    /// `max_subscriptions` topics) and its mailbox of `queue_capacity` frames.
+    pub fn join(&self, queue_capacity: usize, max_subscriptions: usize) -> (Membership, Mailbox) {
+        let (sender, mailbox) = mailbox::channel(self.inner.sessions.next(), queue_capacity);
+        (
+            Membership::new(self.clone(), sender, max_subscriptions),
+            mailbox,
+        )
+    }
+
+    /// Queues `message`'s frame for every local subscriber of its topic.
+    /// Never waits; see [`mailbox`](Mailbox) for the slow-client policy.
+    pub fn deliver(&self, message: &Message) -> Delivery {
+        let mut delivery = Delivery::default();
+        let shard = self.read(message.topic());
+        if let Some(subscribers) = shard.get(message.topic()) {
+            for sender in subscribers.values() {
+                match sender.offer(message.frame()) {
+                    Offer::Queued => delivery.queued += 1,
+                    Offer::MarkedSlow => delivery.marked_slow += 1,
+                    Offer::Dropped => {}
+                }
+            }
+        }
+        drop(shard);
+        let stats = &self.inner.stats;
+        stats
+            .delivered
+            .fetch_add(delivery.queued as u64, Ordering::Relaxed);
+        if delivery.marked_slow > 0 {
+            stats
+                .slow_disconnects
+                .fetch_add(delivery.marked_slow as u64, Ordering::Relaxed);
+        }
+        delivery
+    }
+
+    /// The hub's counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.inner.stats
+    }
+
+    /// Adds `sender` to `topic`. Returns false if it was there already.
+    fn insert(&self, topic: &Topic, sender: &Sender) -> bool {
+        let mut shard = self.write(topic);
+        let subscribers = shard.entry(topic.clone()).or_insert_with(|| {
+            self.inner.stats.topics.fetch_add(1, Ordering::Relaxed);
+            HashMap::new()
+        });
+        let added = subscribers.insert(sender.id(), sender.clone()).is_none();
+        if added {
+            self.inner
+                .stats
+                .subscriptions
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        added
+    }
+
+    /// Removes session `id` from `topic`. Returns false if it was not there.
+    fn remove(&self, topic: &Topic, id: SessionId) -> bool {
+        let mut shard = self.write(topic);
+        let Some(subscribers) = shard.get_mut(topic) else {
+            return false;
+        };
+        let removed = subscribers.remove(&id).is_some();
+        if removed {
+            self.inner
+                .stats
+                .subscriptions
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        if subscribers.is_empty() {
+            shard.remove(topic);
+            self.inner.stats.topics.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    fn shard(&self, topic: &Topic) -> &RwLock<HashMap<Topic, Subscribers>> {
+        let hash = self.inner.hasher.hash_one(topic);
+        &self.inner.shards[hash as usize % SHARDS]
+    }
+
+    // NB: a poisoned shard only means another thread panicked while holding
+    // it; the map itself is still consistent (every write is one map call),
+    // so delivery carries on rather than taking the pod down.
+    fn read(&self, topic: &Topic) -> RwLockReadGuard<'_, HashMap<Topic, Subscribers>> {
+        self.shard(topic)
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self, topic: &Topic) -> RwLockWriteGuard<'_, HashMap<Topic, Subscribers>> {
+        self.shard(topic)
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::{IdGenerator, NodeId};
+
+    fn message(ids: &IdGenerator, topic: &str, data: &'static str) -> Message {
+        let topic = Topic::new(topic).expect("valid topic");
+        Message::new(
+            ids.next_id(),
+            topic,
+            Bytes::from_static(data.as_bytes()),
+            NodeId::random(),
+        )
+    }
+
+    fn topic(name: &str) -> Topic {
+        Topic::new(name).expect("valid topic")
+    }
+
+    #[tokio::test]
+    async fn delivers_to_every_subscriber_of_the_topic_and_no_other() {
+        let hub = Hub::new();
+        let ids = IdGenerator::new(NodeId::random());
+        let (mut a, mut a_box) = hub.join(8, 10);
+        let (mut b, mut b_box) = hub.join(8, 10);
+        let (mut c, mut c_box) = hub.join(8, 10);
+        a.subscribe(topic("room:1")).expect("under limit");
+        b.subscribe(topic("room:1")).expect("under limit");
+        c.subscribe(topic("room:2")).expect("under limit");
+
+        let msg = message(&ids, "room:1", "1");
+        assert_eq!(
+            hub.deliver(&msg),
+            Delivery {
+                queued: 2,
+                marked_slow: 0
+            }
+        );
+        assert_eq!(a_box.try_recv().as_ref(), Some(msg.frame()));
+        assert_eq!(b_box.try_recv().as_ref(), Some(msg.frame()));
+        assert_eq!(c_box.try_recv(), None);
+        assert_eq!(hub.stats().delivered(), 2);
+    }
+
+    #[test]
+    fn subscribing_twice_is_idempotent_and_counts_once() {
+        let hub = Hub::new();
+        let (mut a, _mailbox) = hub.join(8, 10);
+        assert_eq!(a.subscribe(topic("t")), Ok(true));
+        assert_eq!(a.subscribe(topic("t")), Ok(false));
+        assert_eq!(hub.stats().subscriptions(), 1);
+        assert_eq!(hub.stats().topics(), 1);
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_forgets_empty_topics() {
+        let hub = Hub::new();
+        let ids = IdGenerator::new(NodeId::random());
+        let (mut a, mut a_box) = hub.join(8, 10);
+        a.subscribe(topic("t")).expect("under limit");
+        assert!(a.unsubscribe(&topic("t")));
+        assert!(!a.unsubscribe(&topic("t")));
+        assert_eq!(hub.deliver(&message(&ids, "t", "1")).queued, 0);
+        assert_eq!(a_box.try_recv(), None);
+        assert_eq!(hub.stats().topics(), 0);
+        assert_eq!(hub.stats().subscriptions(), 0);
+    }
+
+    #[test]
+    fn dropping_a_membership_leaves_all_its_topics() {
+        let hub = Hub::new();
+        let (mut a, _mailbox) = hub.join(8, 10);
+        for name in ["a", "b", "c"] {
+            a.subscribe(topic(name)).expect("under limit");
+        }
+        assert_eq!(hub.stats().subscriptions(), 3);
+        drop(a);
+        assert_eq!(hub.stats().subscriptions(), 0);
+        assert_eq!(hub.stats().topics(), 0);
+    }
+
+    #[test]
+    fn a_membership_stops_at_its_subscription_limit() {
+        let hub = Hub::new();
+        let (mut a, _mailbox) = hub.join(8, 2);
+        a.subscribe(topic("a")).expect("under limit");
+        a.subscribe(topic("b")).expect("under limit");
+        assert_eq!(a.subscribe(topic("b")), Ok(false));
+        assert_eq!(
+            a.subscribe(topic("c")),
+            Err(TooManySubscriptions { limit: 2 })
+        );
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn a_slow_session_is_marked_once_and_does_not_stop_the_others() {
+        let hub = Hub::new();
+        let ids = IdGenerator::new(NodeId::random());
+        let (mut slow, slow_box) = hub.join(1, 10);
+        let (mut fast, mut fast_box) = hub.join(16, 10);
+        slow.subscribe(topic("t")).expect("under limit");
+        fast.subscribe(topic("t")).expect("under limit");
+
+        let deliveries: Vec<_> = (0..3)
+            .map(|_| hub.deliver(&message(&ids, "t", "1")))
+            .collect();
+        assert_eq!(
+            deliveries[0],
+            Delivery {
+                queued: 2,
+                marked_slow: 0
+            }
+        );
+        assert_eq!(
+            deliveries[1],
+            Delivery {
+                queued: 1,
+                marked_slow: 1
+            }
+        );
+        assert_eq!(
+            deliveries[2],
+            Delivery {
+                queued: 1,
+                marked_slow: 0
+            }
+        );
+        assert!(slow_box.is_slow());
+        assert_eq!(hub.stats().slow_disconnects(), 1);
+        let mut fast_frames = 0;
+        while fast_box.try_recv().is_some() {
+            fast_frames += 1;
+        }
+        assert_eq!(fast_frames, 3);
+    }
+}

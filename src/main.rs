@@ -1,0 +1,26 @@
+//! The `herald` binary: parse the command line, start logging, run.
+
+use anyhow::Context;
+use clap::Parser;
+use herald::config::{Cli, Command};
+use herald::{app, client, shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            if args.check_config {
+                println!("{args:#?}");
+                return Ok(());
+            }
+            telemetry::init(&args.log)?;
+            let listeners = app::Listeners::bind(&args.listen).await?;
+            let shutdown = shutdown::on_signal().context("installing signal handlers")?;
+            app::run(*args, listeners, shutdown).await?;
+        }
+        Command::Publish(args) => println!("{}", client::publish(args).await?),
+        Command::Peers(args) => print!("{}", client::peers(args).await?),
+    }
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! WebSocket protocol v1 (`docs/protocol.md`): parsing what clients send and
+//! encoding the replies. Message frames are encoded once per message by
+//! [`Message`](crate::message::Message), not here.
+//!
+//! A text frame holds one or more JSON objects separated by `\n`, in both
+//! directions. Each client object is a request with an `op` and an optional
+//! `ref` that the reply echoes verbatim.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::topic::Topic;
+
+/// The stable error codes of protocol v1. Clients branch on these strings;
+/// never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not a JSON object.
+    InvalidJson,
+    /// A required field (`op`, `topic`) is missing or has the wrong type.
+    MissingField,
+    /// `op` names no operation of this protocol.
+    UnknownOp,
+    /// The topic name is not valid.
+    InvalidTopic,
+    /// A binary frame: protocol v1 is JSON text only.
+    UnsupportedFrame,
+    /// The connection already holds the most subscriptions allowed.
+    TooManySubscriptions,
+}
+
+/// A request the session understood.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Start receiving messages published to the topic.
+    Subscribe(Topic),
+    /// Stop receiving messages published to the topic.
+    Unsubscribe(Topic),
+    /// Ask for a `pong` (an application-level liveness check).
+    Ping,
+}
+
+/// A request that could not be understood, with what to reply.
+#[derive(Debug)]
+pub struct Rejection<'a> {
+    /// The request's `ref`, when it could be read.
+    pub reference: Option<&'a RawValue>,
+    /// The stable error code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// One parsed request and its `ref`.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The `ref` to echo, verbatim.
+    pub reference: Option<&'a RawValue>,
+    /// What the client asks for.
+    pub op: Op,
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+}
+
+/// Splits a client text frame into its non-empty lines.
+pub fn lines(frame: &str) -> impl Iterator<Item = &str> {
+    frame
+        .split('\n')
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.trim().is_empty())
+}
+
+/// Parses one line of a client frame.
+pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
+    let raw: RawRequest<'_> = serde_json::from_str(line).map_err(|e| Rejection {
+        reference: None,
+        code: if e.is_data() {
+            ErrorCode::MissingField
+        } else {
+            ErrorCode::InvalidJson
+        },
+        message: describe_json_error(&e),
+    })?;
+    let reference = raw.reference;
+    let reject = |code, message: String| Rejection {
+        reference,
+        code,
+        message,
+    };
+    let topic = || -> Result<Topic, Rejection<'_>> {
+        let name = raw
+            .topic
+            .as_deref()
+            .ok_or_else(|| reject(ErrorCode::MissingField, "`topic` is required".into()))?;
+        Topic::new(name).map_err(|e| reject(ErrorCode::InvalidTopic, e.to_string()))
+    };
+    let op = match raw.op.as_deref() {
+        Some("subscribe") => Op::Subscribe(topic()?),
+        Some("unsubscribe") => Op::Unsubscribe(topic()?),
+        Some("ping") => Op::Ping,
+        Some(other) => {
+            return Err(reject(
+                ErrorCode::UnknownOp,
+                format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
+            ));
+        }
+        None => return Err(reject(ErrorCode::MissingField, "`op` is required".into())),
+    };
+    Ok(Request { reference, op })
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    if e.is_data() {
+        // A well-formed value of the wrong shape: say which field.
+        format!("request has a field of the wrong type: {e}")
+    } else if e.is_eof() {
+        format!("request is truncated JSON: {e}")
+    } else {
+        format!("request is not a JSON object: {e}")
+    }
+}
+
+#[derive(Serialize)]
+struct Reply<'a> {
+    op: &'static str,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ReplyError<'a>>,
+}
+
+#[derive(Serialize)]
+struct ReplyError<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+fn encode(reply: &Reply<'_>) -> String {
+    // Serializing these plain structs cannot fail: every field is a string,
+    // bool or already-valid raw JSON.
+    serde_json::to_string(reply).unwrap_or_default()
+}
+
+/// `{"op":"reply","ref":R,"ok":true}`.
+pub fn ok(reference: Option<&RawValue>) -> String {
+    encode(&Reply {
+        op: "reply",
+        reference,
+        ok: Some(true),
+        error: None,
+    })
+}
+
+/// `{"op":"reply","ref":R,"ok":false,"error":{"code":C,"message":M}}`.
+pub fn error(reference: Option<&RawValue>, code: ErrorCode, message: &str) -> String {
+    encode(&Reply {
+        op: "reply",
+        reference,
+        ok: Some(false),
+        error: Some(ReplyError { code, message }),
+    })
+}
+
+/// `{"op":"pong","ref":R}`.
+pub fn pong(reference: Option<&RawValue>) -> String {
+    encode(&Reply {
+        op: "pong",
+        reference,
+        ok: None,
+        error: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(line: &str) -> ErrorCode {
+        parse(line).expect_err("should be rejected").code
+    }
+
+    #[test]
+    fn parses_the_three_operations() {
+        let sub = parse(r#"{"op":"subscribe","topic":"room:1","ref":"1"}"#).expect("valid");
+        assert_eq!(sub.op, Op::Subscribe(Topic::new("room:1").expect("valid")));
+        assert_eq!(sub.reference.map(RawValue::get), Some(r#""1""#));
+        let unsub = parse(r#"{"op":"unsubscribe","topic":"room:1"}"#).expect("valid");
+        assert_eq!(
+            unsub.op,
+            Op::Unsubscribe(Topic::new("room:1").expect("valid"))
+        );
+        assert!(unsub.reference.is_none());
+        assert_eq!(
+            parse(r#"{"op":"ping","ref":3}"#).expect("valid").op,
+            Op::Ping
+        );
+    }
+
+    #[test]
+    fn ignores_unknown_fields_for_forward_compatibility() {
+        assert!(parse(r#"{"op":"ping","future":{"x":1}}"#).is_ok());
+    }
+
+    #[test]
+    fn each_bad_request_gets_its_stable_code() {
+        assert_eq!(code_of("{"), ErrorCode::InvalidJson);
+        assert_eq!(code_of("not json"), ErrorCode::InvalidJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"topic":"a"}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"op":"subscribe"}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"op":5}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"op":"shout"}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            code_of(r#"{"op":"subscribe","topic":"a b"}"#),
+            ErrorCode::InvalidTopic
+        );
+        assert_eq!(
+            code_of(r#"{"op":"subscribe","topic":""}"#),
+            ErrorCode::InvalidTopic
+        );
+    }
+
+    #[test]
+    fn a_rejection_echoes_the_ref_when_it_could_be_read() {
+        let rejection = parse(r#"{"op":"shout","ref":"7"}"#).expect_err("unknown op");
+        assert_eq!(rejection.reference.map(RawValue::get), Some(r#""7""#));
+    }
+
+    #[test]
+    fn replies_are_single_line_json_objects() {
+        let r = RawValue::from_string(r#""1""#.into()).expect("valid raw");
+        assert_eq!(ok(Some(&r)), r#"{"op":"reply","ref":"1","ok":true}"#);
+        assert_eq!(pong(None), r#"{"op":"pong"}"#);
+        let err = error(Some(&r), ErrorCode::InvalidTopic, "bad \"topic\"\nhere");
+        assert_eq!(
+            err,
+            r#"{"op":"reply","ref":"1","ok":false,"error":{"code":"invalid_topic","message":"bad \"topic\"\nhere"}}"#
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn lines_skips_blank_lines_and_carriage_returns() {
+        let got: Vec<_> = lines("{\"a\":1}\r\n\n  \n{\"b\":2}").collect();
+        assert_eq!(got, [r#"{"a":1}"#, r#"{"b":2}"#]);
+    }
+}

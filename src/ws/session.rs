@@ -1,0 +1,261 @@
+//! One WebSocket connection: requests in, replies and messages out.
+//!
+//! Each connection runs as a single task that owns its socket, its hub
+//! [`Membership`] and its [`Mailbox`]; no lock is shared with other
+//! connections. The loop waits on whichever comes first: a client frame, a
+//! queued message, the heartbeat timer, the slow-client mark or shutdown.
+//!
+//! Writing: when a message is ready, every other message already queued is
+//! taken too (up to [`COALESCE_BYTES`]) and sent as one text frame with one
+//! flush, so a client that is behind costs one syscall per batch, not per
+//! message. Every write races the slow-client mark and shutdown, so a client
+//! that stopped reading cannot pin the task.
+//!
+//! How a session ends, and what the client sees:
+//! - the client closes, or the socket fails: the session ends;
+//! - a client message over the size limit: close code 1009;
+//! - its mailbox overflowed (slow client) or a write stalled for two
+//!   heartbeat intervals: close code 1013;
+//! - the pod shuts down: close code 1012 (reconnect elsewhere);
+//! - nothing received for two heartbeat intervals: the socket is dropped.
+
+use std::time::Duration;
+
+use axum::Error;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::{self, ErrorCode, Op};
+use crate::hub::{Mailbox, Membership};
+
+/// Most bytes of queued messages coalesced into one outgoing frame.
+pub const COALESCE_BYTES: usize = 64 * 1024;
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WebSocket close codes herald sends (RFC 6455 §7.4.1 and the IANA
+/// registry).
+pub mod close_code {
+    /// A client message was larger than the limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The pod is restarting or draining: reconnect, to another pod.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The client did not keep up with its messages: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Per-connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// How often to ping; silence for two intervals ends the session.
+    pub heartbeat_interval: Duration,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed the connection or the socket failed.
+    Client,
+    /// A client message exceeded the size limit.
+    TooBig,
+    /// The mailbox overflowed or a write stalled.
+    Slow,
+    /// The pod is shutting down.
+    Shutdown,
+    /// The client sent nothing for two heartbeat intervals.
+    HeartbeatTimeout,
+}
+
+/// Runs one session to its end over `socket`.
+pub async fn run<S>(
+    mut socket: S,
+    mut membership: Membership,
+    mut mailbox: Mailbox,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> End
+where
+    S: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
+{
+    let period = settings.heartbeat_interval;
+    let mut heartbeat = interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+
+    let end = loop {
+        let outcome = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => Err(End::Shutdown),
+            incoming = socket.next() => {
+                last_heard = Instant::now();
+                match incoming {
+                    Some(Ok(message)) => {
+                        let out = handle(message, &mut membership);
+                        write(&mut socket, out, &mailbox, &shutdown, period).await
+                    }
+                    Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
+                    Some(Err(_)) | None => Err(End::Client),
+                }
+            }
+            queued = mailbox.recv() => match queued {
+                Some(first) => {
+                    let frame = coalesce(first, &mut mailbox);
+                    write(&mut socket, frame, &mailbox, &shutdown, period).await
+                }
+                None => Err(End::Slow),
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() >= 2 * period {
+                    Err(End::HeartbeatTimeout)
+                } else {
+                    let ping = Some(Message::Ping(Bytes::new()));
+                    write(&mut socket, ping, &mailbox, &shutdown, period).await
+                }
+            }
+        };
+        if let Err(end) = outcome {
+            break end;
+        }
+    };
+    drop(membership);
+    let close = match end {
+        End::Client | End::HeartbeatTimeout => None,
+        End::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big")),
+        End::Slow => Some((close_code::TRY_AGAIN_LATER, "slow client: send queue full")),
+        End::Shutdown => Some((close_code::SERVICE_RESTART, "server restarting")),
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+    } else if end == End::Client {
+        // Completes the closing handshake if the client started one.
+        let _ = timeout(CLOSE_TIMEOUT, socket.close()).await;
+    }
+    end
+}
+
+/// Answers one client message; returns the text frame to send back, if any.
+fn handle(message: Message, membership: &mut Membership) -> Option<Message> {
+    let text = match message {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            let reply = protocol::error(
+                None,
+                ErrorCode::UnsupportedFrame,
+                "binary frames are not supported; send JSON text frames",
+            );
+            return Some(Message::Text(reply.into()));
+        }
+        // Pings are answered by the WebSocket layer; pongs and closes need
+        // nothing from us.
+        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return None,
+    };
+    let mut replies = String::new();
+    for line in protocol::lines(&text) {
+        let reply = match protocol::parse(line) {
+            Ok(request) => {
+                let reference = request.reference;
+                match request.op {
+                    Op::Subscribe(topic) => match membership.subscribe(topic) {
+                        Ok(_) => protocol::ok(reference),
+                        Err(e) => protocol::error(
+                            reference,
+                            ErrorCode::TooManySubscriptions,
+                            &e.to_string(),
+                        ),
+                    },
+                    Op::Unsubscribe(topic) => {
+                        membership.unsubscribe(&topic);
+                        protocol::ok(reference)
+                    }
+                    Op::Ping => protocol::pong(reference),
+                }
+            }
+            Err(rejection) => {
+                protocol::error(rejection.reference, rejection.code, &rejection.message)
+            }
+        };
+        if !replies.is_empty() {
+            replies.push('\n');
+        }
+        replies.push_str(&reply);
+    }
+    (!replies.is_empty()).then(|| Message::Text(replies.into()))
+}
+
+/// Joins `first` and whatever else is already queued, up to
+/// [`COALESCE_BYTES`], into one newline-separated text frame.
+fn coalesce(first: Bytes, mailbox: &mut Mailbox) -> Option<Message> {
+    let mut batch: Option<Vec<u8>> = None;
+    let mut size = first.len();
+    while size < COALESCE_BYTES {
+        let Some(next) = mailbox.try_recv() else {
+            break;
+        };
+        let buf = batch.get_or_insert_with(|| {
+            let mut buf = Vec::with_capacity(COALESCE_BYTES.min(4 * size) + next.len());
+            buf.extend_from_slice(&first);
+            buf
+        });
+        buf.push(b'\n');
+        buf.extend_from_slice(&next);
+        size = buf.len();
+    }
+    // Frames are built from UTF-8 text (see `Message::new`), so this only
+    // re-checks what is known; a failure would be a bug, logged and skipped.
+    let text = match batch {
+        None => Utf8Bytes::try_from(first),
+        Some(buf) => Utf8Bytes::try_from(buf),
+    };
+    match text {
+        Ok(text) => Some(Message::Text(text)),
+        Err(e) => {
+            tracing::error!(error = %e, "dropping a frame that is not UTF-8");
+            None
+        }
+    }
+}
+
+/// Sends `message` (if any) and flushes, unless the session is marked slow
+/// or the pod shuts down first, or the write stalls for two heartbeat
+/// periods (the client stopped reading).
+async fn write<S>(
+    socket: &mut S,
+    message: Option<Message>,
+    mailbox: &Mailbox,
+    shutdown: &CancellationToken,
+    period: Duration,
+) -> Result<(), End>
+where
+    S: Sink<Message, Error = Error> + Unpin,
+{
+    let Some(message) = message else {
+        return Ok(());
+    };
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(End::Shutdown),
+        () = mailbox.slow() => Err(End::Slow),
+        sent = timeout(2 * period, socket.send(message)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Client),
+            Err(_) => Err(End::Slow),
+        },
+    }
+}
+
+fn is_too_big(error: &Error) -> bool {
+    let source = std::error::Error::source(error);
+    matches!(
+        source.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}
