@@ -1,0 +1,274 @@
+//! One outgoing stream to one peer, kept up for as long as the peer is in
+//! the peer set: connect, handshake, send what the queue holds; on any
+//! failure, back off (capped, jittered) and connect again.
+//!
+//! The queue outlives each stream, so messages published while a peer is
+//! briefly away are sent when it returns, up to the queue's bound; beyond it
+//! they are dropped for that peer, counted and logged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, stream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use super::backoff::Backoff;
+use super::handshake;
+use super::mesh::{Mesh, PeerInfo};
+use crate::message::{Message, NodeId};
+use crate::proto::v1::peer_client::PeerClient;
+use crate::proto::v1::{Envelope, PeerFrame, peer_frame};
+
+/// How long connecting and the handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// HTTP/2 keepalive on peer streams: a peer that vanished without closing
+/// (SIGKILL, a partition) is noticed within interval + timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One peer: its queue and what is known of its stream.
+#[derive(Debug)]
+pub struct Link {
+    address: String,
+    queue: mpsc::Sender<Arc<Message>>,
+    stop: CancellationToken,
+    connected: AtomicBool,
+    is_self: AtomicBool,
+    dropped: AtomicU64,
+    connects: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+type Queue = mpsc::Receiver<Arc<Message>>;
+
+impl Link {
+    /// A link to `address` with a queue of `capacity` messages.
+    pub fn new(address: String, capacity: usize) -> (Arc<Self>, Queue) {
+        let (queue, rx) = mpsc::channel(capacity.max(1));
+        let link = Arc::new(Self {
+            address,
+            queue,
+            stop: CancellationToken::new(),
+            connected: AtomicBool::new(false),
+            is_self: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        });
+        (link, rx)
+    }
+
+    /// The peer's address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Whether the stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Whether this address turned out to be this pod itself.
+    pub fn is_self(&self) -> bool {
+        self.is_self.load(Ordering::Acquire)
+    }
+
+    /// Queues `message` for the peer without waiting; drops it (counted,
+    /// logged at powers of two) when the queue is full.
+    pub fn offer(&self, message: &Arc<Message>) {
+        if self.is_self() {
+            return;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message.clone()) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(peer = %self.address, dropped, "peer queue full: dropping messages for this peer");
+            }
+        }
+    }
+
+    /// Ends the link: the peer left the set.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// What operators see of this link.
+    pub fn info(&self) -> PeerInfo {
+        PeerInfo {
+            address: self.address.clone(),
+            connected: self.is_connected(),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    fn record_error(&self, error: &LinkError) {
+        let text = error.to_string();
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(text.as_str()) {
+            if matches!(error, LinkError::Refused(_)) {
+                tracing::warn!(peer = %self.address, error = %text, "peer refused the handshake");
+            } else {
+                tracing::info!(peer = %self.address, error = %text, "peer stream down; reconnecting with backoff");
+            }
+        }
+        *last = Some(text);
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("the address is this pod itself")]
+    ItsMe,
+}
+
+/// Keeps the link's stream up until the link is stopped or the pod shuts
+/// down.
+pub async fn run(link: Arc<Link>, queue: Queue, mesh: Mesh, shutdown: CancellationToken) {
+    let queue = Arc::new(tokio::sync::Mutex::new(queue));
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        let ended = tokio::select! {
+            () = link.stop.cancelled() => return,
+            () = shutdown.cancelled() => return,
+            ended = stream_once(&link, &queue, &mesh, &mut backoff) => ended,
+        };
+        link.connected.store(false, Ordering::Release);
+        if let LinkError::ItsMe = ended {
+            link.is_self.store(true, Ordering::Release);
+            tracing::debug!(peer = %link.address, "peer address is this pod; not streaming to it");
+            return;
+        }
+        link.record_error(&ended);
+        tokio::select! {
+            () = link.stop.cancelled() => return,
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// One stream's life: connect, handshake, then send until it breaks.
+async fn stream_once(
+    link: &Link,
+    queue: &Arc<tokio::sync::Mutex<Queue>>,
+    mesh: &Mesh,
+    backoff: &mut Backoff,
+) -> LinkError {
+    let settings = mesh.settings();
+    let endpoint = match Endpoint::from_shared(format!("http://{}", link.address)) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return LinkError::Connect(e.to_string()),
+    };
+    let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await;
+    let channel = match channel {
+        Ok(channel) => channel,
+        Err(e) => return LinkError::Connect(error_chain(&e)),
+    };
+    // NB: the previous stream's body may still hold the queue for a moment
+    // after it broke; this waits for it to be dropped.
+    let queue = queue.clone().lock_owned().await;
+    let hello = handshake::hello(&settings.cluster, settings.node, &settings.address);
+    let first = PeerFrame {
+        kind: Some(peer_frame::Kind::Hello(hello)),
+    };
+    let envelopes = stream::unfold(queue, |mut queue| async move {
+        let message = queue.recv().await?;
+        Some((envelope(&message), queue))
+    });
+    let outbound = stream::once(async { first }).chain(envelopes);
+    let mut client = PeerClient::new(channel);
+    let handshake = async {
+        let mut inbound = client.broadcast(outbound).await?.into_inner();
+        let reply = inbound.message().await?;
+        Ok::<_, tonic::Status>((inbound, reply))
+    };
+    let (mut inbound, reply) = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Err(_) => return LinkError::Connect("handshake timed out".into()),
+        Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+            return LinkError::Refused(status.message().to_owned());
+        }
+        Ok(Err(status)) => return LinkError::Connect(status.to_string()),
+        Ok(Ok(pair)) => pair,
+    };
+    let Some(PeerFrame {
+        kind: Some(peer_frame::Kind::Hello(theirs)),
+    }) = reply
+    else {
+        return LinkError::Refused(handshake::Refusal::NoHello.to_string());
+    };
+    if theirs.node.parse::<NodeId>().ok() == Some(settings.node) {
+        return LinkError::ItsMe;
+    }
+    if let Err(refusal) = handshake::check(&theirs, &settings.cluster) {
+        return LinkError::Refused(refusal.to_string());
+    }
+    link.connected.store(true, Ordering::Release);
+    link.connects.fetch_add(1, Ordering::Relaxed);
+    backoff.reset();
+    if link
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some()
+    {
+        tracing::info!(peer = %link.address, "peer stream up again");
+    } else {
+        tracing::info!(peer = %link.address, "peer stream up");
+    }
+    // The peer sends nothing after its hello; the stream ends when it goes.
+    loop {
+        match inbound.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return LinkError::Stream("closed by the peer".into()),
+            Err(status) => return LinkError::Stream(status.message().to_owned()),
+        }
+    }
+}
+
+fn envelope(message: &Message) -> PeerFrame {
+    PeerFrame {
+        kind: Some(peer_frame::Kind::Envelope(Envelope {
+            id: message.id().to_string(),
+            topic: message.topic().to_string(),
+            data: message.data().clone(),
+            origin: message.origin().to_string(),
+            trace_context: Default::default(),
+        })),
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -1,0 +1,253 @@
+//! The broadcast group as this pod sees it: one [`Link`] per peer, the
+//! relay of local messages to all of them, and delivery of what peers send.
+//!
+//! Concurrency: the publish path reads the current links through an
+//! `ArcSwap`, without a lock, and only offers to bounded queues, so a slow or
+//! dead peer never blocks publishing or the other peers. Membership changes
+//! come from one task (`follow`) and swap in a new list.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::PeerSet;
+use super::dedup::Dedup;
+use super::link::{self, Link};
+use crate::hub::Hub;
+use crate::message::{Message, MessageId, NodeId};
+use crate::proto::v1::Envelope;
+use crate::publish::{Relay, validate};
+
+/// How this pod presents itself to its peers.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    /// The cluster identity: pods join only peers with the same one.
+    pub cluster: String,
+    /// This process's node id.
+    pub node: NodeId,
+    /// The peer address this pod advertises in its hello.
+    pub address: String,
+    /// Messages queued per peer before new ones are dropped for it.
+    pub peer_queue: usize,
+    /// Largest `data` accepted from a peer, as for local publishes.
+    pub max_message_bytes: usize,
+    /// Longest wait for streams to all peers before reporting ready anyway.
+    pub ready_timeout: Duration,
+}
+
+/// What this pod knows of one peer, for `herald peers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's address.
+    pub address: String,
+    /// Whether the outgoing stream is up.
+    pub connected: bool,
+    /// Messages dropped because its queue was full.
+    pub dropped: u64,
+    /// Times its stream has been established.
+    pub connects: u64,
+    /// The last stream error, if any.
+    pub last_error: Option<String>,
+}
+
+/// A handle to this pod's side of the broadcast group. Clones share it.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: MeshSettings,
+    hub: Hub,
+    /// The links the publish path relays to.
+    links: ArcSwap<Vec<Arc<Link>>>,
+    /// The same links by address; written only by `follow`.
+    by_address: Mutex<BTreeMap<String, Arc<Link>>>,
+    dedup: Mutex<Dedup>,
+    discovered: AtomicBool,
+    settled: AtomicBool,
+    started: Instant,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Mesh {
+    /// A mesh with no peers yet. Link tasks run on `tracker` and stop with
+    /// `shutdown`.
+    pub fn new(
+        settings: MeshSettings,
+        hub: Hub,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                hub,
+                links: ArcSwap::default(),
+                by_address: Mutex::default(),
+                dedup: Mutex::default(),
+                discovered: AtomicBool::new(false),
+                settled: AtomicBool::new(false),
+                started: Instant::now(),
+                tracker,
+                shutdown,
+            }),
+        }
+    }
+
+    /// The settings this mesh runs with.
+    pub fn settings(&self) -> &MeshSettings {
+        &self.inner.settings
+    }
+
+    /// Follows the peer sets published by discovery until shutdown.
+    pub async fn follow(self, mut peers: watch::Receiver<Option<PeerSet>>) {
+        loop {
+            let current = peers.borrow_and_update().clone();
+            if let Some(set) = current {
+                self.apply(&set);
+            }
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                changed = peers.changed() => if changed.is_err() {
+                    // The source has stopped; keep the peers it last gave.
+                    self.inner.shutdown.cancelled().await;
+                    return;
+                },
+            }
+        }
+    }
+
+    /// Makes the links match `peers`: opens links to new peers and closes
+    /// links to peers that left.
+    pub fn apply(&self, peers: &PeerSet) {
+        let inner = &self.inner;
+        let mut by_address = inner.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let leaving: Vec<String> = by_address
+            .keys()
+            .filter(|a| !peers.contains(*a))
+            .cloned()
+            .collect();
+        for address in leaving {
+            if let Some(link) = by_address.remove(&address) {
+                link.stop();
+                tracing::info!(peer = %address, group_size = peers.len() + 1, "peer left");
+            }
+        }
+        let joining: Vec<String> = peers
+            .iter()
+            .filter(|a| !by_address.contains_key(*a))
+            .cloned()
+            .collect();
+        for address in joining {
+            let (link, queue) = Link::new(address.clone(), inner.settings.peer_queue);
+            let span = tracing::info_span!("peer_link", peer = %address);
+            inner.tracker.spawn(
+                link::run(link.clone(), queue, self.clone(), inner.shutdown.clone())
+                    .instrument(span),
+            );
+            by_address.insert(address.clone(), link);
+            tracing::info!(peer = %address, group_size = peers.len() + 1, "peer joined");
+        }
+        inner
+            .links
+            .store(Arc::new(by_address.values().cloned().collect()));
+        inner.discovered.store(true, Ordering::Release);
+    }
+
+    /// Every peer known, for operators.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.inner
+            .links
+            .load()
+            .iter()
+            .filter(|l| !l.is_self())
+            .map(|l| l.info())
+            .collect()
+    }
+
+    /// Whether this pod is ready as far as the cluster goes: peers have been
+    /// discovered and a stream to each is up, or [`MeshSettings::ready_timeout`]
+    /// has passed since start. Once true it stays true: a peer dying later
+    /// must not take healthy pods out of service.
+    pub fn is_settled(&self) -> bool {
+        let inner = &self.inner;
+        if inner.settled.load(Ordering::Acquire) {
+            return true;
+        }
+        let links = inner.links.load();
+        let connected = inner.discovered.load(Ordering::Acquire)
+            && links.iter().all(|l| l.is_self() || l.is_connected());
+        let timed_out = inner.started.elapsed() >= inner.settings.ready_timeout;
+        if timed_out && !connected {
+            let missing: Vec<_> = links
+                .iter()
+                .filter(|l| !l.is_self() && !l.is_connected())
+                .map(|l| l.address().to_owned())
+                .collect();
+            tracing::warn!(
+                ?missing,
+                "ready without streams to every peer: the wait for them timed out"
+            );
+        }
+        if connected || timed_out {
+            inner.settled.store(true, Ordering::Release);
+        }
+        connected || timed_out
+    }
+
+    /// Delivers a message received from a peer to this pod's subscribers.
+    /// Invalid envelopes are logged and skipped; a message seen before is
+    /// skipped silently.
+    pub fn receive(&self, envelope: Envelope) {
+        let inner = &self.inner;
+        let parsed = envelope
+            .id
+            .parse::<MessageId>()
+            .map_err(|e| format!("bad id {:?}: {e}", envelope.id))
+            .and_then(|id| {
+                let origin = envelope
+                    .origin
+                    .parse::<NodeId>()
+                    .map_err(|e| format!("bad origin {:?}: {e}", envelope.origin))?;
+                let (topic, data) = validate(
+                    &envelope.topic,
+                    &envelope.data,
+                    inner.settings.max_message_bytes,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Message::new(id, topic, data, origin))
+            });
+        let message = match parsed {
+            Ok(message) => message,
+            Err(reason) => {
+                tracing::warn!(%reason, "dropping an invalid message from a peer");
+                return;
+            }
+        };
+        let first = inner
+            .dedup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first_sighting(message.id());
+        if first {
+            inner.hub.deliver(&message);
+        }
+    }
+}
+
+impl Relay for Mesh {
+    fn relay(&self, message: &Arc<Message>) {
+        for link in self.inner.links.load().iter() {
+            link.offer(message);
+        }
+    }
+}
