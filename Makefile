@@ -1,0 +1,51 @@
+# herald's commands. `make` alone lists them; CI runs the same targets.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+CARGO ?= cargo
+
+include mk/chart.mk
+
+.PHONY: help run build test test-rust lint fmt cluster
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
+		awk 'BEGIN {FS = ":.*## "}; !seen[$$1]++ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+run: ## Build and run one pod: WebSocket on :8080, gRPC on :9090, no Kubernetes
+	$(CARGO) run --release --bin herald -- serve
+
+build: ## Build the release binary
+	$(CARGO) build --release --locked --bin herald
+
+test: test-rust chart-test deploy-check ## Run every test: Rust unit and integration tests, chart checks
+	@echo "make test: all passed"
+
+test-rust: ## Rust unit and integration tests (cargo nextest when installed)
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --locked --all-targets --no-fail-fast; \
+	else \
+		$(CARGO) test --locked --all-targets --no-fail-fast; \
+	fi
+	$(CARGO) test --locked --doc
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+cluster: ## Run a local 3-pod cluster (static discovery on 127.0.0.1-3); Ctrl-C stops it
+	$(CARGO) build --release --bin herald
+	@peers=127.0.0.1:7070,127.0.0.2:7070,127.0.0.3:7070; pids=(); \
+	trap 'kill $${pids[@]} 2>/dev/null; wait' EXIT INT TERM; \
+	for ip in 127.0.0.1 127.0.0.2 127.0.0.3; do \
+		target/release/herald serve --http-addr=$$ip:8080 --grpc-addr=$$ip:9090 --peer-addr=$$ip:7070 \
+			--discovery=static --peers=$$peers & pids+=($$!); \
+	done; \
+	echo "herald cluster up: ws://127.0.0.{1,2,3}:8080/ws, gRPC http://127.0.0.{1,2,3}:9090"; \
+	wait
