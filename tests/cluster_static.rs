@@ -1,0 +1,220 @@
+//! Three herald processes on 127.0.0.1-3 with static discovery form one
+//! broadcast group: a publish on any pod reaches the subscribers on every
+//! pod exactly once, in order, and the group survives a pod being killed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::PATIENCE;
+use common::process::{Ports, Process};
+use common::user::User;
+use herald::proto::v1::publisher_client::PublisherClient;
+use herald::proto::v1::{ListPeersRequest, PublishRequest};
+use serde_json::json;
+
+const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+
+fn static_flags(ports: Ports) -> Vec<String> {
+    let peers: Vec<String> = IPS
+        .iter()
+        .map(|ip| format!("{ip}:{}", ports.peer))
+        .collect();
+    vec![
+        "--discovery=static".into(),
+        format!("--peers={}", peers.join(",")),
+    ]
+}
+
+async fn publish(pod: &Process, topic: &str, data: &str) -> String {
+    let mut client = PublisherClient::connect(pod.grpc_url())
+        .await
+        .expect("gRPC connects");
+    client
+        .publish(PublishRequest {
+            topic: topic.into(),
+            data: data.as_bytes().to_vec(),
+        })
+        .await
+        .expect("publish accepted")
+        .into_inner()
+        .id
+}
+
+/// Waits until `pod` reports a connected stream to each of `peers`.
+async fn wait_connected(pod: &Process, peers: &[String]) {
+    let mut client = PublisherClient::connect(pod.grpc_url())
+        .await
+        .expect("gRPC connects");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = client
+            .list_peers(ListPeersRequest {})
+            .await
+            .expect("peers")
+            .into_inner();
+        let up = peers
+            .iter()
+            .all(|p| reply.peers.iter().any(|s| &s.address == p && s.connected));
+        if up {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never connected to {peers:?}: {reply:?}",
+            pod.ip
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_cluster() -> (Ports, Vec<Process>) {
+    let ports = Ports::free_on(&IPS);
+    let pods: Vec<Process> = IPS
+        .iter()
+        .map(|ip| Process::spawn(ip, ports, &static_flags(ports), &[]))
+        .collect();
+    for pod in &pods {
+        pod.wait_ready().await;
+    }
+    (ports, pods)
+}
+
+#[tokio::test]
+async fn a_publish_on_any_pod_reaches_subscribers_on_every_pod_exactly_once() {
+    let (_, pods) = start_cluster().await;
+    let mut users = Vec::new();
+    for pod in &pods {
+        let mut user = User::connect(&pod.ws_url()).await;
+        user.subscribe("room:1").await;
+        users.push(user);
+    }
+    for (n, pod) in pods.iter().enumerate() {
+        let id = publish(pod, "room:1", &format!(r#"{{"from":{n}}}"#)).await;
+        for user in &mut users {
+            let frame = user.next().await;
+            assert_eq!(
+                frame,
+                json!({"op":"message","topic":"room:1","id":id,"data":{"from":n}})
+            );
+        }
+    }
+    for user in &mut users {
+        user.expect_silence(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_from_one_publisher_arrive_in_order_on_every_pod() {
+    let (_, pods) = start_cluster().await;
+    let mut users = Vec::new();
+    for pod in &pods {
+        let mut user = User::connect(&pod.ws_url()).await;
+        user.subscribe("seq").await;
+        users.push(user);
+    }
+    let mut client = PublisherClient::connect(pods[0].grpc_url())
+        .await
+        .expect("connects");
+    for n in 0..300 {
+        client
+            .publish(PublishRequest {
+                topic: "seq".into(),
+                data: n.to_string().into_bytes(),
+            })
+            .await
+            .expect("publish accepted");
+    }
+    for user in &mut users {
+        for n in 0..300 {
+            assert_eq!(user.message("seq").await, json!(n));
+        }
+    }
+}
+
+#[tokio::test]
+async fn herald_peers_lists_each_peer_and_its_stream_state() {
+    let (ports, pods) = start_cluster().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["peers", "--addr", &pods[0].grpc_url()])
+        .output()
+        .expect("herald peers runs");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("2 peer(s)"), "{text}");
+    for ip in &IPS[1..] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{ip}:{}", ports.peer)))
+            .unwrap_or_else(|| panic!("{ip} missing from:\n{text}"));
+        assert!(line.contains("\ttrue\t"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_pod_does_not_disturb_the_others_and_rejoins_when_restarted() {
+    let (ports, mut pods) = start_cluster().await;
+    let mut survivor = User::connect(&pods[1].ws_url()).await;
+    survivor.subscribe("t").await;
+
+    pods[2].signal("KILL");
+    pods[2].wait_exit(PATIENCE).await;
+    for n in 0..20 {
+        publish(&pods[0], "t", &n.to_string()).await;
+        assert_eq!(survivor.message("t").await, json!(n));
+    }
+
+    pods[2] = Process::spawn(IPS[2], ports, &static_flags(ports), &[]);
+    pods[2].wait_ready().await;
+    let third = format!("{}:{}", IPS[2], ports.peer);
+    wait_connected(&pods[0], std::slice::from_ref(&third)).await;
+    let mut returner = User::connect(&pods[2].ws_url()).await;
+    returner.subscribe("t").await;
+    publish(&pods[0], "t", r#""back""#).await;
+    assert_eq!(returner.message("t").await, json!("back"));
+    assert_eq!(survivor.message("t").await, json!("back"));
+    let joined = pods[0]
+        .logs()
+        .lines()
+        .filter(|l| l.contains("peer stream up"))
+        .count();
+    assert!(
+        joined >= 3,
+        "expected a fresh stream to the restarted pod:\n{}",
+        pods[0].logs()
+    );
+}
+
+#[tokio::test]
+async fn a_pod_of_another_cluster_is_refused_with_a_clear_log_line() {
+    let ports = Ports::free_on(&IPS[..2]);
+    let peers = format!("--peers={}:{p},{}:{p}", IPS[0], IPS[1], p = ports.peer);
+    let ours = Process::spawn(
+        IPS[0],
+        ports,
+        &[
+            "--discovery=static".into(),
+            peers.clone(),
+            "--cluster-name=prod/herald".into(),
+        ],
+        &[],
+    );
+    let theirs = Process::spawn(
+        IPS[1],
+        ports,
+        &[
+            "--discovery=static".into(),
+            peers,
+            "--cluster-name=staging/herald".into(),
+        ],
+        &[],
+    );
+    let line = ours.wait_for_log("refusing a peer stream").await;
+    assert!(line.contains("staging/herald"), "{line}");
+    theirs.wait_for_log("peer refused the handshake").await;
+    // Neither delivers the other's messages.
+    let mut user = User::connect(&ours.ws_url()).await;
+    user.subscribe("t").await;
+    publish(&theirs, "t", "1").await;
+    user.expect_silence(Duration::from_millis(300)).await;
+}
