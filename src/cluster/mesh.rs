@@ -239,7 +239,7 @@ impl Mesh {
             .unwrap_or_else(|p| p.into_inner())
             .first_sighting(message.id());
         if first {
-            inner.hub.deliver(&message);
+            inner.hub.deliver(&Arc::new(message));
         }
     }
 }

@@ -1,16 +1,19 @@
 //! A session's bounded inbox and the slow-client policy.
 //!
-//! Each session owns one [`Mailbox`]; the hub holds the matching [`Sender`]
+//! Each session owns one [`Mailbox`] of shared messages (an `Arc` each, so
+//! queueing one for a thousand sessions copies nothing); the hub holds the matching [`Sender`]
 //! in every topic the session subscribes to. Delivery never waits: when a
 //! mailbox is full, the session is behind by a whole queue and is marked
 //! *slow*: the message is dropped for it, its session is told to close (the
 //! WebSocket gateway uses close code 1013, "try again later") and the hub
 //! counts one slow-client disconnect. Its other subscribers are not delayed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
+
+use crate::message::Message;
 use tokio_util::sync::CancellationToken;
 
 /// Identifies one session within a hub.
@@ -20,7 +23,7 @@ pub type SessionId = u64;
 #[derive(Debug, Clone)]
 pub struct Sender {
     id: SessionId,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Arc<Message>>,
     slow: CancellationToken,
 }
 
@@ -41,9 +44,9 @@ impl Sender {
         self.id
     }
 
-    /// Offers `frame` without waiting, applying the slow-client policy.
-    pub fn offer(&self, frame: &Bytes) -> Offer {
-        match self.tx.try_send(frame.clone()) {
+    /// Offers `message` without waiting, applying the slow-client policy.
+    pub fn offer(&self, message: &Arc<Message>) -> Offer {
+        match self.tx.try_send(message.clone()) {
             Ok(()) => Offer::Queued,
             Err(mpsc::error::TrySendError::Full(_)) if !self.slow.is_cancelled() => {
                 self.slow.cancel();
@@ -58,14 +61,14 @@ impl Sender {
 /// session fell behind.
 #[derive(Debug)]
 pub struct Mailbox {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Arc<Message>>,
     slow: CancellationToken,
 }
 
 impl Mailbox {
     /// Waits for the next frame. `None` once the session is marked slow
     /// (stop writing and close) or every sender is gone. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Bytes> {
+    pub async fn recv(&mut self) -> Option<Arc<Message>> {
         tokio::select! {
             biased;
             () = self.slow.cancelled() => None,
@@ -74,7 +77,7 @@ impl Mailbox {
     }
 
     /// Takes a frame that is already queued, without waiting.
-    pub fn try_recv(&mut self) -> Option<Bytes> {
+    pub fn try_recv(&mut self) -> Option<Arc<Message>> {
         self.rx.try_recv().ok()
     }
 
@@ -115,12 +118,23 @@ impl SessionIds {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::message::{IdGenerator, NodeId};
+    use crate::topic::Topic;
+
+    fn message() -> Arc<Message> {
+        let node = NodeId::random();
+        let topic = Topic::new("t").expect("valid topic");
+        let id = IdGenerator::new(node).next_id();
+        Arc::new(Message::new(id, topic, Bytes::from_static(b"{}"), node))
+    }
 
     #[tokio::test]
     async fn a_full_mailbox_marks_the_session_slow_once_and_drops_the_rest() {
         let (tx, mut mailbox) = channel(7, 2);
-        let frame = Bytes::from_static(b"{}");
+        let frame = message();
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert!(!mailbox.is_slow());
@@ -128,14 +142,14 @@ mod tests {
         assert_eq!(tx.offer(&frame), Offer::Dropped);
         assert!(mailbox.is_slow());
         mailbox.slow().await;
-        assert_eq!(mailbox.recv().await, None, "a slow session stops receiving");
-        assert_eq!(mailbox.try_recv(), Some(frame));
+        assert!(mailbox.recv().await.is_none(), "a slow session stops receiving");
+        assert!(mailbox.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &frame)));
     }
 
     #[test]
     fn offering_to_a_closed_mailbox_drops_quietly() {
         let (tx, mailbox) = channel(1, 4);
         drop(mailbox);
-        assert_eq!(tx.offer(&Bytes::from_static(b"{}")), Offer::Dropped);
+        assert_eq!(tx.offer(&message()), Offer::Dropped);
     }
 }

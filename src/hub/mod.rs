@@ -113,14 +113,14 @@ impl Hub {
         )
     }
 
-    /// Queues `message`'s frame for every local subscriber of its topic.
-    /// Never waits; see [`mailbox`](Mailbox) for the slow-client policy.
-    pub fn deliver(&self, message: &Message) -> Delivery {
+    /// Queues `message` for every local subscriber of its topic. Never
+    /// waits; see [`mailbox`](Mailbox) for the slow-client policy.
+    pub fn deliver(&self, message: &Arc<Message>) -> Delivery {
         let mut delivery = Delivery::default();
         let shard = self.read(message.topic());
         if let Some(subscribers) = shard.get(message.topic()) {
             for sender in subscribers.values() {
-                match sender.offer(message.frame()) {
+                match sender.offer(message) {
                     Offer::Queued => delivery.queued += 1,
                     Offer::MarkedSlow => delivery.marked_slow += 1,
                     Offer::Dropped => {}
@@ -210,14 +210,10 @@ mod tests {
     use super::*;
     use crate::message::{IdGenerator, NodeId};
 
-    fn message(ids: &IdGenerator, topic: &str, data: &'static str) -> Message {
+    fn message(ids: &IdGenerator, topic: &str, data: &'static str) -> Arc<Message> {
         let topic = Topic::new(topic).expect("valid topic");
-        Message::new(
-            ids.next_id(),
-            topic,
-            Bytes::from_static(data.as_bytes()),
-            NodeId::random(),
-        )
+        let data = Bytes::from_static(data.as_bytes());
+        Arc::new(Message::new(ids.next_id(), topic, data, NodeId::random()))
     }
 
     fn topic(name: &str) -> Topic {
@@ -243,9 +239,9 @@ mod tests {
                 marked_slow: 0
             }
         );
-        assert_eq!(a_box.try_recv().as_ref(), Some(msg.frame()));
-        assert_eq!(b_box.try_recv().as_ref(), Some(msg.frame()));
-        assert_eq!(c_box.try_recv(), None);
+        assert!(a_box.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &msg)));
+        assert!(b_box.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &msg)));
+        assert!(c_box.try_recv().is_none());
         assert_eq!(hub.stats().delivered(), 2);
     }
 
@@ -268,7 +264,7 @@ mod tests {
         assert!(a.unsubscribe(&topic("t")));
         assert!(!a.unsubscribe(&topic("t")));
         assert_eq!(hub.deliver(&message(&ids, "t", "1")).queued, 0);
-        assert_eq!(a_box.try_recv(), None);
+        assert!(a_box.try_recv().is_none());
         assert_eq!(hub.stats().topics(), 0);
         assert_eq!(hub.stats().subscriptions(), 0);
     }

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use axum::Error;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
@@ -31,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, ErrorCode, Op};
 use crate::hub::{Mailbox, Membership};
+use crate::message as herald_message;
 
 /// Most bytes of queued messages coalesced into one outgoing frame.
 pub const COALESCE_BYTES: usize = 64 * 1024;
@@ -193,7 +196,8 @@ fn handle(message: Message, membership: &mut Membership) -> Option<Message> {
 
 /// Joins `first` and whatever else is already queued, up to
 /// [`COALESCE_BYTES`], into one newline-separated text frame.
-fn coalesce(first: Bytes, mailbox: &mut Mailbox) -> Option<Message> {
+fn coalesce(first: Arc<herald_message::Message>, mailbox: &mut Mailbox) -> Option<Message> {
+    let first = first.frame().clone();
     let mut batch: Option<Vec<u8>> = None;
     let mut size = first.len();
     while size < COALESCE_BYTES {
@@ -201,12 +205,12 @@ fn coalesce(first: Bytes, mailbox: &mut Mailbox) -> Option<Message> {
             break;
         };
         let buf = batch.get_or_insert_with(|| {
-            let mut buf = Vec::with_capacity(COALESCE_BYTES.min(4 * size) + next.len());
+            let mut buf = Vec::with_capacity(COALESCE_BYTES.min(4 * size) + next.frame().len());
             buf.extend_from_slice(&first);
             buf
         });
         buf.push(b'\n');
-        buf.extend_from_slice(&next);
+        buf.extend_from_slice(next.frame());
         size = buf.len();
     }
     // Frames are built from UTF-8 text (see `Message::new`), so this only
