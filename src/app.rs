@@ -5,6 +5,7 @@
 //! [`CancellationToken`], so tests run whole pods in-process on port 0 and
 //! stop them cleanly.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::cluster::discovery::dns::Dns;
 use crate::cluster::discovery::fixed::Fixed;
 use crate::cluster::discovery::index::Filter;
 use crate::cluster::discovery::kubernetes::Kubernetes;
-use crate::cluster::discovery::{Discovery, PeerSet};
+use crate::cluster::discovery::{Discovery as DiscoverySource, PeerSet};
 use crate::cluster::inbound::PeerService;
 use crate::cluster::{Mesh, MeshSettings};
 use crate::config::{ClusterArgs, DiscoveryKind, ListenArgs, ServeArgs};
@@ -27,7 +28,9 @@ use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::message::NodeId;
+use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
+use crate::stats::Counters;
 use crate::ws::{Gateway, session};
 use crate::{grpc, http};
 
@@ -36,45 +39,57 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The pod's bound listeners.
 pub struct Listeners {
-    /// HTTP: WebSocket and probes.
+    /// HTTP: WebSocket, and the probes and metrics unless `admin` is set.
     pub http: TcpListener,
     /// gRPC: the public API.
     pub grpc: TcpListener,
     /// The internal peer port.
     pub peer: TcpListener,
+    /// Probes and metrics on their own port (`--admin-addr`).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
     /// Binds the addresses in `listen`.
     pub async fn bind(listen: &ListenArgs) -> Result<Self> {
-        async fn one(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListener> {
+        async fn one(what: &'static str, addr: SocketAddr) -> Result<TcpListener> {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Bind { what, addr, source })
         }
+        let admin = match listen.admin_addr {
+            Some(addr) => Some(one("admin", addr).await?),
+            None => None,
+        };
         Ok(Self {
             http: one("http", listen.http_addr).await?,
             grpc: one("grpc", listen.grpc_addr).await?,
             peer: one("peer", listen.peer_addr).await?,
+            admin,
         })
     }
 }
 
-/// Runs a pod on `listeners` until `shutdown` is cancelled, then drains.
-pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationToken) -> Result<()> {
+/// Runs a pod as node `node` on `listeners` until `shutdown` is cancelled,
+/// then drains.
+pub async fn run(
+    args: ServeArgs,
+    listeners: Listeners,
+    node: NodeId,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let ServeArgs {
         listen: _,
         limits,
         cluster,
-        log: _,
+        telemetry: _,
         check_config: _,
     } = args;
-    let node = NodeId::random();
     let peer_local = listeners.peer.local_addr().ok();
     let peer_port = peer_local.map_or(0, |a| a.port());
     let own: Vec<String> = cluster
         .pod_ip
-        .map(|ip| std::net::SocketAddr::new(ip, peer_port))
+        .map(|ip| SocketAddr::new(ip, peer_port))
         .into_iter()
         .chain(peer_local.filter(|a| !a.ip().is_unspecified()))
         .map(|a| a.to_string())
@@ -85,6 +100,7 @@ pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationTo
         .unwrap_or_else(|| format!("0.0.0.0:{peer_port}"));
 
     let tracker = TaskTracker::new();
+    let counters = Arc::new(Counters::default());
     let hub = Hub::new();
     let mesh = Mesh::new(
         MeshSettings {
@@ -98,17 +114,30 @@ pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationTo
         hub.clone(),
         tracker.clone(),
         shutdown.clone(),
+        counters.clone(),
     );
+    let metrics = Metrics::new(Sources {
+        hub: hub.clone(),
+        mesh: mesh.clone(),
+        counters: counters.clone(),
+    })?;
     let publisher = Publisher::new(
         hub.clone(),
         Arc::new(mesh.clone()),
         node,
         limits.max_message_bytes,
+        counters.clone(),
     );
     let health = Health::new(mesh.clone());
 
     let (peers_tx, peers_rx) = watch::channel(None);
-    spawn_discovery(&cluster, &own, peer_port, peers_tx, &tracker, &shutdown)?;
+    let discovery = Discovery {
+        cluster: &cluster,
+        own: &own,
+        peer_port,
+        counters: &counters,
+    };
+    discovery.spawn(peers_tx, &tracker, &shutdown)?;
     tracker.spawn(
         mesh.clone()
             .follow(peers_rx)
@@ -123,6 +152,10 @@ pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationTo
         settings: session::Settings {
             heartbeat_interval: limits.heartbeat_interval,
         },
+        meters: session::Meters {
+            counters,
+            latency: metrics.delivery_latency.clone(),
+        },
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
     };
@@ -135,11 +168,27 @@ pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationTo
         http = ?listeners.http.local_addr().ok(),
         grpc = ?listeners.grpc.local_addr().ok(),
         peer = ?peer_local,
+        admin = ?listeners.admin.as_ref().and_then(|l| l.local_addr().ok()),
         discovery = ?cluster.discovery,
         "herald serving"
     );
-    let http = axum::serve(listeners.http, http::router(gateway, health.clone()))
+    let admin_router = http::admin(health.clone(), metrics.clone());
+    let (public_router, admin_listener) = match listeners.admin {
+        Some(listener) => (http::public(gateway), Some(listener)),
+        None => (http::public(gateway).merge(admin_router.clone()), None),
+    };
+    let http = axum::serve(listeners.http, public_router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = async {
+        match admin_listener {
+            Some(listener) => {
+                axum::serve(listener, admin_router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
     let grpc = tonic::transport::Server::builder()
         .add_routes(grpc_routes)
         .serve_with_incoming_shutdown(
@@ -157,6 +206,7 @@ pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationTo
     health.set_serving();
     let served = tokio::try_join!(
         async { http.await.map_err(|e| serve_error("http", e)) },
+        async { admin.await.map_err(|e| serve_error("admin", e)) },
         async { grpc.await.map_err(|e| serve_error("grpc", e)) },
         async { peer.await.map_err(|e| serve_error("peer", e)) },
     );
@@ -169,6 +219,7 @@ pub async fn run(args: ServeArgs, listeners: Listeners, shutdown: CancellationTo
     {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "some sessions did not finish in time");
     }
+    metrics.shutdown();
     served.map(|_| ())
 }
 
@@ -201,48 +252,69 @@ fn namespace(cluster: &ClusterArgs) -> Option<String> {
         .or_else(|| cluster.pod_namespace.clone())
 }
 
-fn spawn_discovery(
-    cluster: &ClusterArgs,
-    own: &[String],
+/// What the discovery source is built from.
+struct Discovery<'a> {
+    cluster: &'a ClusterArgs,
+    own: &'a [String],
     peer_port: u16,
-    peers: watch::Sender<Option<PeerSet>>,
-    tracker: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<()> {
-    fn spawn<D: Discovery>(
-        source: D,
+    counters: &'a Arc<Counters>,
+}
+
+impl Discovery<'_> {
+    /// Starts the source `--discovery` names, publishing into `peers`.
+    fn spawn(
+        &self,
         peers: watch::Sender<Option<PeerSet>>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) {
-        let span = tracing::info_span!("discovery");
-        tracker.spawn(source.run(peers, shutdown.clone()).instrument(span));
-    }
-    match cluster.discovery {
-        DiscoveryKind::None => spawn(Fixed::alone(), peers, tracker, shutdown),
-        DiscoveryKind::Static => spawn(Fixed::new(&cluster.peers, own)?, peers, tracker, shutdown),
-        DiscoveryKind::Dns => {
-            let name = cluster.dns_name.clone().ok_or(Error::MissingDnsName)?;
-            let dns = Dns {
-                name,
-                port: peer_port,
-                interval: cluster.dns_interval,
-                self_ip: cluster.pod_ip,
-            };
-            spawn(dns, peers, tracker, shutdown);
-        }
-        DiscoveryKind::Kubernetes => {
-            let kubernetes = Kubernetes {
-                service: cluster.k8s_service.clone(),
-                namespace: namespace(cluster),
-                api: cluster.k8s_api,
-                filter: Filter {
-                    port_name: cluster.k8s_peer_port_name.clone(),
+    ) -> Result<()> {
+        let cluster = self.cluster;
+        match cluster.discovery {
+            DiscoveryKind::None => start(Fixed::alone(), peers, tracker, shutdown),
+            DiscoveryKind::Static => {
+                start(
+                    Fixed::new(&cluster.peers, self.own)?,
+                    peers,
+                    tracker,
+                    shutdown,
+                );
+            }
+            DiscoveryKind::Dns => {
+                let name = cluster.dns_name.clone().ok_or(Error::MissingDnsName)?;
+                let dns = Dns {
+                    name,
+                    port: self.peer_port,
+                    interval: cluster.dns_interval,
                     self_ip: cluster.pod_ip,
-                },
-            };
-            spawn(kubernetes, peers, tracker, shutdown);
+                    counters: self.counters.clone(),
+                };
+                start(dns, peers, tracker, shutdown);
+            }
+            DiscoveryKind::Kubernetes => {
+                let kubernetes = Kubernetes {
+                    service: cluster.k8s_service.clone(),
+                    namespace: namespace(cluster),
+                    api: cluster.k8s_api,
+                    filter: Filter {
+                        port_name: cluster.k8s_peer_port_name.clone(),
+                        self_ip: cluster.pod_ip,
+                    },
+                    counters: self.counters.clone(),
+                };
+                start(kubernetes, peers, tracker, shutdown);
+            }
         }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Runs `source` on the tracker.
+fn start<D: DiscoverySource>(
+    source: D,
+    peers: watch::Sender<Option<PeerSet>>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let span = tracing::info_span!("discovery");
+    tracker.spawn(source.run(peers, shutdown.clone()).instrument(span));
 }

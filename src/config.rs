@@ -40,9 +40,9 @@ pub struct ServeArgs {
     /// How to find and talk to the other pods.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// Logging.
+    /// Logs and traces.
     #[command(flatten)]
-    pub log: LogArgs,
+    pub telemetry: TelemetryArgs,
     /// Check the configuration, print it and exit without serving.
     #[arg(long, env = "HERALD_CHECK_CONFIG")]
     pub check_config: bool,
@@ -60,6 +60,10 @@ pub struct ListenArgs {
     /// Internal peer listener for the broadcast group between pods.
     #[arg(long, env = "HERALD_PEER_ADDR", default_value = "0.0.0.0:7070")]
     pub peer_addr: SocketAddr,
+    /// Separate listener for `/metrics`, `/healthz` and `/readyz`; when
+    /// unset they are served on the HTTP listener.
+    #[arg(long, env = "HERALD_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// Per-message and per-connection limits.
@@ -166,9 +170,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logging.
+/// Logs and traces.
 #[derive(Debug, Clone, Args)]
-pub struct LogArgs {
+pub struct TelemetryArgs {
     /// Log format.
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -176,6 +180,11 @@ pub struct LogArgs {
     /// set.
     #[arg(long, env = "HERALD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Share of new traces kept (0 to 1) when traces are exported
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT` set); a caller's sampling decision
+    /// always wins.
+    #[arg(long, env = "HERALD_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
 }
 
 /// `herald publish`.

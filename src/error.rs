@@ -22,6 +22,9 @@ pub enum Error {
     /// `--discovery dns` without `--dns-name`.
     #[error("--discovery dns needs --dns-name")]
     MissingDnsName,
+    /// Metrics could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The gRPC services could not be built.
     #[error(transparent)]
     Grpc(#[from] crate::grpc::ReflectionError),

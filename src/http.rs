@@ -1,22 +1,34 @@
-//! The HTTP router on `--http-addr`: the WebSocket endpoint and the probes.
+//! The HTTP routers: the public one (`GET /ws`) and the admin one (probes
+//! and metrics). Both share the HTTP port unless `--admin-addr` moves the
+//! admin router to its own listener, so an Ingress for `/ws` never exposes
+//! metrics.
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::ws::{self, Gateway};
 
-/// `GET /ws`, `GET /healthz`, `GET /readyz`.
-pub fn router(gateway: Gateway, health: Health) -> Router {
+/// `GET /ws`.
+pub fn public(gateway: Gateway) -> Router {
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .with_state(gateway)
+}
+
+/// `GET /healthz`, `GET /readyz`, `GET /metrics`.
+pub fn admin(health: Health, metrics: Metrics) -> Router {
     let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(health);
     Router::new()
-        .route("/ws", get(ws::upgrade))
-        .with_state(gateway)
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
         .merge(probes)
 }
 
@@ -26,4 +38,14 @@ async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
 }

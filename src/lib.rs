@@ -23,14 +23,14 @@
 //! - [`publish`]: the one publish path both front doors use.
 //! - [`hub`]: the local topic registry; knows no transport and no peers.
 //! - [`ws`]: the WebSocket gateway (`GET /ws`) and protocol v1.
-//! - [`auth`]: JWTs for WebSocket users, topic permissions, gRPC API tokens.
 //! - [`grpc`]: tonic adapters for the public API.
 //! - [`cluster`]: peer discovery and the pod-to-pod broadcast group.
-//! - [`http`]: the HTTP router: `/ws`, `/healthz`, `/readyz`.
+//! - [`http`]: the HTTP routers: `/ws`; `/healthz`, `/readyz`, `/metrics`.
+//! - [`stats`], [`metrics`], [`telemetry`]: counters, their export, logs and
+//!   traces.
 //! - [`client`]: the operator commands `herald publish` and `herald peers`.
 
 pub mod app;
-pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod config;
@@ -40,9 +40,11 @@ pub mod health;
 pub mod http;
 pub mod hub;
 pub mod message;
+pub mod metrics;
 pub mod proto;
 pub mod publish;
 pub mod shutdown;
+pub mod stats;
 pub mod telemetry;
 pub mod topic;
 pub mod ws;

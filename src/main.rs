@@ -1,8 +1,9 @@
-//! The `herald` binary: parse the command line, start logging, run.
+//! The `herald` binary: parse the command line, start telemetry, run.
 
 use anyhow::Context;
 use clap::Parser;
 use herald::config::{Cli, Command};
+use herald::message::NodeId;
 use herald::{app, client, shutdown, telemetry};
 
 #[tokio::main]
@@ -14,10 +15,13 @@ async fn main() -> anyhow::Result<()> {
                 println!("{args:#?}");
                 return Ok(());
             }
-            telemetry::init(&args.log)?;
+            let node = NodeId::random();
+            let telemetry = telemetry::init(&args.telemetry, node)?;
             let listeners = app::Listeners::bind(&args.listen).await?;
             let shutdown = shutdown::on_signal().context("installing signal handlers")?;
-            app::run(*args, listeners, shutdown).await?;
+            let served = app::run(*args, listeners, node, shutdown).await;
+            telemetry.shutdown();
+            served?;
         }
         Command::Publish(args) => println!("{}", client::publish(args).await?),
         Command::Peers(args) => print!("{}", client::peers(args).await?),

@@ -5,6 +5,7 @@
 //! and the same bytes go to every subscriber, so fan-out does no per-subscriber
 //! JSON work.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,6 +163,10 @@ pub fn compact_json(data: &[u8]) -> Result<String, DataError> {
     Ok(out)
 }
 
+/// W3C trace context (`traceparent`, `tracestate`) as text key/value pairs,
+/// carried with a message so one trace follows it across pods.
+pub type TraceContext = HashMap<String, String>;
+
 /// One published message, shared by every part that handles it.
 #[derive(Debug)]
 pub struct Message {
@@ -171,6 +176,7 @@ pub struct Message {
     origin: NodeId,
     frame: Bytes,
     received: Instant,
+    trace: Option<Box<TraceContext>>,
 }
 
 impl Message {
@@ -195,7 +201,19 @@ impl Message {
             origin,
             frame: Bytes::from(frame),
             received: Instant::now(),
+            trace: None,
         }
+    }
+
+    /// Attaches the trace context of the publish, when tracing is on.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace.map(Box::new);
+        self
+    }
+
+    /// The trace context of the publish, if it was traced.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_deref()
     }
 
     /// The message id.

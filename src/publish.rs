@@ -9,6 +9,8 @@ use bytes::Bytes;
 
 use crate::hub::Hub;
 use crate::message::{DataError, IdGenerator, Message, MessageId, NodeId, compact_json};
+use crate::stats::{self, Counters};
+use crate::telemetry::trace;
 use crate::topic::{Topic, TopicError};
 
 /// Carries locally published messages to the other pods of the cluster.
@@ -78,12 +80,20 @@ struct Inner {
     node: NodeId,
     ids: IdGenerator,
     max_data_bytes: usize,
+    counters: Arc<Counters>,
 }
 
 impl Publisher {
     /// A publish path for `node` that delivers into `hub` and hands messages
-    /// to `relay`, refusing data over `max_data_bytes`.
-    pub fn new(hub: Hub, relay: Arc<dyn Relay>, node: NodeId, max_data_bytes: usize) -> Self {
+    /// to `relay`, refusing data over `max_data_bytes` and counting into
+    /// `counters`.
+    pub fn new(
+        hub: Hub,
+        relay: Arc<dyn Relay>,
+        node: NodeId,
+        max_data_bytes: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 hub,
@@ -91,13 +101,14 @@ impl Publisher {
                 node,
                 ids: IdGenerator::new(node),
                 max_data_bytes,
+                counters,
             }),
         }
     }
 
     /// Publishes one message and returns its id.
     pub fn publish(&self, topic: &str, data: &[u8]) -> Result<MessageId, PublishError> {
-        let (topic, data) = validate(topic, data, self.inner.max_data_bytes)?;
+        let (topic, data) = self.counted(validate(topic, data, self.inner.max_data_bytes))?;
         Ok(self.dispatch(topic, data))
     }
 
@@ -118,19 +129,29 @@ impl Publisher {
                     }
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>();
+        let valid = self.counted(valid)?;
         Ok(valid
             .into_iter()
             .map(|(topic, data)| self.dispatch(topic, data))
             .collect())
     }
 
+    fn counted<T>(&self, result: Result<T, PublishError>) -> Result<T, PublishError> {
+        if result.is_err() {
+            stats::add(&self.inner.counters.publish_refused, 1);
+        }
+        result
+    }
+
     fn dispatch(&self, topic: Topic, data: Bytes) -> MessageId {
         let inner = &self.inner;
         let id = inner.ids.next_id();
-        let message = Arc::new(Message::new(id, topic, data, inner.node));
-        inner.hub.deliver(&message);
+        let message = Message::new(id, topic, data, inner.node).with_trace(trace::inject_current());
+        let message = Arc::new(message);
+        trace::in_deliver_span(None, || inner.hub.deliver(&message));
         inner.relay.relay(&message);
+        stats::add(&inner.counters.published, 1);
         id
     }
 }
@@ -153,7 +174,14 @@ mod tests {
     fn publisher(limit: usize) -> (Publisher, Hub, Arc<Recorder>) {
         let hub = Hub::new();
         let recorder = Arc::new(Recorder::default());
-        let publisher = Publisher::new(hub.clone(), recorder.clone(), NodeId::random(), limit);
+        let counters = Arc::new(Counters::default());
+        let publisher = Publisher::new(
+            hub.clone(),
+            recorder.clone(),
+            NodeId::random(),
+            limit,
+            counters,
+        );
         (publisher, hub, recorder)
     }
 
@@ -171,7 +199,11 @@ mod tests {
         assert_eq!(relayed.len(), 1);
         assert_eq!(relayed[0].id(), id);
         assert_eq!(&relayed[0].data()[..], br#"{"k":1}"#);
-        assert!(mailbox.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &relayed[0])));
+        assert!(
+            mailbox
+                .try_recv()
+                .is_some_and(|m| Arc::ptr_eq(&m, &relayed[0]))
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use common::pod::Pod;
+use common::process::{http_get, sample};
 use common::user::{Ending, User};
 use futures_util::SinkExt;
 use herald::proto::v1::PublishRequest;
@@ -46,6 +47,15 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
         }
         fast
     });
+    // As soon as the pod gives up on the slow client, the client starts
+    // reading again, and finds the close frame after what was in flight.
+    let metrics_addr = pod.http;
+    let slow_reader = tokio::spawn(async move {
+        while metric(metrics_addr, r#"herald_messages_dropped_total{reason="slow_client"}"#).await == 0.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        User::from_socket(slow).ending().await
+    });
     let mut client = pod.publisher().await;
     for _ in 0..COUNT {
         client
@@ -58,7 +68,13 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
     }
     let mut fast = reader.await.expect("the fast client got every message");
 
-    let mut slow = User::from_socket(slow);
-    assert_eq!(slow.ending().await, Ending::Close(1013));
+    assert_eq!(slow_reader.await.expect("slow reader joins"), Ending::Close(1013));
     fast.still_usable().await;
+    let closed = r#"herald_connections_closed_total{reason="slow"}"#;
+    assert_eq!(metric(pod.http, closed).await, 1.0);
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await.expect("metrics answer");
+    sample(&body, name)
 }

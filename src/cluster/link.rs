@@ -21,6 +21,8 @@ use super::mesh::{Mesh, PeerInfo};
 use crate::message::{Message, NodeId};
 use crate::proto::v1::peer_client::PeerClient;
 use crate::proto::v1::{Envelope, PeerFrame, peer_frame};
+use crate::stats::{self, Counters};
+use crate::telemetry::trace;
 
 /// How long connecting and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,13 +43,15 @@ pub struct Link {
     dropped: AtomicU64,
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
+    counters: Arc<Counters>,
 }
 
 type Queue = mpsc::Receiver<Arc<Message>>;
 
 impl Link {
-    /// A link to `address` with a queue of `capacity` messages.
-    pub fn new(address: String, capacity: usize) -> (Arc<Self>, Queue) {
+    /// A link to `address` with a queue of `capacity` messages, counting
+    /// drops and reconnects into `counters`.
+    pub fn new(address: String, capacity: usize, counters: Arc<Counters>) -> (Arc<Self>, Queue) {
         let (queue, rx) = mpsc::channel(capacity.max(1));
         let link = Arc::new(Self {
             address,
@@ -58,6 +62,7 @@ impl Link {
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            counters,
         });
         (link, rx)
     }
@@ -84,6 +89,7 @@ impl Link {
             return;
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message.clone()) {
+            stats::add(&self.counters.peer_queue_drops, 1);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(peer = %self.address, dropped, "peer queue full: dropping messages for this peer");
@@ -195,9 +201,13 @@ async fn stream_once(
     let first = PeerFrame {
         kind: Some(peer_frame::Kind::Hello(hello)),
     };
-    let envelopes = stream::unfold(queue, |mut queue| async move {
-        let message = queue.recv().await?;
-        Some((envelope(&message), queue))
+    let peer = link.address.clone();
+    let envelopes = stream::unfold(queue, move |mut queue| {
+        let peer = peer.clone();
+        async move {
+            let message = queue.recv().await?;
+            Some((envelope(&message, &peer), queue))
+        }
     });
     let outbound = stream::once(async { first }).chain(envelopes);
     let mut client = PeerClient::new(channel);
@@ -227,7 +237,9 @@ async fn stream_once(
         return LinkError::Refused(refusal.to_string());
     }
     link.connected.store(true, Ordering::Release);
-    link.connects.fetch_add(1, Ordering::Relaxed);
+    if link.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+        stats::add(&link.counters.peer_reconnects, 1);
+    }
     backoff.reset();
     if link
         .last_error
@@ -250,14 +262,18 @@ async fn stream_once(
     }
 }
 
-fn envelope(message: &Message) -> PeerFrame {
+fn envelope(message: &Message, peer: &str) -> PeerFrame {
+    let trace_context = message
+        .trace()
+        .map(|parent| trace::hop(parent, peer))
+        .unwrap_or_default();
     PeerFrame {
         kind: Some(peer_frame::Kind::Envelope(Envelope {
             id: message.id().to_string(),
             topic: message.topic().to_string(),
             data: message.data().clone(),
             origin: message.origin().to_string(),
-            trace_context: Default::default(),
+            trace_context,
         })),
     }
 }

@@ -24,6 +24,8 @@ use crate::hub::Hub;
 use crate::message::{Message, MessageId, NodeId};
 use crate::proto::v1::Envelope;
 use crate::publish::{Relay, validate};
+use crate::stats::Counters;
+use crate::telemetry::trace;
 
 /// How this pod presents itself to its peers.
 #[derive(Debug, Clone)]
@@ -76,16 +78,18 @@ struct Inner {
     started: Instant,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    counters: Arc<Counters>,
 }
 
 impl Mesh {
     /// A mesh with no peers yet. Link tasks run on `tracker` and stop with
-    /// `shutdown`.
+    /// `shutdown`; drops and reconnects are counted into `counters`.
     pub fn new(
         settings: MeshSettings,
         hub: Hub,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        counters: Arc<Counters>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -99,6 +103,7 @@ impl Mesh {
                 started: Instant::now(),
                 tracker,
                 shutdown,
+                counters,
             }),
         }
     }
@@ -148,7 +153,11 @@ impl Mesh {
             .cloned()
             .collect();
         for address in joining {
-            let (link, queue) = Link::new(address.clone(), inner.settings.peer_queue);
+            let (link, queue) = Link::new(
+                address.clone(),
+                inner.settings.peer_queue,
+                inner.counters.clone(),
+            );
             let span = tracing::info_span!("peer_link", peer = %address);
             inner.tracker.spawn(
                 link::run(link.clone(), queue, self.clone(), inner.shutdown.clone())
@@ -239,7 +248,8 @@ impl Mesh {
             .unwrap_or_else(|p| p.into_inner())
             .first_sighting(message.id());
         if first {
-            inner.hub.deliver(&Arc::new(message));
+            let parent = (!envelope.trace_context.is_empty()).then_some(&envelope.trace_context);
+            trace::in_deliver_span(parent, || inner.hub.deliver(&Arc::new(message)));
         }
     }
 }

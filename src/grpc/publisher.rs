@@ -1,14 +1,17 @@
 //! `herald.v1.Publisher`: Publish, PublishBatch and ListPeers.
 
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::cluster::Mesh;
+use crate::message::TraceContext;
 use crate::proto::v1::publisher_server::{Publisher as PublisherApi, PublisherServer};
 use crate::proto::v1::{
     ListPeersRequest, ListPeersResponse, PeerStatus, PublishBatchRequest, PublishBatchResponse,
     PublishRequest, PublishResponse,
 };
 use crate::publish::{PublishError, Publisher};
+use crate::telemetry::trace;
 
 /// The Publisher service over the publish path.
 pub struct PublisherService {
@@ -21,6 +24,20 @@ impl PublisherService {
     pub fn server(publisher: Publisher, mesh: Mesh) -> PublisherServer<Self> {
         PublisherServer::new(Self { publisher, mesh })
     }
+}
+
+/// The W3C trace context a caller sent in its request metadata.
+fn caller_trace(metadata: &MetadataMap) -> TraceContext {
+    if !trace::is_tracing() {
+        return TraceContext::new();
+    }
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|key| {
+            let value = metadata.get(key)?.to_str().ok()?;
+            Some((key.to_owned(), value.to_owned()))
+        })
+        .collect()
 }
 
 /// Every publish error is the caller's: `INVALID_ARGUMENT`, with the reason.
@@ -36,8 +53,10 @@ impl PublisherApi for PublisherService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
+        let span = tracing::info_span!("publish");
+        trace::adopt(&span, &caller_trace(request.metadata()));
         let PublishRequest { topic, data } = request.into_inner();
-        let id = self.publisher.publish(&topic, &data)?;
+        let id = span.in_scope(|| self.publisher.publish(&topic, &data))?;
         Ok(Response::new(PublishResponse { id: id.to_string() }))
     }
 
@@ -45,12 +64,13 @@ impl PublisherApi for PublisherService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
+        let span = tracing::info_span!("publish_batch");
+        trace::adopt(&span, &caller_trace(request.metadata()));
         let PublishBatchRequest { messages } = request.into_inner();
-        let ids = self.publisher.publish_batch(
-            messages
-                .iter()
-                .map(|m| (m.topic.as_str(), m.data.as_slice())),
-        )?;
+        let batch = messages
+            .iter()
+            .map(|m| (m.topic.as_str(), m.data.as_slice()));
+        let ids = span.in_scope(|| self.publisher.publish_batch(batch))?;
         let results = ids
             .into_iter()
             .map(|id| PublishResponse { id: id.to_string() })

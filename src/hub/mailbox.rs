@@ -142,7 +142,10 @@ mod tests {
         assert_eq!(tx.offer(&frame), Offer::Dropped);
         assert!(mailbox.is_slow());
         mailbox.slow().await;
-        assert!(mailbox.recv().await.is_none(), "a slow session stops receiving");
+        assert!(
+            mailbox.recv().await.is_none(),
+            "a slow session stops receiving"
+        );
         assert!(mailbox.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &frame)));
     }
 

@@ -47,6 +47,7 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct HubStats {
     delivered: AtomicU64,
+    dropped: AtomicU64,
     slow_disconnects: AtomicU64,
     subscriptions: AtomicU64,
     topics: AtomicU64,
@@ -56,6 +57,12 @@ impl HubStats {
     /// Frames queued to sessions since start.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages not queued for a session because it was behind (its queue
+    /// full, or already marked slow) since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Sessions marked slow (queue full) since start.
@@ -81,6 +88,8 @@ pub struct Delivery {
     pub queued: usize,
     /// Sessions that fell behind with this message and will be closed.
     pub marked_slow: usize,
+    /// Sessions that were already behind and missed this message.
+    pub dropped: usize,
 }
 
 impl Default for Hub {
@@ -123,7 +132,7 @@ impl Hub {
                 match sender.offer(message) {
                     Offer::Queued => delivery.queued += 1,
                     Offer::MarkedSlow => delivery.marked_slow += 1,
-                    Offer::Dropped => {}
+                    Offer::Dropped => delivery.dropped += 1,
                 }
             }
         }
@@ -132,10 +141,14 @@ impl Hub {
         stats
             .delivered
             .fetch_add(delivery.queued as u64, Ordering::Relaxed);
-        if delivery.marked_slow > 0 {
+        if delivery.marked_slow + delivery.dropped > 0 {
             stats
                 .slow_disconnects
                 .fetch_add(delivery.marked_slow as u64, Ordering::Relaxed);
+            stats.dropped.fetch_add(
+                (delivery.marked_slow + delivery.dropped) as u64,
+                Ordering::Relaxed,
+            );
         }
         delivery
     }
@@ -236,7 +249,8 @@ mod tests {
             hub.deliver(&msg),
             Delivery {
                 queued: 2,
-                marked_slow: 0
+                marked_slow: 0,
+                dropped: 0
             }
         );
         assert!(a_box.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &msg)));
@@ -312,25 +326,29 @@ mod tests {
             deliveries[0],
             Delivery {
                 queued: 2,
-                marked_slow: 0
+                marked_slow: 0,
+                dropped: 0
             }
         );
         assert_eq!(
             deliveries[1],
             Delivery {
                 queued: 1,
-                marked_slow: 1
+                marked_slow: 1,
+                dropped: 0
             }
         );
         assert_eq!(
             deliveries[2],
             Delivery {
                 queued: 1,
-                marked_slow: 0
+                marked_slow: 0,
+                dropped: 1
             }
         );
         assert!(slow_box.is_slow());
         assert_eq!(hub.stats().slow_disconnects(), 1);
+        assert_eq!(hub.stats().dropped(), 2);
         let mut fast_frames = 0;
         while fast_box.try_recv().is_some() {
             fast_frames += 1;

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::hub::Hub;
+use crate::stats;
 
 /// Read buffer per connection. Client requests are small; tungstenite's
 /// 128 KiB default would dominate an idle connection's memory.
@@ -35,6 +36,8 @@ pub struct Gateway {
     pub max_frame_bytes: usize,
     /// Session timing.
     pub settings: session::Settings,
+    /// Where sessions count what they do.
+    pub meters: session::Meters,
     /// Sessions run on this tracker so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled when the pod shuts down.
@@ -53,6 +56,7 @@ pub async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) 
             // The tracker token keeps shutdown waiting until this session
             // has sent its close frame.
             let token = gateway.tracker.token();
+            stats::add(&gateway.meters.counters.connections_opened, 1);
             let (membership, mailbox) = gateway
                 .hub
                 .join(gateway.queue_capacity, gateway.max_subscriptions);
@@ -64,6 +68,7 @@ pub async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) 
                     mailbox,
                     gateway.settings,
                     gateway.shutdown.clone(),
+                    gateway.meters.clone(),
                 )
                 .await;
                 tracing::debug!(?end, "session ended");

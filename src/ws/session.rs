@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use opentelemetry::metrics::Histogram;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::protocol::{self, ErrorCode, Op};
 use crate::hub::{Mailbox, Membership};
 use crate::message as herald_message;
+use crate::stats::{self, Counters};
 
 /// Most bytes of queued messages coalesced into one outgoing frame.
 pub const COALESCE_BYTES: usize = 64 * 1024;
@@ -59,6 +61,15 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
 }
 
+/// Where a session counts what it does.
+#[derive(Clone)]
+pub struct Meters {
+    /// The pod's counters (bytes out, connections closed by reason).
+    pub counters: Arc<Counters>,
+    /// Arrival-to-write latency, one sample per frame of messages.
+    pub latency: Histogram<f64>,
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -81,6 +92,7 @@ pub async fn run<S>(
     mut mailbox: Mailbox,
     settings: Settings,
     shutdown: CancellationToken,
+    meters: Meters,
 ) -> End
 where
     S: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
@@ -99,7 +111,7 @@ where
                 match incoming {
                     Some(Ok(message)) => {
                         let out = handle(message, &mut membership);
-                        write(&mut socket, out, &mailbox, &shutdown, period).await
+                        write(&mut socket, out, &mailbox, &shutdown, period, &meters).await
                     }
                     Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
                     Some(Err(_)) | None => Err(End::Client),
@@ -107,8 +119,13 @@ where
             }
             queued = mailbox.recv() => match queued {
                 Some(first) => {
+                    let arrived = first.received();
                     let frame = coalesce(first, &mut mailbox);
-                    write(&mut socket, frame, &mailbox, &shutdown, period).await
+                    let written = write(&mut socket, frame, &mailbox, &shutdown, period, &meters).await;
+                    if written.is_ok() {
+                        meters.latency.record(arrived.elapsed().as_secs_f64(), &[]);
+                    }
+                    written
                 }
                 None => Err(End::Slow),
             },
@@ -117,7 +134,7 @@ where
                     Err(End::HeartbeatTimeout)
                 } else {
                     let ping = Some(Message::Ping(Bytes::new()));
-                    write(&mut socket, ping, &mailbox, &shutdown, period).await
+                    write(&mut socket, ping, &mailbox, &shutdown, period, &meters).await
                 }
             }
         };
@@ -126,6 +143,17 @@ where
         }
     };
     drop(membership);
+    let closed = &meters.counters.connections_closed;
+    stats::add(
+        match end {
+            End::Client => &closed.client,
+            End::TooBig => &closed.too_big,
+            End::Slow => &closed.slow,
+            End::Shutdown => &closed.shutdown,
+            End::HeartbeatTimeout => &closed.heartbeat_timeout,
+        },
+        1,
+    );
     let close = match end {
         End::Client | End::HeartbeatTimeout => None,
         End::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big")),
@@ -237,6 +265,7 @@ async fn write<S>(
     mailbox: &Mailbox,
     shutdown: &CancellationToken,
     period: Duration,
+    meters: &Meters,
 ) -> Result<(), End>
 where
     S: Sink<Message, Error = Error> + Unpin,
@@ -244,6 +273,9 @@ where
     let Some(message) = message else {
         return Ok(());
     };
+    if let Message::Text(text) = &message {
+        stats::add(&meters.counters.bytes_out, text.len() as u64);
+    }
     tokio::select! {
         biased;
         () = shutdown.cancelled() => Err(End::Shutdown),

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use herald::app::{self, Listeners};
 use herald::config::{Cli, Command};
+use herald::message::NodeId;
 use herald::proto::v1::PublishRequest;
 use herald::proto::v1::publisher_client::PublisherClient;
 use tokio::net::TcpListener;
@@ -37,12 +38,18 @@ impl Pod {
             http: bind().await,
             grpc: bind().await,
             peer: bind().await,
+            admin: None,
         };
         let http = listeners.http.local_addr().expect("bound");
         let grpc = listeners.grpc.local_addr().expect("bound");
         let peer = listeners.peer.local_addr().expect("bound");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app::run(*args, listeners, shutdown.clone()));
+        let task = tokio::spawn(app::run(
+            *args,
+            listeners,
+            NodeId::random(),
+            shutdown.clone(),
+        ));
         Self {
             http,
             grpc,

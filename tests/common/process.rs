@@ -168,11 +168,15 @@ impl Drop for Process {
 
 /// A minimal HTTP/1.0 GET, enough for the probes.
 pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-            .await
-            .ok()?
-            .ok()?;
+    http_get(addr, path).await.map(|(status, _)| status)
+}
+
+/// A minimal HTTP/1.0 GET: the status and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: herald\r\n\r\n").as_bytes())
         .await
@@ -183,5 +187,20 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         .ok()?
         .ok()?;
     let text = String::from_utf8_lossy(&response);
-    text.split_whitespace().nth(1)?.parse().ok()
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    Some((status, body.to_owned()))
+}
+
+/// The value of the Prometheus sample `name` (with its labels, as written
+/// in the exposition, e.g. `herald_x_total{reason="slow"}`), or 0.
+pub fn sample(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }

@@ -3,11 +3,13 @@
 //! read the Kubernetes API.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{Discovery, FailureLog, PeerSet, PeerSetSender, publish};
+use crate::stats::Counters;
 
 /// Peers from DNS.
 #[derive(Debug, Clone)]
@@ -20,11 +22,13 @@ pub struct Dns {
     pub interval: Duration,
     /// This pod's IP, left out.
     pub self_ip: Option<IpAddr>,
+    /// Where failures are counted.
+    pub counters: Arc<Counters>,
 }
 
 impl Discovery for Dns {
     async fn run(self, peers: PeerSetSender, shutdown: CancellationToken) {
-        let mut failures = FailureLog::default();
+        let mut failures = FailureLog::new(self.counters.clone());
         loop {
             match tokio::net::lookup_host((self.name.as_str(), self.port)).await {
                 Ok(addrs) => {

@@ -16,6 +16,7 @@
 //! namespace that RBAC is missing). Watch expiry (410 Gone) and dropped
 //! watches re-list, and the index swaps in a re-list only when complete.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -31,6 +32,7 @@ use super::index::{Filter, Index, Observation};
 use super::{Discovery, FailureLog, PeerSetSender, publish};
 use crate::cluster::backoff::Backoff;
 use crate::config::K8sApi;
+use crate::stats::Counters;
 
 /// Peers from the Kubernetes API.
 #[derive(Debug, Clone)]
@@ -44,11 +46,13 @@ pub struct Kubernetes {
     pub api: K8sApi,
     /// What to take from each object.
     pub filter: Filter,
+    /// Where failures are counted.
+    pub counters: Arc<Counters>,
 }
 
 impl Discovery for Kubernetes {
     async fn run(self, peers: PeerSetSender, shutdown: CancellationToken) {
-        let Some(client) = connect(&shutdown).await else {
+        let Some(client) = connect(&shutdown, &self.counters).await else {
             return;
         };
         let namespace = self
@@ -57,6 +61,7 @@ impl Discovery for Kubernetes {
             .unwrap_or_else(|| client.default_namespace().to_owned());
         tracing::info!(service = %self.service, %namespace, api = ?self.api, "watching Kubernetes for peers");
         let follow = Follow {
+            counters: self.counters.clone(),
             namespace: namespace.clone(),
             peers,
             shutdown,
@@ -92,9 +97,9 @@ impl Discovery for Kubernetes {
 
 /// Builds a client from the environment, retrying until it works or the pod
 /// shuts down. `None` on shutdown.
-async fn connect(shutdown: &CancellationToken) -> Option<Client> {
+async fn connect(shutdown: &CancellationToken, counters: &Arc<Counters>) -> Option<Client> {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let mut failures = FailureLog::default();
+    let mut failures = FailureLog::new(counters.clone());
     loop {
         match Client::try_default().await {
             Ok(client) => {
@@ -114,6 +119,7 @@ async fn connect(shutdown: &CancellationToken) -> Option<Client> {
 }
 
 struct Follow {
+    counters: Arc<Counters>,
     namespace: String,
     peers: PeerSetSender,
     shutdown: CancellationToken,
@@ -129,7 +135,7 @@ impl Follow {
         let events = watch_objects(api, config).default_backoff();
         let mut events = std::pin::pin!(events);
         let mut index = Index::default();
-        let mut failures = FailureLog::default();
+        let mut failures = FailureLog::new(self.counters.clone());
         loop {
             let event = tokio::select! {
                 () = self.shutdown.cancelled() => return,

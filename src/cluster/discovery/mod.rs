@@ -13,11 +13,14 @@ pub mod index;
 pub mod kubernetes;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use index::PeerSet;
+
+use crate::stats::{self, Counters};
 
 /// The sender a source publishes peer sets into.
 pub type PeerSetSender = watch::Sender<Option<PeerSet>>;
@@ -48,14 +51,24 @@ fn publish(peers: &PeerSetSender, set: PeerSet) -> bool {
 }
 
 /// Logs a failing input once per distinct failure, and its recovery, so a
-/// source that retries every few seconds does not flood the log.
-#[derive(Debug, Default)]
+/// source that retries every few seconds does not flood the log. Every
+/// failure is counted.
+#[derive(Debug)]
 struct FailureLog {
     current: Option<String>,
+    counters: Arc<Counters>,
 }
 
 impl FailureLog {
+    fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            current: None,
+            counters,
+        }
+    }
+
     fn failed(&mut self, source: &'static str, line: String) {
+        stats::add(&self.counters.discovery_errors, 1);
         if self.current.as_deref() != Some(line.as_str()) {
             tracing::warn!(source, error = %line, "peer discovery failing; keeping the last known peers and retrying");
             self.current = Some(line);

@@ -1,0 +1,70 @@
+//! Counters the hot paths keep as plain atomics: one relaxed add where
+//! something happens, read by [`metrics`](crate::metrics) only when scraped.
+//! Any part may hold the shared [`Counters`]; none depends on how they are
+//! exported.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why connections closed, one counter per reason.
+#[derive(Debug, Default)]
+pub struct ClosedBy {
+    /// The client closed, or its socket failed.
+    pub client: AtomicU64,
+    /// A client message over the size limit (close code 1009).
+    pub too_big: AtomicU64,
+    /// The client fell behind (close code 1013).
+    pub slow: AtomicU64,
+    /// The pod shut down (close code 1012).
+    pub shutdown: AtomicU64,
+    /// The client stayed silent through two heartbeats.
+    pub heartbeat_timeout: AtomicU64,
+}
+
+/// The pod's event counters. Monotonic; shared behind an `Arc`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// WebSocket connections accepted.
+    pub connections_opened: AtomicU64,
+    /// WebSocket connections closed, by reason.
+    pub connections_closed: ClosedBy,
+    /// Bytes of WebSocket frames written to clients.
+    pub bytes_out: AtomicU64,
+    /// Messages accepted by the publish path on this pod.
+    pub published: AtomicU64,
+    /// Publishes refused as invalid.
+    pub publish_refused: AtomicU64,
+    /// Messages dropped for a peer because its queue was full.
+    pub peer_queue_drops: AtomicU64,
+    /// Peer streams re-established after a break.
+    pub peer_reconnects: AtomicU64,
+    /// Failures reading the discovery source.
+    pub discovery_errors: AtomicU64,
+}
+
+/// Adds `n` to `counter`.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Reads `counter`.
+pub fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl ClosedBy {
+    /// Every reason with its label and count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("client", read(&self.client)),
+            ("too_big", read(&self.too_big)),
+            ("slow", read(&self.slow)),
+            ("shutdown", read(&self.shutdown)),
+            ("heartbeat_timeout", read(&self.heartbeat_timeout)),
+        ]
+    }
+
+    /// All closed connections.
+    pub fn total(&self) -> u64 {
+        self.by_reason().iter().map(|(_, n)| n).sum()
+    }
+}
