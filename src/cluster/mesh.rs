@@ -249,7 +249,10 @@ impl Mesh {
             .first_sighting(message.id());
         if first {
             let parent = (!envelope.trace_context.is_empty()).then_some(&envelope.trace_context);
-            trace::in_deliver_span(parent, || inner.hub.deliver(&Arc::new(message)));
+            trace::in_deliver_span(parent, || {
+                let delivery = inner.hub.deliver(&Arc::new(message));
+                tracing::debug!(id = %envelope.id, topic = %envelope.topic, queued = delivery.queued, "delivered a message from a peer");
+            });
         }
     }
 }

@@ -56,7 +56,11 @@ impl PublisherApi for PublisherService {
         let span = tracing::info_span!("publish");
         trace::adopt(&span, &caller_trace(request.metadata()));
         let PublishRequest { topic, data } = request.into_inner();
-        let id = span.in_scope(|| self.publisher.publish(&topic, &data))?;
+        let id = span.in_scope(|| {
+            let id = self.publisher.publish(&topic, &data)?;
+            tracing::debug!(%id, %topic, "published");
+            Ok::<_, PublishError>(id)
+        })?;
         Ok(Response::new(PublishResponse { id: id.to_string() }))
     }
 
