@@ -51,7 +51,13 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
     // reading again, and finds the close frame after what was in flight.
     let metrics_addr = pod.http;
     let slow_reader = tokio::spawn(async move {
-        while metric(metrics_addr, r#"herald_messages_dropped_total{reason="slow_client"}"#).await == 0.0 {
+        while metric(
+            metrics_addr,
+            r#"herald_messages_dropped_total{reason="slow_client"}"#,
+        )
+        .await
+            == 0.0
+        {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         User::from_socket(slow).ending().await
@@ -68,7 +74,10 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
     }
     let mut fast = reader.await.expect("the fast client got every message");
 
-    assert_eq!(slow_reader.await.expect("slow reader joins"), Ending::Close(1013));
+    assert_eq!(
+        slow_reader.await.expect("slow reader joins"),
+        Ending::Close(1013)
+    );
     fast.still_usable().await;
     let closed = r#"herald_connections_closed_total{reason="slow"}"#;
     assert_eq!(metric(pod.http, closed).await, 1.0);

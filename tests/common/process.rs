@@ -173,10 +173,11 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// A minimal HTTP/1.0 GET: the status and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-        .await
-        .ok()?
-        .ok()?;
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            .await
+            .ok()?
+            .ok()?;
     stream
         .write_all(format!("GET {path} HTTP/1.0\r\nHost: herald\r\n\r\n").as_bytes())
         .await
