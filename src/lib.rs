@@ -23,6 +23,7 @@
 //! - [`publish`]: the one publish path both front doors use.
 //! - [`hub`]: the local topic registry; knows no transport and no peers.
 //! - [`ws`]: the WebSocket gateway (`GET /ws`) and protocol v1.
+//! - [`auth`]: JWTs for WebSocket users, topic permissions, gRPC API tokens.
 //! - [`grpc`]: tonic adapters for the public API.
 //! - [`cluster`]: peer discovery and the pod-to-pod broadcast group.
 //! - [`http`]: the HTTP routers: `/ws`; `/healthz`, `/readyz`, `/metrics`.
@@ -31,6 +32,7 @@
 //! - [`client`]: the operator commands `herald publish` and `herald peers`.
 
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod config;
