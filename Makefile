@@ -8,6 +8,7 @@ MAKEFLAGS += --no-print-directory
 CARGO ?= cargo
 
 include mk/chart.mk
+include mk/fuzz.mk
 
 .PHONY: help run build test test-rust lint fmt cluster
 
