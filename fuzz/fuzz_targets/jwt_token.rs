@@ -71,7 +71,10 @@ fuzz_target!(|data: &[u8]| {
         signed(rest)
     };
     match verifier().verify(&token) {
-        Ok(identity) => assert!(!identity.sub.is_empty(), "accepted a token without a subject"),
+        Ok(identity) => assert!(
+            !identity.sub.is_empty(),
+            "accepted a token without a subject"
+        ),
         Err(e) => {
             if token.len() >= 24 {
                 assert!(!e.to_string().contains(&token), "an error quotes the token");
