@@ -22,12 +22,19 @@ fuzz_target!(|input: (Vec<String>, Vec<String>)| {
             "accepted a non-topic entry"
         );
     }
-    let probes = topics.iter().map(String::as_str).chain(entries.iter().map(String::as_str));
+    let probes = topics
+        .iter()
+        .map(String::as_str)
+        .chain(entries.iter().map(String::as_str));
     for topic in probes {
         let expected = entries.iter().any(|entry| match entry.strip_suffix('*') {
             Some(prefix) => topic.starts_with(prefix),
             None => entry == topic,
         });
-        assert_eq!(patterns.allows(topic), expected, "allows disagrees with the rules");
+        assert_eq!(
+            patterns.allows(topic),
+            expected,
+            "allows disagrees with the rules"
+        );
     }
 });
