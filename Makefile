@@ -9,6 +9,7 @@ CARGO ?= cargo
 
 include mk/chart.mk
 include mk/fuzz.mk
+include mk/bench.mk
 
 .PHONY: help run build test test-rust lint fmt cluster
 

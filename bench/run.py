@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""Run herald's standard benchmark scenarios S1-S4 on a local 2-pod cluster.
+
+Starts two `herald serve` processes with static discovery on 127.0.0.1 and
+127.0.0.2, runs `herald-bench` for each scenario (users spread over both
+pods, publishing on the first), and writes a markdown report to
+bench/results/<UTC date>-<short commit>.md plus the raw JSON lines beside it
+(bench/results/*.json, not committed). The pods are stopped by PID on exit,
+whatever the exit path (normal, exception, SIGINT, SIGTERM).
+
+Python 3 standard library only. `make bench` builds the binaries first.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IPS = ["127.0.0.1", "127.0.0.2"]
+# Fixed ports away from herald's defaults, so a `make run` or `make cluster`
+# on the same machine does not collide with the bench.
+HTTP_PORT, GRPC_PORT, PEER_PORT = 28080, 29090, 27070
+
+PODS = []  # running Popen objects; stopped by stop_pods()
+
+
+def stop_pods():
+    """Stops every pod this script started, by PID."""
+    while PODS:
+        pod = PODS.pop()
+        if pod.poll() is None:
+            pod.terminate()
+            try:
+                pod.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pod.kill()
+                pod.wait()
+
+
+def on_signal(signum, _frame):
+    stop_pods()
+    sys.exit(128 + signum)
+
+
+def start_pods(bin_dir, log_dir, name):
+    """Starts the 2-pod cluster and waits until both pods are ready."""
+    stop_pods()
+    peers = ",".join(f"{ip}:{PEER_PORT}" for ip in IPS)
+    for i, ip in enumerate(IPS):
+        log = open(os.path.join(log_dir, f"{name}-pod{i + 1}.log"), "w")
+        cmd = [
+            os.path.join(bin_dir, "herald"), "serve",
+            f"--http-addr={ip}:{HTTP_PORT}", f"--grpc-addr={ip}:{GRPC_PORT}",
+            f"--peer-addr={ip}:{PEER_PORT}", "--discovery=static", f"--peers={peers}",
+        ]
+        PODS.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                     stdin=subprocess.DEVNULL))
+    deadline = time.monotonic() + 30
+    for ip in IPS:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{ip}:{HTTP_PORT}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"pod {ip} not ready; see {log_dir}")
+            time.sleep(0.1)
+    return [p.pid for p in PODS]
+
+
+def bench(bin_dir, pids, label, extra, raw):
+    """Runs herald-bench once; returns its JSON report and the command."""
+    ws = ",".join(f"ws://{ip}:{HTTP_PORT}/ws" for ip in IPS)
+    cmd = [
+        os.path.join(bin_dir, "herald-bench"), f"--ws={ws}",
+        f"--grpc=http://{IPS[0]}:{GRPC_PORT}", f"--pids={','.join(map(str, pids))}",
+        f"--label={label}", "--json=-",
+    ] + extra
+    print(f"\n== {label}: herald-bench {' '.join(extra)}", flush=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
+    line = out.strip().splitlines()[-1]
+    raw.write(line + "\n")
+    raw.flush()
+    return json.loads(line), shlex.join(["herald-bench"] + extra)
+
+
+def clean(r):
+    return r["lost"] == 0 and r["duplicates"] == 0 and r["latency_ms"]["p99"] < 100.0
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return f"{os.cpu_count()} CPUs ({model}), {mem_kib / 1024 / 1024:.1f} GiB RAM, " \
+           f"Linux {platform.release()}"
+
+
+def git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                          text=True, check=False).stdout.strip()
+
+
+def row(name, r):
+    lat = r["latency_ms"]
+    srv = r["server"]
+    cpu = srv["cpu_us_per_delivery"]
+    return (f"| {name} | {r['publish_rate']:.0f} | {r['deliveries_per_sec']:.0f} | "
+            f"{r['received']}/{r['expected']} | {r['duplicates']} | {lat['p50']:.2f} | "
+            f"{lat['p90']:.2f} | {lat['p99']:.2f} | {lat['p999']:.2f} | {lat['max']:.2f} | "
+            f"{srv['cpu_seconds']:.2f} | {'' if cpu is None else f'{cpu:.2f}'} | "
+            f"{r['bench_cpu_seconds']:.2f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    parser.add_argument("--quick", action="store_true",
+                        help="shorter runs and fewer S2 steps, to try the harness")
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    atexit.register(stop_pods)
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml",
+                     "Cargo.lock"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stem = f"{now:%Y-%m-%d}-{commit}"
+    os.makedirs(args.out, exist_ok=True)
+    log_dir = os.path.join(ROOT, "target", "bench")
+    os.makedirs(log_dir, exist_ok=True)
+    raw = open(os.path.join(args.out, f"{stem}.json"), "w")
+
+    secs = "3s" if args.quick else "10s"
+    s2_secs = "2s" if args.quick else "5s"
+    s2_steps = [500, 1000] if args.quick else [500, 1000, 2000, 4000, 8000]
+    s2_runs = 1 if args.quick else 3
+    idle_users = 2000 if args.quick else 10000
+    per_user = 1000 if args.quick else 5000
+    common = ["--connect-rate=2000", "--payload-bytes=128"]
+    results, commands = {}, []
+
+    pids = start_pods(args.bin_dir, log_dir, "s1")
+    r, c = bench(args.bin_dir, pids, "S1", common + ["--users=1000", "--topics=shared",
+                                                     "--rate=200", f"--duration={secs}"], raw)
+    results["S1"] = r
+    commands.append(c)
+
+    pids = start_pods(args.bin_dir, log_dir, "s2")
+    s2 = []  # (rate, [reports])
+    for rate in s2_steps:
+        runs = []
+        for n in range(s2_runs):
+            r, c = bench(args.bin_dir, pids, f"S2 {rate}/s #{n + 1}",
+                         common + ["--users=1000", "--topics=shared", f"--rate={rate}",
+                                   f"--duration={s2_secs}"], raw)
+            runs.append(r)
+            if n == 0:
+                commands.append(c + f"   # x{s2_runs} per step")
+        s2.append((rate, runs))
+        if not any(clean(r) for r in runs):
+            break
+
+    pids = start_pods(args.bin_dir, log_dir, "s3")
+    r, c = bench(args.bin_dir, pids, "S3", ["--connect-rate=2000", f"--users={idle_users}",
+                                            "--idle", "--settle=5s"], raw)
+    results["S3"] = r
+    commands.append(c)
+
+    pids = start_pods(args.bin_dir, log_dir, "s4")
+    r, c = bench(args.bin_dir, pids, "S4", common + [f"--users={per_user}", "--topics=per-user",
+                                                     "--rate=2000", f"--duration={secs}"], raw)
+    results["S4"] = r
+    commands.append(c)
+    stop_pods()
+
+    clean_steps = [rate for rate, runs in s2 if all(clean(r) for r in runs)]
+    best = max(clean_steps, default=None)
+    md = []
+    md.append(f"# herald benchmark {now:%Y-%m-%d %H:%M} UTC, commit {commit}"
+              f"{' (with uncommitted changes in src/)' if dirty else ''}\n")
+    md.append(f"- Machine: {machine()}; the load generator shares the cores with both pods.")
+    md.append("- Cluster: 2 pods, static discovery, 127.0.0.1 and 127.0.0.2; users spread "
+              "round-robin over both, publishing through gRPC on 127.0.0.1; 128-byte payloads.")
+    md.append(f"- Mode: {'quick (not comparable)' if args.quick else 'full'}; "
+              "produced by `make bench` (`bench/run.py`).\n")
+    md.append("## Headline\n")
+    md.append("| scenario | herald |")
+    md.append("|---|---|")
+    s1 = results["S1"]
+    md.append(f"| S1: 200 msg/s to 1,000 users, one topic | {s1['deliveries_per_sec']:.0f} "
+              f"deliveries/s, lost {s1['lost']}, p50 {s1['latency_ms']['p50']:.2f} ms, "
+              f"p99 {s1['latency_ms']['p99']:.2f} ms |")
+    if best is None:
+        md.append("| S2: highest clean rate (3 of 3 runs) | none of the steps was clean |")
+    else:
+        runs = dict(s2)[best]
+        md.append(f"| S2: highest clean rate (all {s2_runs} runs: zero loss, p99 < 100 ms) | "
+                  f"{best} msg/s (≈ {best * 1000:,} deliveries/s); median p99 "
+                  f"{statistics.median(r['latency_ms']['p99'] for r in runs):.1f} ms, median "
+                  f"{statistics.median(r['server']['cpu_us_per_delivery'] or 0 for r in runs):.2f}"
+                  f" server CPU-µs per delivery |")
+    s3 = results["S3"]
+    per_conn = s3["server"]["rss_per_connection_bytes"] or 0
+    md.append(f"| S3: {s3['connect']['ok']:,} idle subscribed connections | "
+              f"{per_conn / 1024:.1f} KiB resident per connection "
+              f"({s3['server']['rss_before_bytes'] / 2**20:.1f} → "
+              f"{s3['server']['rss_after_bytes'] / 2**20:.1f} MiB, both pods) |")
+    s4 = results["S4"]
+    md.append(f"| S4: {s4['users']:,} users on own topics, 2,000 msg/s round robin | "
+              f"lost {s4['lost']}, p50 {s4['latency_ms']['p50']:.2f} ms, "
+              f"p99 {s4['latency_ms']['p99']:.2f} ms |\n")
+    md.append("## Every run\n")
+    md.append("Latencies in ms (publish call → delivery parsed by the user); CPU in seconds "
+              "over the publish+drain window, both pods; CPU-µs per distinct delivery.\n")
+    md.append("| run | publish msg/s | deliveries/s | received/expected | dup | p50 | p90 | "
+              "p99 | p99.9 | max | server CPU s | CPU-µs/deliv | bench CPU s |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    md.append(row("S1", s1))
+    for rate, runs in s2:
+        for n, r in enumerate(runs):
+            md.append(row(f"S2 {rate}/s #{n + 1}{'' if clean(r) else ' ✗'}", r))
+    md.append(row("S4", s4))
+    md.append(f"\nS3: {s3['connect']['ok']} subscribed ({s3['connect']['failed']} failed) in "
+              f"{s3['connect']['seconds']:.1f} s, connect p99 "
+              f"{s3['connect']['time_ms']['p99']:.1f} ms; RSS "
+              f"{s3['server']['rss_before_bytes']} → {s3['server']['rss_after_bytes']} bytes.\n")
+    md.append("## Commands\n")
+    md.append("Each with `--ws=ws://127.0.0.1:28080/ws,ws://127.0.0.2:28080/ws "
+              "--grpc=http://127.0.0.1:29090 --pids=<both pods> --json=-`; pods run "
+              "`herald serve --http-addr=IP:28080 --grpc-addr=IP:29090 --peer-addr=IP:27070 "
+              "--discovery=static --peers=127.0.0.1:27070,127.0.0.2:27070`, restarted before "
+              "S1, S2, S3 and S4.\n")
+    md.append("```sh")
+    md.extend(commands)
+    md.append("```")
+    path = os.path.join(args.out, f"{stem}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+# Benchmarks: the end-to-end scenarios S1-S4 on a local 2-pod cluster, and
+# the criterion micro-benchmarks of the hot paths.
+#
+# Included by the main Makefile. `make bench` writes
+# bench/results/<UTC date>-<short commit>.md (committed) and raw JSON lines
+# to bench/results/*.json (ignored).
+
+PYTHON3 ?= python3
+CARGO   ?= cargo
+
+.PHONY: bench bench-quick bench-micro
+
+bench: ## Run S1-S4 on a local 2-pod cluster (127.0.0.1-2); results to bench/results/
+	$(CARGO) build --release --bin herald --bin herald-bench
+	$(PYTHON3) bench/run.py
+
+bench-quick: ## A shorter `make bench` (fewer S2 steps, shorter runs), to try the harness
+	$(CARGO) build --release --bin herald --bin herald-bench
+	$(PYTHON3) bench/run.py --quick
+
+bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup
+	$(CARGO) bench --bench hot_paths

@@ -1,0 +1,136 @@
+//! The command line of `herald-bench`: one clap-derived [`Args`]. The `///`
+//! docs here are the `--help` text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// herald-bench: open N WebSocket users on one or more pods, publish through
+/// gRPC, and measure delivery (rate, loss, duplicates, latency) and the
+/// server's CPU and memory.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald-bench", version, about, long_about = None)]
+pub struct Args {
+    /// WebSocket URL of a pod (`ws://host:port/ws`); repeat or separate with
+    /// commas to spread users round-robin over several pods.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub ws: Vec<String>,
+    /// gRPC address of the pod to publish to.
+    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    pub grpc: String,
+    /// Number of WebSocket users.
+    #[arg(long, default_value_t = 100)]
+    pub users: usize,
+    /// Most new connections opened per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub connect_rate: f64,
+    /// Most connection attempts in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// `shared`: every user on one topic; `per-user`: one topic each,
+    /// messages published round robin over them.
+    #[arg(long, value_enum, default_value = "shared")]
+    pub topics: Topics,
+    /// Publish rate in messages per second.
+    #[arg(long, conflicts_with = "flat_out")]
+    pub rate: Option<f64>,
+    /// Publish as fast as the pod accepts, in PublishBatch calls of
+    /// `--batch` messages.
+    #[arg(long)]
+    pub flat_out: bool,
+    /// Messages per PublishBatch call with `--flat-out`.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Messages to publish in total.
+    #[arg(long, conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// How long to publish (e.g. `10s`); with `--rate`, the message count is
+    /// rate × duration.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Size of each published JSON document in bytes (the send timestamp,
+    /// a sequence number and padding).
+    #[arg(long, default_value_t = 128)]
+    pub payload_bytes: usize,
+    /// How long to wait after the last publish for missing deliveries while
+    /// nothing arrives.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Server process ids to sample: CPU seconds (utime + stime from
+    /// /proc/PID/stat) and resident memory (VmRSS) before and after.
+    #[arg(long, value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Idle mode: connect and subscribe every user, wait `--settle`, measure
+    /// resident memory per connection; publish nothing.
+    #[arg(long)]
+    pub idle: bool,
+    /// How long idle mode waits before sampling memory.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Spread client source addresses over this many loopback addresses
+    /// (127.1.K.1) when the pod is on loopback, so 10,000s of connections
+    /// never run out of ephemeral ports; 0 lets the kernel choose.
+    #[arg(long, default_value_t = 8)]
+    pub source_ips: u8,
+    /// A label for this run, copied into the report.
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Write the JSON report line to this file; `-` for standard output (the
+    /// human table then goes to standard error).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// How users map to topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topics {
+    /// One topic for everyone.
+    Shared,
+    /// One topic per user.
+    PerUser,
+}
+
+/// How many messages to publish and how fast, resolved from the flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Messages per second, or `None` for flat out.
+    pub rate: Option<f64>,
+    /// Stop after this many messages, if set.
+    pub messages: Option<u64>,
+    /// Stop after this long, if set.
+    pub duration: Option<Duration>,
+}
+
+impl Args {
+    /// Checks the flags that clap cannot and resolves the publish plan.
+    pub fn plan(&self) -> anyhow::Result<Plan> {
+        anyhow::ensure!(self.users > 0, "--users must be at least 1");
+        anyhow::ensure!(self.connect_rate > 0.0, "--connect-rate must be positive");
+        anyhow::ensure!(self.batch > 0, "--batch must be at least 1");
+        if self.idle {
+            return Ok(Plan {
+                rate: None,
+                messages: Some(0),
+                duration: None,
+            });
+        }
+        let rate = match (self.rate, self.flat_out) {
+            (Some(r), false) if r > 0.0 => Some(r),
+            (None, true) => None,
+            _ => anyhow::bail!("give --rate R (positive) or --flat-out, or --idle"),
+        };
+        let messages = match (self.messages, self.duration, rate) {
+            (Some(m), None, _) => Some(m),
+            (None, Some(d), Some(r)) => Some((d.as_secs_f64() * r).round() as u64),
+            (None, Some(_), None) => None,
+            _ => anyhow::bail!("give --messages M or --duration D"),
+        };
+        Ok(Plan {
+            rate,
+            messages,
+            duration: self.duration,
+        })
+    }
+}
