@@ -6,8 +6,9 @@
 //! stop them cleanly.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::auth::{ApiTokens, JwtSettings, Verifier};
 use crate::cluster::discovery::dns::Dns;
 use crate::cluster::discovery::fixed::Fixed;
 use crate::cluster::discovery::index::Filter;
@@ -23,19 +25,27 @@ use crate::cluster::discovery::kubernetes::Kubernetes;
 use crate::cluster::discovery::{Discovery as DiscoverySource, PeerSet};
 use crate::cluster::inbound::PeerService;
 use crate::cluster::{Mesh, MeshSettings};
-use crate::config::{ClusterArgs, DiscoveryKind, ListenArgs, ServeArgs};
+use crate::config::{AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, ListenArgs, ServeArgs};
 use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::hub::Hub;
+use crate::limit::TokenBucket;
 use crate::message::NodeId;
 use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
 use crate::stats::Counters;
-use crate::ws::{Gateway, session};
+use crate::ws::{EdgeLimits, Gateway, session};
 use crate::{grpc, http};
 
-/// How long shutdown waits for sessions and streams to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the final shutdown waits for tasks after the servers stopped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a draining pod waits, after its drain window, for the last
+/// closing handshakes.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a stopping pod keeps sending what its peer queues still hold.
+const PEER_FLUSH: Duration = Duration::from_secs(2);
 
 /// The pod's bound listeners.
 pub struct Listeners {
@@ -71,7 +81,15 @@ impl Listeners {
 }
 
 /// Runs a pod as node `node` on `listeners` until `shutdown` is cancelled,
-/// then drains.
+/// then drains:
+/// 1. readiness fails and new WebSocket upgrades are refused (503);
+/// 2. every WebSocket user is closed with 1012 at a random moment within
+///    `--drain-window`, while the pod keeps delivering to the rest, taking
+///    publishes and receiving from peers;
+/// 3. once no user is left (or the window and a short grace passed), the
+///    servers stop, finishing in-flight calls;
+/// 4. what the peer queues still hold is sent (for up to 2 s), then the
+///    streams close.
 pub async fn run(
     args: ServeArgs,
     listeners: Listeners,
@@ -81,10 +99,16 @@ pub async fn run(
     let ServeArgs {
         listen: _,
         limits,
+        auth,
         cluster,
         telemetry: _,
+        drain_window,
         check_config: _,
     } = args;
+    // `shutdown` starts the drain; `stop` ends serving; `stop_links` ends the
+    // peer streams after their queues are flushed.
+    let stop = CancellationToken::new();
+    let stop_links = CancellationToken::new();
     let peer_local = listeners.peer.local_addr().ok();
     let peer_port = peer_local.map_or(0, |a| a.port());
     let own: Vec<String> = cluster
@@ -113,7 +137,7 @@ pub async fn run(
         },
         hub.clone(),
         tracker.clone(),
-        shutdown.clone(),
+        stop_links.clone(),
         counters.clone(),
     );
     let metrics = Metrics::new(Sources {
@@ -137,7 +161,8 @@ pub async fn run(
         peer_port,
         counters: &counters,
     };
-    discovery.spawn(peers_tx, &tracker, &shutdown)?;
+    discovery.spawn(peers_tx, &tracker, &stop)?;
+    let (verifier, api_tokens) = load_auth(&auth, &tracker, &stop)?;
     tracker.spawn(
         mesh.clone()
             .follow(peers_rx)
@@ -149,18 +174,38 @@ pub async fn run(
         queue_capacity: limits.client_queue,
         max_subscriptions: limits.max_subscriptions,
         max_frame_bytes: limits.max_frame_bytes,
-        settings: session::Settings {
-            heartbeat_interval: limits.heartbeat_interval,
-        },
+        heartbeat_interval: limits.heartbeat_interval,
         meters: session::Meters {
-            counters,
+            counters: counters.clone(),
             latency: metrics.delivery_latency.clone(),
         },
+        verifier,
+        publisher: auth.client_publish.then(|| publisher.clone()),
+        limits: Arc::new(EdgeLimits {
+            max_connections: limits.max_connections,
+            connection_rate: Mutex::new(TokenBucket::new(
+                limits.max_connection_rate,
+                limits.max_connection_rate,
+                Instant::now(),
+            )),
+            client_publish_rate: limits.client_publish_rate,
+            allowed_origins: limits.allowed_origins.clone(),
+        }),
         tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
+        drain: shutdown.clone(),
+        drain_window,
     };
-    let grpc_routes = grpc::routes(publisher, mesh.clone()).await?;
-    let peer_service = PeerService::server(mesh.clone(), tracker.clone(), shutdown.clone());
+    let grpc_routes = grpc::routes(publisher, mesh.clone(), api_tokens, counters.clone()).await?;
+    // Inbound peer streams end with `stop`, or the peer server would wait on
+    // them forever; outbound ones last until their queues are flushed.
+    let peer_service = PeerService::server(mesh.clone(), tracker.clone(), stop.clone());
+    tracker.spawn(drain(
+        shutdown.clone(),
+        stop.clone(),
+        health.clone(),
+        counters,
+        drain_window,
+    ));
 
     tracing::info!(
         %node,
@@ -178,12 +223,12 @@ pub async fn run(
         None => (http::public(gateway).merge(admin_router.clone()), None),
     };
     let http = axum::serve(listeners.http, public_router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
     let admin = async {
         match admin_listener {
             Some(listener) => {
                 axum::serve(listener, admin_router)
-                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .with_graceful_shutdown(stop.clone().cancelled_owned())
                     .await
             }
             None => Ok(()),
@@ -193,7 +238,7 @@ pub async fn run(
         .add_routes(grpc_routes)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
-            shutdown.clone().cancelled_owned(),
+            stop.clone().cancelled_owned(),
         );
     let peer = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
@@ -201,7 +246,7 @@ pub async fn run(
         .add_service(peer_service)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.peer),
-            shutdown.clone().cancelled_owned(),
+            stop.clone().cancelled_owned(),
         );
     health.set_serving();
     let served = tokio::try_join!(
@@ -212,6 +257,9 @@ pub async fn run(
     );
     health.set_draining();
     shutdown.cancel();
+    stop.cancel();
+    mesh.flush(PEER_FLUSH).await;
+    stop_links.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
@@ -221,6 +269,72 @@ pub async fn run(
     }
     metrics.shutdown();
     served.map(|_| ())
+}
+
+/// Waits for the drain signal, then for the users to be closed over the
+/// drain window, then stops the servers.
+async fn drain(
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    health: Health,
+    counters: Arc<Counters>,
+    window: Duration,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = stop.cancelled() => return,
+    }
+    health.set_draining();
+    let users = counters.connections_open();
+    tracing::info!(users, window = ?window, "draining: closing WebSocket users over the drain window");
+    let deadline = tokio::time::Instant::now() + window + CLOSE_GRACE;
+    while counters.connections_open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(left = counters.connections_open(), "drain done; stopping");
+    stop.cancel();
+}
+
+/// The token checks `auth` asks for, with their file watchers running.
+fn load_auth(
+    auth: &AuthArgs,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(Option<Verifier>, Option<ApiTokens>)> {
+    let verifier = match auth.auth {
+        AuthMode::None => {
+            tracing::warn!(
+                "--auth none: anyone may connect and subscribe to any topic; use --auth jwt in production"
+            );
+            None
+        }
+        AuthMode::Jwt => {
+            let verifier = Verifier::load(&JwtSettings {
+                secret_file: auth.jwt_secret_file.clone(),
+                public_key_file: auth.jwt_public_key_file.clone(),
+                jwks_file: auth.jwks_file.clone(),
+                issuer: auth.jwt_issuer.clone(),
+                audience: auth.jwt_audience.clone(),
+                ..JwtSettings::default()
+            })?;
+            tracker.spawn(verifier.clone().watch(stop.clone()));
+            Some(verifier)
+        }
+    };
+    let api_tokens = match &auth.api_tokens_file {
+        Some(path) => {
+            let tokens = ApiTokens::load(path)?;
+            tracker.spawn(tokens.clone().watch(stop.clone()));
+            Some(tokens)
+        }
+        None => {
+            tracing::warn!(
+                "no --api-tokens-file: the gRPC publish API is open to anyone who reaches it"
+            );
+            None
+        }
+    };
+    Ok((verifier, api_tokens))
 }
 
 fn serve_error(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {

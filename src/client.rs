@@ -24,15 +24,48 @@ pub enum ClientError {
     /// Standard input could not be read.
     #[error("reading data from standard input: {0}")]
     Stdin(#[from] std::io::Error),
+    /// The token cannot be sent as gRPC metadata.
+    #[error("the API token holds characters that cannot be sent in a header")]
+    BadToken,
 }
 
-async fn connect(addr: &str) -> Result<PublisherClient<tonic::transport::Channel>, ClientError> {
-    PublisherClient::connect(addr.to_owned())
+type Client = PublisherClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>,
+>;
+
+/// Adds `authorization: Bearer <token>` to every call, when a token is set.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+async fn connect(addr: &str, token: Option<&str>) -> Result<Client, ClientError> {
+    let bearer = token
+        .map(|t| format!("Bearer {t}").parse())
+        .transpose()
+        .map_err(|_| ClientError::BadToken)?;
+    let failed = |source| ClientError::Connect {
+        addr: addr.to_owned(),
+        source,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .map_err(failed)?
+        .connect()
         .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })
+        .map_err(failed)?;
+    Ok(PublisherClient::with_interceptor(channel, Bearer(bearer)))
 }
 
 /// Publishes one message; returns its id. Data comes from `--data`, else
@@ -46,7 +79,7 @@ pub async fn publish(args: PublishArgs) -> Result<String, ClientError> {
             data
         }
     };
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect(&args.addr, args.token.as_deref()).await?;
     let reply = client
         .publish(PublishRequest {
             topic: args.topic,
@@ -58,7 +91,7 @@ pub async fn publish(args: PublishArgs) -> Result<String, ClientError> {
 
 /// Lists the peers a pod knows, one line each.
 pub async fn peers(args: PeersArgs) -> Result<String, ClientError> {
-    let mut client = connect(&args.addr).await?;
+    let mut client = connect(&args.addr, args.token.as_deref()).await?;
     let reply = client.list_peers(ListPeersRequest {}).await?.into_inner();
     let mut out = format!(
         "pod {} in cluster {:?}: {} peer(s)\n",

@@ -3,6 +3,7 @@
 //! the `--help` text.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -37,12 +38,19 @@ pub struct ServeArgs {
     /// Limits on what clients may do.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Who may connect and publish.
+    #[command(flatten)]
+    pub auth: AuthArgs,
     /// How to find and talk to the other pods.
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// How long a draining pod (after SIGTERM) takes to close its WebSocket
+    /// users, spread evenly so they do not all reconnect at once.
+    #[arg(long, env = "HERALD_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_window: Duration,
     /// Check the configuration, print it and exit without serving.
     #[arg(long, env = "HERALD_CHECK_CONFIG")]
     pub check_config: bool,
@@ -87,6 +95,63 @@ pub struct LimitArgs {
     /// nothing (not even a pong) for two intervals is closed.
     #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Most WebSocket connections this pod holds; more are refused with
+    /// HTTP 503.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: u64,
+    /// New WebSocket connections accepted per second (bursts of as many);
+    /// more are refused with HTTP 429.
+    #[arg(long, env = "HERALD_MAX_CONNECTION_RATE", default_value_t = 1000)]
+    pub max_connection_rate: u32,
+    /// Client publishes allowed per connection per second (bursts of as
+    /// many); more get the error reply `rate_limited`.
+    #[arg(long, env = "HERALD_CLIENT_PUBLISH_RATE", default_value_t = 10)]
+    pub client_publish_rate: u32,
+    /// Browser origins allowed to connect (`Origin` header), comma-separated;
+    /// empty allows any. Requests without `Origin` (non-browser clients) are
+    /// always allowed.
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+}
+
+/// How WebSocket users authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Anyone may connect and subscribe to any topic (logged loudly).
+    None,
+    /// A JWT is required at the upgrade; its claims decide the topics.
+    Jwt,
+}
+
+/// Authentication of WebSocket users and of gRPC callers.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// How WebSocket users authenticate.
+    #[arg(long, env = "HERALD_AUTH", value_enum, default_value = "none")]
+    pub auth: AuthMode,
+    /// HS256 shared secret for user tokens.
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA for RS256, P-256 for ES256) for user tokens.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file with the keys for user tokens, picked by `kid`.
+    #[arg(long, env = "HERALD_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` of user tokens.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of user tokens.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Bearer tokens accepted on the gRPC API, one per line; re-read when
+    /// the file changes. Unset: the gRPC API is open.
+    #[arg(long, env = "HERALD_API_TOKENS_FILE")]
+    pub api_tokens_file: Option<PathBuf>,
+    /// Let WebSocket users publish (`op: publish`) to the topics their
+    /// token's `publish` claim lists (with `--auth none`: to any topic).
+    #[arg(long, env = "HERALD_CLIENT_PUBLISH")]
+    pub client_publish: bool,
 }
 
 /// Where peers come from.
@@ -193,6 +258,9 @@ pub struct PublishArgs {
     /// The pod's gRPC API.
     #[arg(long, env = "HERALD_ADDR", default_value = "http://127.0.0.1:9090")]
     pub addr: String,
+    /// Bearer token for the gRPC API, when it requires one.
+    #[arg(long, env = "HERALD_API_TOKEN")]
+    pub token: Option<String>,
     /// Topic to publish to.
     #[arg(long)]
     pub topic: String,
@@ -207,6 +275,9 @@ pub struct PeersArgs {
     /// The pod's gRPC API.
     #[arg(long, env = "HERALD_ADDR", default_value = "http://127.0.0.1:9090")]
     pub addr: String,
+    /// Bearer token for the gRPC API, when it requires one.
+    #[arg(long, env = "HERALD_API_TOKEN")]
+    pub token: Option<String>,
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ pub enum Error {
     /// `--discovery dns` without `--dns-name`.
     #[error("--discovery dns needs --dns-name")]
     MissingDnsName,
+    /// Authentication could not be set up (keys or token files).
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     /// Metrics could not be set up.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

@@ -41,6 +41,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 pub mod hub;
+pub mod limit;
 pub mod message;
 pub mod metrics;
 pub mod proto;

@@ -138,11 +138,18 @@ fn register(meter: &Meter, sources: Sources) {
     gauge(
         "herald_connections_open",
         "WebSocket connections open now.",
-        |s| {
-            let c = &s.counters;
-            read(&c.connections_opened).saturating_sub(c.connections_closed.total())
-        },
+        |s| s.counters.connections_open(),
     );
+    let refused = sources.clone();
+    meter
+        .u64_observable_counter("herald_refusals_total")
+        .with_description("Requests refused at the edge (limits, auth, drain), by reason.")
+        .with_callback(move |o| {
+            for (reason, n) in refused.counters.refused.by_reason() {
+                o.observe(n, &[KeyValue::new("reason", reason)]);
+            }
+        })
+        .build();
     counter(
         "herald_connections_opened_total",
         "WebSocket connections accepted.",

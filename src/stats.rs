@@ -20,6 +20,46 @@ pub struct ClosedBy {
     pub heartbeat_timeout: AtomicU64,
 }
 
+/// Requests refused at the edge, one counter per reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// Upgrades without a valid token (HTTP 401).
+    pub unauthorized: AtomicU64,
+    /// Upgrades from an origin not allowed (HTTP 403).
+    pub origin: AtomicU64,
+    /// Upgrades past `--max-connections` (HTTP 503).
+    pub max_connections: AtomicU64,
+    /// Upgrades past `--max-connection-rate` (HTTP 429).
+    pub connection_rate: AtomicU64,
+    /// Upgrades while draining (HTTP 503).
+    pub draining: AtomicU64,
+    /// Subscribes and publishes the token does not allow (`forbidden`).
+    pub forbidden: AtomicU64,
+    /// Client publishes past `--client-publish-rate` (`rate_limited`).
+    pub rate_limited: AtomicU64,
+    /// Subscribes past `--max-subscriptions` (`too_many_subscriptions`).
+    pub too_many_subscriptions: AtomicU64,
+    /// gRPC calls without a valid API token (`UNAUTHENTICATED`).
+    pub api_unauthenticated: AtomicU64,
+}
+
+impl Refusals {
+    /// Every reason with its label and count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+        [
+            ("unauthorized", read(&self.unauthorized)),
+            ("origin", read(&self.origin)),
+            ("max_connections", read(&self.max_connections)),
+            ("connection_rate", read(&self.connection_rate)),
+            ("draining", read(&self.draining)),
+            ("forbidden", read(&self.forbidden)),
+            ("rate_limited", read(&self.rate_limited)),
+            ("too_many_subscriptions", read(&self.too_many_subscriptions)),
+            ("api_unauthenticated", read(&self.api_unauthenticated)),
+        ]
+    }
+}
+
 /// The pod's event counters. Monotonic; shared behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -39,6 +79,15 @@ pub struct Counters {
     pub peer_reconnects: AtomicU64,
     /// Failures reading the discovery source.
     pub discovery_errors: AtomicU64,
+    /// Requests refused at the edge, by reason.
+    pub refused: Refusals,
+}
+
+impl Counters {
+    /// WebSocket connections open now.
+    pub fn connections_open(&self) -> u64 {
+        read(&self.connections_opened).saturating_sub(self.connections_closed.total())
+    }
 }
 
 /// Adds `n` to `counter`.

@@ -105,7 +105,12 @@ async fn herald_publish_to_nothing_fails_clearly() {
 
 #[tokio::test]
 async fn sigterm_closes_users_with_1012_and_the_process_exits_cleanly() {
-    let mut pod = Process::spawn("127.0.0.1", Ports::free_on(&["127.0.0.1"]), &[], &[]);
+    let mut pod = Process::spawn(
+        "127.0.0.1",
+        Ports::free_on(&["127.0.0.1"]),
+        &["--drain-window=500ms".to_owned()],
+        &[],
+    );
     pod.wait_ready().await;
     let mut user = User::connect(&pod.ws_url()).await;
     user.subscribe("t").await;

@@ -77,6 +77,11 @@ impl Link {
         self.connected.load(Ordering::Acquire)
     }
 
+    /// Whether nothing is queued for the peer.
+    pub fn is_idle(&self) -> bool {
+        self.queue.capacity() == self.queue.max_capacity()
+    }
+
     /// Whether this address turned out to be this pod itself.
     pub fn is_self(&self) -> bool {
         self.is_self.load(Ordering::Acquire)

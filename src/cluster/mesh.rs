@@ -172,6 +172,23 @@ impl Mesh {
         inner.discovered.store(true, Ordering::Release);
     }
 
+    /// Waits until every peer queue is empty, or `timeout` passes: what was
+    /// published before a stop still reaches the peers.
+    pub async fn flush(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let links = self.inner.links.load();
+            if links
+                .iter()
+                .all(|l| l.is_self() || !l.is_connected() || l.is_idle())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(?timeout, "stopping with messages still queued for peers");
+    }
+
     /// Every peer known, for operators.
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.inner

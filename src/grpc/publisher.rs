@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cluster::Mesh;
 use crate::message::TraceContext;
-use crate::proto::v1::publisher_server::{Publisher as PublisherApi, PublisherServer};
+use crate::proto::v1::publisher_server::Publisher as PublisherApi;
 use crate::proto::v1::{
     ListPeersRequest, ListPeersResponse, PeerStatus, PublishBatchRequest, PublishBatchResponse,
     PublishRequest, PublishResponse,
@@ -20,9 +20,9 @@ pub struct PublisherService {
 }
 
 impl PublisherService {
-    /// The service, ready to add to a tonic server.
-    pub fn server(publisher: Publisher, mesh: Mesh) -> PublisherServer<Self> {
-        PublisherServer::new(Self { publisher, mesh })
+    /// The service over `publisher`, reporting `mesh`'s peers.
+    pub fn new(publisher: Publisher, mesh: Mesh) -> Self {
+        Self { publisher, mesh }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Carrying one trace across the path of a message: the gRPC caller's
 //! context becomes the parent of the `publish` span; the publish span's
 //! context travels with the message (see
-//! [`TraceContext`](crate::message::TraceContext)) to each peer through a
+//! [`TraceContext`]) to each peer through a
 //! `peer_send` span, and each pod's `deliver` span hangs under it.
 //!
 //! Every helper here returns at once when tracing is off.

@@ -1,18 +1,38 @@
 //! The WebSocket gateway: `GET /ws` upgrades into a [`session`] speaking
 //! [`protocol`] v1. The gateway joins each session to the hub and never talks
 //! to peers or to the gRPC API.
+//!
+//! Before a connection is upgraded, in this order (each refusal is an HTTP
+//! error with a JSON body `{"error":{"code":..,"message":..}}`, no socket is
+//! opened, and `herald_refusals_total{reason}` goes up):
+//! 1. the pod is draining → 503 `draining`;
+//! 2. the `Origin` is not in `--allowed-origins` → 403 `forbidden`;
+//! 3. `--max-connections` are open → 503 `too_many_connections`;
+//! 4. more than `--max-connection-rate` new connections this second → 429
+//!    `rate_limited`;
+//! 5. with `--auth jwt`, the token (header, `?token=` or subprotocol) is
+//!    missing or invalid → 401 `unauthorized` with the reason.
 
 pub mod protocol;
+pub mod requests;
 pub mod session;
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::auth::{self, Identity, Verifier};
 use crate::hub::Hub;
+use crate::limit::{TokenBucket, jitter};
+use crate::publish::Publisher;
 use crate::stats;
 
 /// Read buffer per connection. Client requests are small; tungstenite's
@@ -22,6 +42,18 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes tungstenite gathers before writing to the socket. Zero makes each
 /// frame go out at once; coalescing already batches messages into frames.
 const WRITE_BUFFER_BYTES: usize = 0;
+
+/// Limits checked at the upgrade and per connection.
+pub struct EdgeLimits {
+    /// Most connections this pod holds.
+    pub max_connections: u64,
+    /// New connections per second, pod-wide.
+    pub connection_rate: Mutex<TokenBucket>,
+    /// Client publishes per second, per connection.
+    pub client_publish_rate: u32,
+    /// Allowed browser origins; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
 
 /// What the gateway needs to run sessions. Cheap to clone.
 #[derive(Clone)]
@@ -34,46 +66,199 @@ pub struct Gateway {
     pub max_subscriptions: usize,
     /// Largest client message, in bytes.
     pub max_frame_bytes: usize,
-    /// Session timing.
-    pub settings: session::Settings,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
     /// Where sessions count what they do.
     pub meters: session::Meters,
+    /// Token checks; `None` with `--auth none`.
+    pub verifier: Option<Verifier>,
+    /// The publish path, when client publish is enabled.
+    pub publisher: Option<Publisher>,
+    /// Connection and publish limits.
+    pub limits: Arc<EdgeLimits>,
     /// Sessions run on this tracker so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Cancelled when the pod shuts down.
-    pub shutdown: CancellationToken,
+    /// Cancelled when the pod starts draining.
+    pub drain: CancellationToken,
+    /// Sessions close at random moments within this window of the drain.
+    pub drain_window: Duration,
 }
 
-/// `GET /ws`: upgrades the connection and runs its session.
-pub async fn upgrade(State(gateway): State<Gateway>, upgrade: WebSocketUpgrade) -> Response {
+/// An upgrade refused before any socket was opened.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl Gateway {
+    /// The checks before an upgrade; the user's identity when auth is on.
+    fn admit(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
+        let refused = &self.meters.counters.refused;
+        let refuse = |counter, status, code, message: String| {
+            stats::add(counter, 1);
+            Err(Refusal {
+                status,
+                code,
+                message,
+            })
+        };
+        if self.drain.is_cancelled() {
+            let message = "this pod is shutting down; connect again to reach another".into();
+            return refuse(
+                &refused.draining,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                message,
+            );
+        }
+        let limits = &self.limits;
+        if !limits.allowed_origins.is_empty()
+            && let Some(origin) = headers.get(header::ORIGIN)
+            && !limits
+                .allowed_origins
+                .iter()
+                .any(|allowed| origin.as_bytes() == allowed.as_bytes())
+        {
+            let message = format!(
+                "origin {:?} is not allowed",
+                String::from_utf8_lossy(origin.as_bytes())
+            );
+            return refuse(&refused.origin, StatusCode::FORBIDDEN, "forbidden", message);
+        }
+        if self.meters.counters.connections_open() >= limits.max_connections {
+            let message = format!(
+                "this pod holds its limit of {} connections",
+                limits.max_connections
+            );
+            return refuse(
+                &refused.max_connections,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                message,
+            );
+        }
+        let admitted = limits
+            .connection_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .try_take(Instant::now());
+        if !admitted {
+            let message =
+                "too many new connections right now; retry after a short random delay".into();
+            return refuse(
+                &refused.connection_rate,
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                message,
+            );
+        }
+        let Some(verifier) = &self.verifier else {
+            return Ok(None);
+        };
+        let Some(token) = auth::extract::token_from_upgrade(headers, uri.query()) else {
+            let message = "a token is required: send Authorization: Bearer <jwt>, ?token=<jwt>, \
+                           or the subprotocols herald.v1 and bearer.<jwt>"
+                .into();
+            return refuse(
+                &refused.unauthorized,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                message,
+            );
+        };
+        match verifier.verify(&token.value) {
+            Ok(identity) => Ok(Some(identity)),
+            Err(e) => {
+                tracing::debug!(
+                    source = token.source.as_str(),
+                    reason = e.reason(),
+                    "refused a token"
+                );
+                refuse(
+                    &refused.unauthorized,
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+/// `GET /ws`: checks the request, upgrades it and runs its session.
+pub async fn upgrade(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let identity = match gateway.admit(&headers, &uri) {
+        Ok(identity) => identity,
+        Err(refusal) => return refusal.into_response(),
+    };
     let limit = gateway.max_frame_bytes;
-    upgrade
+    let mut upgrade = upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            // The tracker token keeps shutdown waiting until this session
-            // has sent its close frame.
-            let token = gateway.tracker.token();
-            stats::add(&gateway.meters.counters.connections_opened, 1);
-            let (membership, mailbox) = gateway
-                .hub
-                .join(gateway.queue_capacity, gateway.max_subscriptions);
-            let span = tracing::debug_span!("ws_session");
-            async move {
-                let end = session::run(
-                    socket,
-                    membership,
-                    mailbox,
-                    gateway.settings,
-                    gateway.shutdown.clone(),
-                    gateway.meters.clone(),
-                )
-                .await;
-                tracing::debug!(?end, "session ended");
-                drop(token);
-            }
-            .instrument(span)
-        })
+        .max_frame_size(limit);
+    // Browsers send their token as a subprotocol; answering with herald's
+    // own protocol (never the token) completes their handshake.
+    if auth::extract::offers_subprotocol(&headers) {
+        upgrade = upgrade.protocols([auth::extract::SUBPROTOCOL]);
+    }
+    upgrade.on_upgrade(move |socket| {
+        // The tracker token keeps shutdown waiting until this session has
+        // sent its close frame.
+        let token = gateway.tracker.token();
+        let counters = gateway.meters.counters.clone();
+        stats::add(&counters.connections_opened, 1);
+        let (membership, mailbox) = gateway
+            .hub
+            .join(gateway.queue_capacity, gateway.max_subscriptions);
+        let publishing = gateway
+            .publisher
+            .clone()
+            .map(|publisher| requests::Publishing {
+                publisher,
+                limit: TokenBucket::new(
+                    gateway.limits.client_publish_rate,
+                    gateway.limits.client_publish_rate,
+                    Instant::now(),
+                ),
+            });
+        let requests = requests::Requests {
+            membership,
+            identity,
+            publishing,
+            counters,
+        };
+        let settings = session::Settings {
+            heartbeat_interval: gateway.heartbeat_interval,
+            drain_delay: jitter(gateway.drain_window),
+        };
+        let span = tracing::debug_span!("ws_session");
+        async move {
+            let end = session::run(
+                socket,
+                requests,
+                mailbox,
+                settings,
+                gateway.drain.clone(),
+                gateway.meters.clone(),
+            )
+            .await;
+            tracing::debug!(?end, "session ended");
+            drop(token);
+        }
+        .instrument(span)
+    })
 }

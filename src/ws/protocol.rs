@@ -30,17 +30,31 @@ pub enum ErrorCode {
     UnsupportedFrame,
     /// The connection already holds the most subscriptions allowed.
     TooManySubscriptions,
+    /// The user's token does not allow this topic (or client publish is
+    /// off).
+    Forbidden,
+    /// The connection publishes faster than allowed.
+    RateLimited,
+    /// A client publish whose `data` is missing, too large or not valid.
+    InvalidData,
 }
 
 /// A request the session understood.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Op {
+#[derive(Debug)]
+pub enum Op<'a> {
     /// Start receiving messages published to the topic.
     Subscribe(Topic),
     /// Stop receiving messages published to the topic.
     Unsubscribe(Topic),
     /// Ask for a `pong` (an application-level liveness check).
     Ping,
+    /// Publish `data` to the topic, as a backend would (when allowed).
+    Publish {
+        /// Where to publish.
+        topic: Topic,
+        /// The JSON value to publish, as the client wrote it.
+        data: &'a RawValue,
+    },
 }
 
 /// A request that could not be understood, with what to reply.
@@ -60,7 +74,7 @@ pub struct Request<'a> {
     /// The `ref` to echo, verbatim.
     pub reference: Option<&'a RawValue>,
     /// What the client asks for.
-    pub op: Op,
+    pub op: Op<'a>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +85,8 @@ struct RawRequest<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 /// Splits a client text frame into its non-empty lines.
@@ -109,10 +125,17 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
         Some("subscribe") => Op::Subscribe(topic()?),
         Some("unsubscribe") => Op::Unsubscribe(topic()?),
         Some("ping") => Op::Ping,
+        Some("publish") => {
+            let topic = topic()?;
+            let data = raw
+                .data
+                .ok_or_else(|| reject(ErrorCode::MissingField, "`data` is required".into()))?;
+            Op::Publish { topic, data }
+        }
         Some(other) => {
             return Err(reject(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?}; expected subscribe, unsubscribe or ping"),
+                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
             ));
         }
         None => return Err(reject(ErrorCode::MissingField, "`op` is required".into())),
@@ -139,6 +162,8 @@ struct Reply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     ok: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ReplyError<'a>>,
 }
 
@@ -160,6 +185,7 @@ pub fn ok(reference: Option<&RawValue>) -> String {
         op: "reply",
         reference,
         ok: Some(true),
+        id: None,
         error: None,
     })
 }
@@ -170,7 +196,20 @@ pub fn error(reference: Option<&RawValue>, code: ErrorCode, message: &str) -> St
         op: "reply",
         reference,
         ok: Some(false),
+        id: None,
         error: Some(ReplyError { code, message }),
+    })
+}
+
+/// `{"op":"reply","ref":R,"ok":true,"id":I}`: a client publish was
+/// accepted as message `I`.
+pub fn published(reference: Option<&RawValue>, id: &str) -> String {
+    encode(&Reply {
+        op: "reply",
+        reference,
+        ok: Some(true),
+        id: Some(id),
+        error: None,
     })
 }
 
@@ -180,6 +219,7 @@ pub fn pong(reference: Option<&RawValue>) -> String {
         op: "pong",
         reference,
         ok: None,
+        id: None,
         error: None,
     })
 }
@@ -195,17 +235,18 @@ mod tests {
     #[test]
     fn parses_the_three_operations() {
         let sub = parse(r#"{"op":"subscribe","topic":"room:1","ref":"1"}"#).expect("valid");
-        assert_eq!(sub.op, Op::Subscribe(Topic::new("room:1").expect("valid")));
+        assert!(matches!(sub.op, Op::Subscribe(t) if t.as_str() == "room:1"));
         assert_eq!(sub.reference.map(RawValue::get), Some(r#""1""#));
         let unsub = parse(r#"{"op":"unsubscribe","topic":"room:1"}"#).expect("valid");
-        assert_eq!(
-            unsub.op,
-            Op::Unsubscribe(Topic::new("room:1").expect("valid"))
-        );
+        assert!(matches!(unsub.op, Op::Unsubscribe(t) if t.as_str() == "room:1"));
         assert!(unsub.reference.is_none());
-        assert_eq!(
+        assert!(matches!(
             parse(r#"{"op":"ping","ref":3}"#).expect("valid").op,
             Op::Ping
+        ));
+        let publish = parse(r#"{"op":"publish","topic":"t","data":{"a": [1, 2]}}"#).expect("valid");
+        assert!(
+            matches!(publish.op, Op::Publish { topic, data } if topic.as_str() == "t" && data.get() == r#"{"a": [1, 2]}"#)
         );
     }
 
@@ -223,6 +264,10 @@ mod tests {
         assert_eq!(code_of(r#"{"op":"subscribe"}"#), ErrorCode::MissingField);
         assert_eq!(code_of(r#"{"op":5}"#), ErrorCode::MissingField);
         assert_eq!(code_of(r#"{"op":"shout"}"#), ErrorCode::UnknownOp);
+        assert_eq!(
+            code_of(r#"{"op":"publish","topic":"t"}"#),
+            ErrorCode::MissingField
+        );
         assert_eq!(
             code_of(r#"{"op":"subscribe","topic":"a b"}"#),
             ErrorCode::InvalidTopic

@@ -1,8 +1,8 @@
 //! One WebSocket connection: requests in, replies and messages out.
 //!
-//! Each connection runs as a single task that owns its socket, its hub
-//! [`Membership`] and its [`Mailbox`]; no lock is shared with other
-//! connections. The loop waits on whichever comes first: a client frame, a
+//! Each connection runs as a single task that owns its socket, its
+//! [`Requests`] (subscriptions and permissions) and its [`Mailbox`]; no
+//! lock is shared with other connections. The loop waits on whichever comes first: a client frame, a
 //! queued message, the heartbeat timer, the slow-client mark or shutdown.
 //!
 //! Writing: when a message is ready, every other message already queued is
@@ -16,13 +16,17 @@
 //! - a client message over the size limit: close code 1009;
 //! - its mailbox overflowed (slow client) or a write stalled for two
 //!   heartbeat intervals: close code 1013;
-//! - the pod shuts down: close code 1012 (reconnect elsewhere);
+//! - the pod drains (SIGTERM): close code 1012 (reconnect elsewhere), at a
+//!   moment drawn at random within the drain window, so a pod's users do
+//!   not all reconnect in the same second;
 //! - nothing received for two heartbeat intervals: the socket is dropped.
 
 use std::time::Duration;
 
 use axum::Error;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -32,8 +36,8 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{self, ErrorCode, Op};
-use crate::hub::{Mailbox, Membership};
+use super::requests::Requests;
+use crate::hub::Mailbox;
 use crate::message as herald_message;
 use crate::stats::{self, Counters};
 
@@ -59,6 +63,8 @@ pub mod close_code {
 pub struct Settings {
     /// How often to ping; silence for two intervals ends the session.
     pub heartbeat_interval: Duration,
+    /// How long after the drain starts this connection is closed.
+    pub drain_delay: Duration,
 }
 
 /// Where a session counts what it does.
@@ -79,19 +85,20 @@ pub enum End {
     TooBig,
     /// The mailbox overflowed or a write stalled.
     Slow,
-    /// The pod is shutting down.
+    /// The pod is draining.
     Shutdown,
     /// The client sent nothing for two heartbeat intervals.
     HeartbeatTimeout,
 }
 
-/// Runs one session to its end over `socket`.
+/// Runs one session to its end over `socket`. `drain` is cancelled when
+/// the pod starts draining.
 pub async fn run<S>(
     mut socket: S,
-    mut membership: Membership,
+    mut requests: Requests,
     mut mailbox: Mailbox,
     settings: Settings,
-    shutdown: CancellationToken,
+    drain: CancellationToken,
     meters: Meters,
 ) -> End
 where
@@ -101,17 +108,22 @@ where
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let closing = async {
+        drain.cancelled().await;
+        tokio::time::sleep(settings.drain_delay).await;
+    };
+    tokio::pin!(closing);
 
     let end = loop {
         let outcome = tokio::select! {
             biased;
-            () = shutdown.cancelled() => Err(End::Shutdown),
+            () = &mut closing => Err(End::Shutdown),
             incoming = socket.next() => {
                 last_heard = Instant::now();
                 match incoming {
                     Some(Ok(message)) => {
-                        let out = handle(message, &mut membership);
-                        write(&mut socket, out, &mailbox, &shutdown, period, &meters).await
+                        let out = requests.answer(message);
+                        write(&mut socket, out, &mailbox, closing.as_mut(), period, &meters).await
                     }
                     Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
                     Some(Err(_)) | None => Err(End::Client),
@@ -121,7 +133,7 @@ where
                 Some(first) => {
                     let arrived = first.received();
                     let frame = coalesce(first, &mut mailbox);
-                    let written = write(&mut socket, frame, &mailbox, &shutdown, period, &meters).await;
+                    let written = write(&mut socket, frame, &mailbox, closing.as_mut(), period, &meters).await;
                     if written.is_ok() {
                         meters.latency.record(arrived.elapsed().as_secs_f64(), &[]);
                     }
@@ -134,7 +146,7 @@ where
                     Err(End::HeartbeatTimeout)
                 } else {
                     let ping = Some(Message::Ping(Bytes::new()));
-                    write(&mut socket, ping, &mailbox, &shutdown, period, &meters).await
+                    write(&mut socket, ping, &mailbox, closing.as_mut(), period, &meters).await
                 }
             }
         };
@@ -142,7 +154,7 @@ where
             break end;
         }
     };
-    drop(membership);
+    drop(requests);
     let closed = &meters.counters.connections_closed;
     stats::add(
         match end {
@@ -171,55 +183,6 @@ where
         let _ = timeout(CLOSE_TIMEOUT, socket.close()).await;
     }
     end
-}
-
-/// Answers one client message; returns the text frame to send back, if any.
-fn handle(message: Message, membership: &mut Membership) -> Option<Message> {
-    let text = match message {
-        Message::Text(text) => text,
-        Message::Binary(_) => {
-            let reply = protocol::error(
-                None,
-                ErrorCode::UnsupportedFrame,
-                "binary frames are not supported; send JSON text frames",
-            );
-            return Some(Message::Text(reply.into()));
-        }
-        // Pings are answered by the WebSocket layer; pongs and closes need
-        // nothing from us.
-        Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return None,
-    };
-    let mut replies = String::new();
-    for line in protocol::lines(&text) {
-        let reply = match protocol::parse(line) {
-            Ok(request) => {
-                let reference = request.reference;
-                match request.op {
-                    Op::Subscribe(topic) => match membership.subscribe(topic) {
-                        Ok(_) => protocol::ok(reference),
-                        Err(e) => protocol::error(
-                            reference,
-                            ErrorCode::TooManySubscriptions,
-                            &e.to_string(),
-                        ),
-                    },
-                    Op::Unsubscribe(topic) => {
-                        membership.unsubscribe(&topic);
-                        protocol::ok(reference)
-                    }
-                    Op::Ping => protocol::pong(reference),
-                }
-            }
-            Err(rejection) => {
-                protocol::error(rejection.reference, rejection.code, &rejection.message)
-            }
-        };
-        if !replies.is_empty() {
-            replies.push('\n');
-        }
-        replies.push_str(&reply);
-    }
-    (!replies.is_empty()).then(|| Message::Text(replies.into()))
 }
 
 /// Joins `first` and whatever else is already queued, up to
@@ -263,7 +226,7 @@ async fn write<S>(
     socket: &mut S,
     message: Option<Message>,
     mailbox: &Mailbox,
-    shutdown: &CancellationToken,
+    closing: Pin<&mut impl Future<Output = ()>>,
     period: Duration,
     meters: &Meters,
 ) -> Result<(), End>
@@ -278,7 +241,7 @@ where
     }
     tokio::select! {
         biased;
-        () = shutdown.cancelled() => Err(End::Shutdown),
+        () = closing => Err(End::Shutdown),
         () = mailbox.slow() => Err(End::Slow),
         sent = timeout(2 * period, socket.send(message)) => match sent {
             Ok(Ok(())) => Ok(()),

@@ -46,6 +46,45 @@ impl User {
         }
     }
 
+    /// Connects with extra request headers (`Authorization`, `Origin`,
+    /// `Sec-WebSocket-Protocol`); a refused upgrade gives its HTTP status
+    /// and body. The selected subprotocol, if any, comes with the user.
+    pub async fn try_connect(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Self, Option<String>), (u16, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().expect("valid URL");
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName =
+                name.parse().expect("header name");
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header value"));
+        }
+        let connected = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time");
+        match connected {
+            Ok((socket, response)) => {
+                let protocol = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().expect("ascii").to_owned());
+                Ok((Self::from_socket(socket), protocol))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body.into_owned()))
+            }
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+
     /// Wraps a socket connected some other way.
     pub fn from_socket(socket: Socket) -> Self {
         Self {

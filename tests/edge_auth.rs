@@ -1,0 +1,306 @@
+//! Only the right users get in, and they only hear what their token
+//! allows: JWT checks at the upgrade, topic permissions from claims,
+//! `user:<sub>` across pods, client publish, and API tokens on gRPC.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::pod::Pod;
+use common::process::{Ports, Process};
+use common::user::User;
+use herald::proto::v1::PublishRequest;
+use herald::proto::v1::publisher_client::PublisherClient;
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Value, json};
+
+const SECRET: &str = "a test-only shared secret";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+fn claims(sub: &str, topics: &[&str]) -> Value {
+    json!({"sub": sub, "topics": topics, "exp": now() + 600, "iss": "tests", "aud": "herald"})
+}
+
+fn sign(claims: &Value, secret: &str) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("signs")
+}
+
+struct Secret {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn secret_file(contents: &str) -> Secret {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("secret");
+    std::fs::write(&path, contents).expect("written");
+    Secret { path, _dir: dir }
+}
+
+fn jwt_flags(secret: &Secret) -> Vec<String> {
+    vec![
+        "--auth=jwt".into(),
+        format!("--jwt-secret-file={}", secret.path.display()),
+        "--jwt-issuer=tests".into(),
+        "--jwt-audience=herald".into(),
+    ]
+}
+
+async fn jwt_pod(secret: &Secret, extra: &[&str]) -> Pod {
+    let mut flags = jwt_flags(secret);
+    flags.extend(extra.iter().map(|f| f.to_string()));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Pod::start(&flags).await
+}
+
+async fn refused(pod: &Pod, token: &str) -> (u16, String) {
+    let bearer = format!("Bearer {token}");
+    match User::try_connect(&pod.ws_url(), &[("authorization", &bearer)]).await {
+        Ok(_) => panic!("the upgrade should have been refused"),
+        Err(refusal) => refusal,
+    }
+}
+
+#[tokio::test]
+async fn a_valid_token_is_accepted_from_the_header_the_query_or_the_subprotocol() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &[]).await;
+    let token = sign(&claims("42", &["room:*"]), SECRET);
+
+    let bearer = format!("Bearer {token}");
+    let (mut user, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("header token accepted");
+    user.subscribe("room:1").await;
+
+    let (mut user, _) = User::try_connect(&format!("{}?token={token}", pod.ws_url()), &[])
+        .await
+        .expect("query token accepted");
+    user.subscribe("room:1").await;
+
+    let offered = format!("herald.v1, bearer.{token}");
+    let (mut user, selected) =
+        User::try_connect(&pod.ws_url(), &[("sec-websocket-protocol", &offered)])
+            .await
+            .expect("subprotocol token accepted");
+    assert_eq!(
+        selected.as_deref(),
+        Some("herald.v1"),
+        "the token is never echoed"
+    );
+    user.subscribe("room:1").await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_401_and_a_reason() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &[]).await;
+    let mut expired = claims("42", &[]);
+    expired["exp"] = json!(now() - 3600);
+    let mut early = claims("42", &[]);
+    early["nbf"] = json!(now() + 3600);
+    let mut audience = claims("42", &[]);
+    audience["aud"] = json!("someone-else");
+    let cases = [
+        (sign(&expired, SECRET), "expired"),
+        (sign(&claims("42", &[]), "not the secret"), "signature"),
+        (sign(&early, SECRET), "not valid yet"),
+        (sign(&audience, SECRET), "audience"),
+        ("not.a.jwt".to_owned(), "malformed"),
+    ];
+    for (token, reason) in cases {
+        let (status, body) = refused(&pod, &token).await;
+        assert_eq!(status, 401, "{reason}");
+        let body: Value = serde_json::from_str(&body).expect("JSON body");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(
+            message.contains(reason),
+            "{message:?} should say {reason:?}"
+        );
+        assert!(!message.contains(&token), "the token is never echoed");
+    }
+    match User::try_connect(&pod.ws_url(), &[]).await {
+        Err((401, body)) => assert!(body.contains("a token is required"), "{body}"),
+        other => panic!("expected 401 without a token, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn topics_outside_the_claims_are_forbidden_but_the_users_own_topic_is_not() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &[]).await;
+    let token = sign(&claims("42", &["room:*", "news"]), SECRET);
+    let bearer = format!("Bearer {token}");
+    let (mut user, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("accepted");
+    user.subscribe("room:7").await;
+    user.subscribe("news").await;
+    user.subscribe("user:42").await;
+    for topic in ["newsroom", "user:43", "roo", "admin"] {
+        let reply = user
+            .request(json!({"op":"subscribe","topic":topic,"ref":"x"}))
+            .await;
+        assert_eq!(reply["error"]["code"], "forbidden", "{topic}: {reply}");
+    }
+    user.still_usable().await;
+}
+
+#[tokio::test]
+async fn publishing_to_user_sub_reaches_every_device_of_that_user_across_pods() {
+    let secret = secret_file(SECRET);
+    let ips = ["127.0.0.1", "127.0.0.2"];
+    let ports = Ports::free_on(&ips);
+    let mut flags = jwt_flags(&secret);
+    flags.push("--discovery=static".into());
+    flags.push(format!(
+        "--peers={}:{p},{}:{p}",
+        ips[0],
+        ips[1],
+        p = ports.peer
+    ));
+    let pods: Vec<_> = ips
+        .iter()
+        .map(|ip| Process::spawn(ip, ports, &flags, &[]))
+        .collect();
+    for pod in &pods {
+        pod.wait_ready().await;
+    }
+    let bearer = format!("Bearer {}", sign(&claims("42", &[]), SECRET));
+    let mut devices = Vec::new();
+    for pod in &pods {
+        let (mut device, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+            .await
+            .expect("accepted");
+        device.subscribe("user:42").await;
+        devices.push(device);
+    }
+    PublisherClient::connect(pods[0].grpc_url())
+        .await
+        .expect("connects")
+        .publish(PublishRequest {
+            topic: "user:42".into(),
+            data: br#"{"note":"for you"}"#.to_vec(),
+        })
+        .await
+        .expect("published");
+    for device in &mut devices {
+        assert_eq!(device.message("user:42").await, json!({"note":"for you"}));
+    }
+}
+
+#[tokio::test]
+async fn client_publish_follows_the_publish_claim_and_its_rate_limit() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &["--client-publish", "--client-publish-rate=2"]).await;
+    let mut claims = claims("7", &["chat:*"]);
+    claims["publish"] = json!(["chat:*"]);
+    let bearer = format!("Bearer {}", sign(&claims, SECRET));
+    let (mut user, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("accepted");
+    let mut listener = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("accepted")
+        .0;
+    listener.subscribe("chat:1").await;
+
+    let reply = user
+        .request(json!({"op":"publish","topic":"chat:1","data":{"hi":1},"ref":"p1"}))
+        .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["id"].as_str().map(str::len), Some(26));
+    assert_eq!(listener.message("chat:1").await, json!({"hi":1}));
+
+    let reply = user
+        .request(json!({"op":"publish","topic":"news","data":1,"ref":"p2"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "forbidden");
+
+    let reply = user
+        .request(json!({"op":"publish","topic":"chat:1","data":2,"ref":"p3"}))
+        .await;
+    assert_eq!(
+        reply["ok"], true,
+        "second publish is within the burst: {reply}"
+    );
+    let reply = user
+        .request(json!({"op":"publish","topic":"chat:1","data":3,"ref":"p4"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "rate_limited", "{reply}");
+}
+
+#[tokio::test]
+async fn client_publish_is_refused_unless_enabled() {
+    let pod = Pod::start(&[]).await;
+    let mut user = User::connect(&pod.ws_url()).await;
+    let reply = user
+        .request(json!({"op":"publish","topic":"t","data":1,"ref":"p"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn grpc_calls_need_a_token_from_the_api_tokens_file() {
+    let tokens = secret_file("# backends\nbackend-token-1\nbackend-token-2\n");
+    let flag = format!("--api-tokens-file={}", tokens.path.display());
+    let pod = Pod::start(&[&flag]).await;
+    let request = |token: Option<&str>| {
+        let mut request = tonic::Request::new(PublishRequest {
+            topic: "t".into(),
+            data: b"1".to_vec(),
+        });
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().expect("ascii");
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    };
+    let mut client = pod.publisher().await;
+    let missing = client.publish(request(None)).await.expect_err("no token");
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    assert!(missing.message().contains("missing bearer token"));
+    let wrong = client
+        .publish(request(Some("guess")))
+        .await
+        .expect_err("wrong token");
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    assert!(wrong.message().contains("unknown API token"));
+    client
+        .publish(request(Some("backend-token-2")))
+        .await
+        .expect("a listed token works");
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "publish",
+            "--addr",
+            &format!("http://{}", pod.grpc),
+            "--topic",
+            "t",
+            "--data",
+            "1",
+        ])
+        .args(["--token", "backend-token-1"])
+        .output()
+        .await
+        .expect("herald publish runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
