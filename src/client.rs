@@ -1,9 +1,9 @@
-//! The operator commands that talk to a running pod over its public gRPC
-//! API: `herald publish` and `herald peers`.
+//! The operator commands: `herald publish` and `herald peers` talk to a
+//! running pod over its public gRPC API; `herald token` mints a user token.
 
 use std::io::Read;
 
-use crate::config::{PeersArgs, PublishArgs};
+use crate::config::{PeersArgs, PublishArgs, TokenArgs};
 use crate::proto::v1::publisher_client::PublisherClient;
 use crate::proto::v1::{ListPeersRequest, PublishRequest};
 
@@ -24,6 +24,17 @@ pub enum ClientError {
     /// Standard input could not be read.
     #[error("reading data from standard input: {0}")]
     Stdin(#[from] std::io::Error),
+    /// The secret file could not be read.
+    #[error("reading {path}: {source}")]
+    Secret {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token could not be signed.
+    #[error("signing the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
     /// The token cannot be sent as gRPC metadata.
     #[error("the API token holds characters that cannot be sent in a header")]
     BadToken,
@@ -107,4 +118,39 @@ pub async fn peers(args: PeersArgs) -> Result<String, ClientError> {
         ));
     }
     Ok(out)
+}
+
+/// Mints an HS256 user token with the claims herald reads.
+pub fn token(args: TokenArgs) -> Result<String, ClientError> {
+    let secret = std::fs::read(&args.jwt_secret_file).map_err(|source| ClientError::Secret {
+        path: args.jwt_secret_file.display().to_string(),
+        source,
+    })?;
+    // The server ignores one trailing newline of the file; so does this.
+    let secret = secret
+        .strip_suffix(b"\r\n")
+        .or_else(|| secret.strip_suffix(b"\n"))
+        .unwrap_or(&secret);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = serde_json::json!({
+        "sub": args.sub,
+        "topics": args.topics,
+        "publish": args.publish,
+        "iat": now,
+        "exp": now + args.ttl.as_secs(),
+    });
+    if let Some(issuer) = args.issuer {
+        claims["iss"] = issuer.into();
+    }
+    if let Some(audience) = args.audience {
+        claims["aud"] = audience.into();
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret);
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
 }

@@ -27,6 +27,35 @@ pub enum Command {
     Publish(PublishArgs),
     /// List the peers a pod knows and whether each stream is up.
     Peers(PeersArgs),
+    /// Mint an HS256 user token from a shared secret file (for testing and
+    /// for backends without a JWT library).
+    Token(TokenArgs),
+}
+
+/// `herald token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The HS256 shared secret, as given to `serve --jwt-secret-file`.
+    #[arg(long, env = "HERALD_JWT_SECRET_FILE")]
+    pub jwt_secret_file: PathBuf,
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// Topics or `prefix*` patterns the user may subscribe to.
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Topics or `prefix*` patterns the user may publish to.
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// `iss`, when the server checks it.
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// `aud`, when the server checks it.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub audience: Option<String>,
 }
 
 /// `herald serve`.

@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Publish(args) => println!("{}", client::publish(args).await?),
         Command::Peers(args) => print!("{}", client::peers(args).await?),
+        Command::Token(args) => println!("{}", client::token(args)?),
     }
     Ok(())
 }

@@ -304,3 +304,30 @@ async fn grpc_calls_need_a_token_from_the_api_tokens_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn herald_token_mints_a_token_the_server_accepts() {
+    let secret = secret_file(&format!("{SECRET}\n"));
+    let pod = jwt_pod(&secret, &[]).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "token", "--sub", "42", "--topics", "room:*", "--issuer", "tests",
+        ])
+        .args(["--audience", "herald", "--ttl", "5m"])
+        .arg(format!("--jwt-secret-file={}", secret.path.display()))
+        .output()
+        .await
+        .expect("herald token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf-8");
+    let bearer = format!("Bearer {}", token.trim());
+    let (mut user, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("the minted token is accepted");
+    user.subscribe("room:9").await;
+    user.subscribe("user:42").await;
+}
