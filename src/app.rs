@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
-use tokio::net::TcpListener;
+use axum::serve::ListenerExt;
+use futures_util::{Stream, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -222,7 +224,7 @@ pub async fn run(
         Some(listener) => (http::public(gateway), Some(listener)),
         None => (http::public(gateway).merge(admin_router.clone()), None),
     };
-    let http = axum::serve(listeners.http, public_router)
+    let http = axum::serve(listeners.http.tap_io(no_delay), public_router)
         .with_graceful_shutdown(stop.clone().cancelled_owned());
     let admin = async {
         match admin_listener {
@@ -236,18 +238,12 @@ pub async fn run(
     };
     let grpc = tonic::transport::Server::builder()
         .add_routes(grpc_routes)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
-            stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming(listeners.grpc), stop.clone().cancelled_owned());
     let peer = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(peer_service)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.peer),
-            stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming(listeners.peer), stop.clone().cancelled_owned());
     health.set_serving();
     let served = tokio::try_join!(
         async { http.await.map_err(|e| serve_error("http", e)) },
@@ -335,6 +331,25 @@ fn load_auth(
         }
     };
     Ok((verifier, api_tokens))
+}
+
+/// Sets `TCP_NODELAY`: herald writes whole frames and batches them itself,
+/// so Nagle's algorithm would only add delay (up to a delayed-ACK timeout
+/// of 40 ms on Linux) to small messages.
+fn no_delay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
+}
+
+/// Accepted connections of `listener`, with [`no_delay`] applied.
+fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.map(|mut stream| {
+            no_delay(&mut stream);
+            stream
+        })
+    })
 }
 
 fn serve_error(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Error {

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::de::IgnoredAny;
 
@@ -174,7 +175,7 @@ pub struct Message {
     topic: Topic,
     data: Bytes,
     origin: NodeId,
-    frame: Bytes,
+    frame: Utf8Bytes,
     received: Instant,
     trace: Option<Box<TraceContext>>,
 }
@@ -184,22 +185,25 @@ impl Message {
     /// [`compact_json`]) and encodes its protocol v1 frame:
     /// `{"op":"message","topic":T,"id":I,"data":D}`.
     pub fn new(id: MessageId, topic: Topic, data: Bytes, origin: NodeId) -> Self {
+        // Compacted JSON is UTF-8 (see `compact_json`), so this is lossless.
+        let data_text = String::from_utf8_lossy(&data);
         let id_text = id.to_string();
-        let mut frame = Vec::with_capacity(48 + topic.as_str().len() + id_text.len() + data.len());
-        frame.extend_from_slice(br#"{"op":"message","topic":""#);
+        let mut frame =
+            String::with_capacity(48 + topic.as_str().len() + id_text.len() + data_text.len());
+        frame.push_str(r#"{"op":"message","topic":""#);
         // Topic characters need no JSON escaping (see `Topic`).
-        frame.extend_from_slice(topic.as_str().as_bytes());
-        frame.extend_from_slice(br#"","id":""#);
-        frame.extend_from_slice(id_text.as_bytes());
-        frame.extend_from_slice(br#"","data":"#);
-        frame.extend_from_slice(&data);
-        frame.push(b'}');
+        frame.push_str(topic.as_str());
+        frame.push_str(r#"","id":""#);
+        frame.push_str(&id_text);
+        frame.push_str(r#"","data":"#);
+        frame.push_str(&data_text);
+        frame.push('}');
         Self {
             id,
             topic,
             data,
             origin,
-            frame: Bytes::from(frame),
+            frame: Utf8Bytes::from(frame),
             received: Instant::now(),
             trace: None,
         }
@@ -236,8 +240,10 @@ impl Message {
         self.origin
     }
 
-    /// The encoded protocol v1 frame, UTF-8 JSON without a newline.
-    pub fn frame(&self) -> &Bytes {
+    /// The encoded protocol v1 frame: JSON without a newline, kept as
+    /// WebSocket text so that sending it needs neither a copy nor another
+    /// UTF-8 check.
+    pub fn frame(&self) -> &Utf8Bytes {
         &self.frame
     }
 
@@ -304,7 +310,7 @@ mod tests {
             Bytes::from_static(br#"{"k":1}"#),
             NodeId::random(),
         );
-        let value: serde_json::Value = serde_json::from_slice(msg.frame()).expect("frame is JSON");
+        let value: serde_json::Value = serde_json::from_str(msg.frame()).expect("frame is JSON");
         assert_eq!(
             value,
             serde_json::json!({"op":"message","topic":"room:1","id":id.to_string(),"data":{"k":1}})

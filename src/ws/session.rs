@@ -132,7 +132,7 @@ where
             queued = mailbox.recv() => match queued {
                 Some(first) => {
                     let arrived = first.received();
-                    let frame = coalesce(first, &mut mailbox);
+                    let frame = Some(coalesce(first, &mut mailbox));
                     let written = write(&mut socket, frame, &mailbox, closing.as_mut(), period, &meters).await;
                     if written.is_ok() {
                         meters.latency.record(arrived.elapsed().as_secs_f64(), &[]);
@@ -186,37 +186,28 @@ where
 }
 
 /// Joins `first` and whatever else is already queued, up to
-/// [`COALESCE_BYTES`], into one newline-separated text frame.
-fn coalesce(first: Arc<herald_message::Message>, mailbox: &mut Mailbox) -> Option<Message> {
-    let first = first.frame().clone();
-    let mut batch: Option<Vec<u8>> = None;
-    let mut size = first.len();
+/// [`COALESCE_BYTES`], into one newline-separated text frame. A lone
+/// message goes out as its shared frame, without a copy.
+fn coalesce(first: Arc<herald_message::Message>, mailbox: &mut Mailbox) -> Message {
+    let mut batch: Option<String> = None;
+    let mut size = first.frame().len();
     while size < COALESCE_BYTES {
         let Some(next) = mailbox.try_recv() else {
             break;
         };
         let buf = batch.get_or_insert_with(|| {
-            let mut buf = Vec::with_capacity(COALESCE_BYTES.min(4 * size) + next.frame().len());
-            buf.extend_from_slice(&first);
+            let mut buf = String::with_capacity(COALESCE_BYTES.min(4 * size) + next.frame().len());
+            buf.push_str(first.frame());
             buf
         });
-        buf.push(b'\n');
-        buf.extend_from_slice(next.frame());
+        buf.push('\n');
+        buf.push_str(next.frame());
         size = buf.len();
     }
-    // Frames are built from UTF-8 text (see `Message::new`), so this only
-    // re-checks what is known; a failure would be a bug, logged and skipped.
-    let text = match batch {
-        None => Utf8Bytes::try_from(first),
-        Some(buf) => Utf8Bytes::try_from(buf),
-    };
-    match text {
-        Ok(text) => Some(Message::Text(text)),
-        Err(e) => {
-            tracing::error!(error = %e, "dropping a frame that is not UTF-8");
-            None
-        }
-    }
+    Message::Text(match batch {
+        None => first.frame().clone(),
+        Some(buf) => buf.into(),
+    })
 }
 
 /// Sends `message` (if any) and flushes, unless the session is marked slow
