@@ -23,9 +23,19 @@ CHART_DIR = REPO_ROOT / "helm" / "herald"
 RELEASE = "herald"
 NAMESPACE = "herald"
 
-# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion): the
-# preStop `sleep` handler is on by default from 1.30.
-KUBE_VERSION = "1.30"
+# The Kubernetes versions every object is validated against: the oldest the
+# chart supports (Chart.yaml kubeVersion) and a current one.
+KUBE_VERSIONS = ["1.27", "1.30"]
+KUBE_VERSION = KUBE_VERSIONS[0]
+
+# What deploy/ is rendered with: the defaults, except that the JWT secret is
+# one the user creates (deploy/README.md), because the Secret the chart would
+# generate is random and would make every render differ.
+DEPLOY_VALUES: dict[str, Any] = {"auth": {"jwt": {"existingSecret": "herald-jwt"}}}
+
+# The Grafana dashboard the chart ships, and where deploy/ gets a copy of it.
+DASHBOARD = CHART_DIR / "dashboards" / "herald.json"
+DEPLOY_DASHBOARD = Path("grafana") / "herald-dashboard.json"
 
 # Every optional object at once, and every list or map value filled in, so
 # that one render exercises each template branch.
@@ -33,7 +43,28 @@ ALL_ON: dict[str, Any] = {
     "imagePullSecrets": [{"name": "regcred"}],
     "serviceAccount": {"annotations": {"example.com/role": "herald"}},
     "discovery": {"api": "endpointslices", "peerReadyTimeout": "20s"},
-    "limits": {"maxMessageBytes": 1048576, "maxFrameBytes": 2097152, "clientQueue": 4096},
+    "limits": {
+        "maxMessageBytes": 1048576,
+        "maxFrameBytes": 2097152,
+        "clientQueue": 4096,
+        "maxConnections": 2000000,
+        "maxConnectionRate": 500,
+        "clientPublishRate": 5,
+        "allowedOrigins": ["https://app.example.com", "https://admin.example.com"],
+    },
+    "auth": {
+        "jwt": {
+            "existingSecret": "idp-keys",
+            "secretKey": "",
+            "jwksKey": "jwks.json",
+            "issuer": "https://id.example.com/",
+            "audience": "herald",
+        },
+        "apiTokens": {"existingSecret": "herald-api-tokens", "key": "api-tokens"},
+        "clientPublish": True,
+    },
+    "drainWindow": "20s",
+    "terminationGracePeriodSeconds": 45,
     "log": {"format": "text", "level": "herald=debug,info"},
     "extraArgs": ["--k8s-namespace=herald"],
     "extraEnv": [{"name": "OTEL_SERVICE_NAME", "value": "herald"}],
@@ -73,6 +104,11 @@ ALL_ON: dict[str, Any] = {
     "networkPolicy": {
         "enabled": True,
         "grpcFrom": [{"podSelector": {"matchLabels": {"app": "backend"}}}],
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}],
+    },
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
+        "dashboard": {"enabled": True},
     },
 }
 
@@ -85,6 +121,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "ingress": {"ingress": {"enabled": True}},
     "httproute": {"httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]}},
     "topologyspread": {"topologySpread": {"enabled": True}},
+    "auth-none": {"auth": {"mode": "none"}},
+    "auth-publickey": {"auth": {"jwt": {"existingSecret": "idp-keys", "secretKey": "", "publicKeyKey": "key.pem"}}},
+    "apitokens": {"auth": {"apiTokens": {"existingSecret": "herald-api-tokens"}}},
+    "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
+    "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
+    "allowedorigins": {"limits": {"allowedOrigins": ["https://app.example.com"]}},
+    "deploy": DEPLOY_VALUES,
     "all": ALL_ON,
 }
 
@@ -95,6 +138,8 @@ KIND_ORDER = [
     "NetworkPolicy",
     "PodDisruptionBudget",
     "ServiceAccount",
+    "Secret",
+    "ConfigMap",
     "Role",
     "RoleBinding",
     "Service",
@@ -102,6 +147,7 @@ KIND_ORDER = [
     "HorizontalPodAutoscaler",
     "Ingress",
     "HTTPRoute",
+    "ServiceMonitor",
 ]
 
 

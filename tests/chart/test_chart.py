@@ -6,6 +6,8 @@ about one value in particular.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from typing import Any
 
@@ -21,7 +23,27 @@ VALUE_SET_NAMES = list(VALUE_SETS)
 
 # Kinds that are CRDs, so not in the Kubernetes schemas kubernetes-validate
 # ships; each has a structural check of its own below.
-CRD_KINDS = {("gateway.networking.k8s.io/v1", "HTTPRoute")}
+CRD_KINDS = {("gateway.networking.k8s.io/v1", "HTTPRoute"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+# Every metric herald exposes on /metrics; the dashboard must chart each one
+# and nothing else.
+HERALD_METRICS = {
+    "herald_connections_open",
+    "herald_connections_opened_total",
+    "herald_connections_closed_total",
+    "herald_subscriptions",
+    "herald_topics",
+    "herald_messages_published_total",
+    "herald_messages_delivered_total",
+    "herald_messages_dropped_total",
+    "herald_bytes_out_total",
+    "herald_delivery_latency_seconds",
+    "herald_peers_known",
+    "herald_peers_connected",
+    "herald_discovery_errors_total",
+    "herald_peer_reconnects_total",
+    "herald_refusals_total",
+}
 
 SELECTOR_LABELS = {
     "app.kubernetes.io/name": "herald",
@@ -50,25 +72,29 @@ def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return containers[0]
 
 
+@pytest.mark.parametrize("kube_version", chartlib.KUBE_VERSIONS)
 @pytest.mark.parametrize("name", VALUE_SET_NAMES)
-def test_the_chart_lints_cleanly_in_strict_mode(name: str) -> None:
+def test_the_chart_lints_cleanly_in_strict_mode(name: str, kube_version: str) -> None:
     report = helm_python.lint(
         chartlib.CHART_DIR,
         VALUE_SETS[name],
         strict=True,
         namespace=chartlib.NAMESPACE,
-        kube_version=f"v{chartlib.KUBE_VERSION}.0",
+        kube_version=f"v{kube_version}.0",
     )
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not report["errors"] and not problems, report
 
 
-def test_every_object_validates_against_the_kubernetes_schema(rendered: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize("kube_version", chartlib.KUBE_VERSIONS)
+def test_every_object_validates_against_the_kubernetes_schema(
+    rendered: list[dict[str, Any]], kube_version: str
+) -> None:
     for obj in rendered:
         if (obj["apiVersion"], obj["kind"]) in CRD_KINDS:
             continue
         try:
-            kubernetes_validate.validate(obj, chartlib.KUBE_VERSION, strict=True)
+            kubernetes_validate.validate(obj, kube_version, strict=True)
         except kubernetes_validate.ValidationError as e:
             where = ".".join(str(p) for p in e.path)
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {where}: {e.message}")
@@ -96,6 +122,26 @@ def test_the_httproute_is_a_well_formed_gateway_api_route() -> None:
     [rule] = spec["rules"]
     assert rule["matches"] == [{"path": {"type": "Exact", "value": "/ws"}}]
     assert rule["backendRefs"] == [{"name": "herald", "port": 8080}]
+
+
+def test_the_service_monitor_scrapes_the_admin_port_of_the_peer_service() -> None:
+    # NB: a CRD too; check the fields the Prometheus Operator reads.
+    assert not [o for o in render() if o["kind"] == "ServiceMonitor"]
+    objects = render(VALUE_SETS["all"])
+    monitor = only(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    spec = monitor["spec"]
+    assert spec["selector"] == {"matchLabels": SELECTOR_LABELS}
+    assert spec["namespaceSelector"] == {"matchNames": [chartlib.NAMESPACE]}
+    assert spec["endpoints"] == [{"port": "admin", "path": "/metrics", "interval": "15s"}]
+    # Only the peer Service names an admin port, so only it yields targets.
+    with_admin = [
+        s["metadata"]["name"]
+        for s in objects
+        if s["kind"] == "Service" and any(p["name"] == "admin" for p in s["spec"]["ports"])
+    ]
+    assert with_admin == ["herald-peers"]
 
 
 def test_an_httproute_without_a_gateway_is_refused() -> None:
@@ -149,7 +195,7 @@ def test_every_object_carries_the_standard_labels(rendered: list[dict[str, Any]]
         assert STANDARD_LABEL_KEYS <= set(labels), obj["kind"]
         assert labels["app.kubernetes.io/version"] == chartlib.cargo_version()
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        assert labels["helm.sh/chart"] == "herald-0.1.0"
+        assert labels["helm.sh/chart"] == f"herald-{chart_version()}"
 
 
 def test_selectors_use_only_the_name_and_instance_labels(rendered: list[dict[str, Any]]) -> None:
@@ -158,10 +204,23 @@ def test_selectors_use_only_the_name_and_instance_labels(rendered: list[dict[str
     selectors += [s["spec"]["selector"] for s in rendered if s["kind"] == "Service"]
     selectors += [p["spec"]["selector"]["matchLabels"] for p in rendered if p["kind"] == "PodDisruptionBudget"]
     selectors += [n["spec"]["podSelector"]["matchLabels"] for n in rendered if n["kind"] == "NetworkPolicy"]
+    selectors += [m["spec"]["selector"]["matchLabels"] for m in rendered if m["kind"] == "ServiceMonitor"]
     for selector in selectors:
         assert selector == SELECTOR_LABELS
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert SELECTOR_LABELS.items() <= pod_labels.items()
+
+
+def chart_version() -> str:
+    """The chart's own version from Chart.yaml."""
+    with helm_python.Chart.load(chartlib.CHART_DIR) as chart:
+        return str(chart.metadata["version"])
+
+
+def test_the_chart_supports_kubernetes_1_27_and_later() -> None:
+    with helm_python.Chart.load(chartlib.CHART_DIR) as chart:
+        assert chart.metadata["kubeVersion"] == ">=1.27.0-0"
+    assert chartlib.KUBE_VERSION == "1.27"
 
 
 def test_app_version_follows_the_crate_version() -> None:
@@ -175,7 +234,10 @@ def test_the_peer_service_is_headless_and_publishes_not_ready_pods(
     peers = next(s for s in rendered if s["kind"] == "Service" and s["metadata"]["name"].endswith("-peers"))
     assert peers["spec"]["clusterIP"] == "None"
     assert peers["spec"]["publishNotReadyAddresses"] is True
-    assert peers["spec"]["ports"] == [{"name": "peer", "port": 7070, "targetPort": "peer", "protocol": "TCP"}]
+    assert peers["spec"]["ports"] == [
+        {"name": "peer", "port": 7070, "targetPort": "peer", "protocol": "TCP"},
+        {"name": "admin", "port": 9100, "targetPort": "admin", "protocol": "TCP"},
+    ]
     assert f"--k8s-service={peers['metadata']['name']}" in container(rendered)["args"]
 
 
@@ -188,11 +250,13 @@ def test_the_client_service_exposes_http_and_grpc_over_h2c(rendered: list[dict[s
     assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
 
 
-def test_the_container_names_its_ports_and_probes_them(rendered: list[dict[str, Any]]) -> None:
+def test_the_container_names_its_ports_and_probes_the_admin_port(rendered: list[dict[str, Any]]) -> None:
     c = container(rendered)
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "grpc": 9090, "peer": 7070}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": 8080, "grpc": 9090, "peer": 7070, "admin": 9100}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert "--admin-addr=0.0.0.0:9100" in c["args"]
 
 
 def test_the_pod_learns_its_ip_and_namespace_from_the_downward_api(rendered: list[dict[str, Any]]) -> None:
@@ -236,14 +300,22 @@ def test_extra_args_come_last() -> None:
     assert args[-1] == "--k8s-namespace=elsewhere"
 
 
-def test_the_pod_sleeps_before_sigterm_within_its_grace_period() -> None:
+def test_the_pod_drains_itself_with_no_prestop_hook(rendered: list[dict[str, Any]]) -> None:
+    c = container(rendered)
+    assert "lifecycle" not in c
+    assert len([a for a in c["args"] if a.startswith("--drain-window=")]) == 1
+
+
+def test_the_drain_window_fits_in_the_grace_period_with_ten_seconds_to_spare() -> None:
     pod = only(render(), "Deployment")["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 30
-    assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
-    pod = only(render({"preStopSleepSeconds": 0}), "Deployment")["spec"]["template"]["spec"]
-    assert "lifecycle" not in pod["containers"][0]
-    with pytest.raises(helm_python.HelmRenderError, match="preStopSleepSeconds"):
-        render({"preStopSleepSeconds": 30, "terminationGracePeriodSeconds": 30})
+    assert "--drain-window=10s" in pod["containers"][0]["args"]
+    pod = only(render({"drainWindow": "30s", "terminationGracePeriodSeconds": 41}), "Deployment")
+    assert "--drain-window=30s" in pod["spec"]["template"]["spec"]["containers"][0]["args"]
+    with pytest.raises(helm_python.HelmRenderError, match="terminationGracePeriodSeconds .30. must exceed drainWindow .20s."):
+        render({"drainWindow": "20s"})
+    with pytest.raises(helm_python.HelmRenderError, match="must exceed drainWindow"):
+        render({"drainWindow": "0s", "terminationGracePeriodSeconds": 10})
 
 
 def test_the_autoscaler_owns_the_replica_count_when_enabled() -> None:
@@ -262,7 +334,7 @@ def test_the_disruption_budget_allows_one_pod_down_by_default() -> None:
 
 
 def test_optional_objects_are_off_by_default() -> None:
-    kinds = sorted(o["kind"] for o in render())
+    kinds = sorted(o["kind"] for o in render(chartlib.DEPLOY_VALUES))
     assert kinds == sorted(
         ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount"]
     )
@@ -272,13 +344,25 @@ def test_the_network_policy_keeps_the_peer_port_for_herald_pods_only() -> None:
     policy = only(render(VALUE_SETS["networkpolicy"]), "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
-    assert set(rules) == {"peer", "http", "grpc"}
+    assert set(rules) == {"peer", "http", "grpc", "admin"}
     assert rules["peer"]["from"] == [{"podSelector": {"matchLabels": SELECTOR_LABELS}}]
     assert "from" not in rules["http"]
     assert "from" not in rules["grpc"]
-    grpc_from = VALUE_SETS["all"]["networkPolicy"]["grpcFrom"]
+    assert rules["admin"]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    policy = VALUE_SETS["all"]["networkPolicy"]
     rules = {r["ports"][0]["port"]: r for r in only(render(VALUE_SETS["all"]), "NetworkPolicy")["spec"]["ingress"]}
-    assert rules["grpc"]["from"] == grpc_from
+    assert rules["grpc"]["from"] == policy["grpcFrom"]
+    assert rules["admin"]["from"] == policy["metricsFrom"]
+    assert rules["peer"]["from"] == [{"podSelector": {"matchLabels": SELECTOR_LABELS}}]
+    rules = {
+        r["ports"][0]["port"]: r
+        for r in only(render({"networkPolicy": {"enabled": True, "metricsFrom": []}}), "NetworkPolicy")["spec"][
+            "ingress"
+        ]
+    }
+    assert "from" not in rules["admin"]
 
 
 def test_the_ingress_routes_the_websocket_path_to_http() -> None:
@@ -301,8 +385,26 @@ def test_topology_spread_covers_each_key_when_enabled() -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [{"bogus": 1}, {"image": {"tagg": "x"}}, {"discovery": {"api": "pods"}}, {"limits": {"heartbeatInterval": "soon"}}],
-    ids=["unknown-top-level", "unknown-nested", "bad-enum", "bad-duration"],
+    [
+        {"bogus": 1},
+        {"image": {"tagg": "x"}},
+        {"discovery": {"api": "pods"}},
+        {"limits": {"heartbeatInterval": "soon"}},
+        {"drainWindow": "1m"},
+        {"drainWindow": "500ms"},
+        {"auth": {"mode": "oauth"}},
+        {"preStopSleepSeconds": 5},
+    ],
+    ids=[
+        "unknown-top-level",
+        "unknown-nested",
+        "bad-enum",
+        "bad-duration",
+        "drain-in-minutes",
+        "drain-in-ms",
+        "bad-auth-mode",
+        "removed-prestop",
+    ],
 )
 def test_the_schema_rejects_values_it_does_not_know(values: dict[str, Any]) -> None:
     with pytest.raises(helm_python.HelmValuesError):
@@ -373,10 +475,192 @@ def test_the_values_file_is_plain_yaml() -> None:
         assert yaml.safe_load((chartlib.CHART_DIR / "values.yaml").read_text()) == chart.values
 
 
-def test_notes_explain_how_to_connect_and_publish() -> None:
-    notes = chartlib.render_templates()["herald/templates/NOTES.txt"]
-    assert "kubectl --namespace herald port-forward svc/herald 8080:8080" in notes
-    assert "websocat ws://127.0.0.1:8080/ws" in notes
-    assert '{"op":"subscribe","topic":"room:1","ref":"1"}' in notes
-    assert "herald publish --addr http://herald.herald.svc.cluster.local:9090 --topic room:1" in notes
-    assert "herald.v1.Publisher/Publish" in notes
+def notes(values: dict[str, Any] | None = None) -> str:
+    """The rendered NOTES.txt."""
+    return chartlib.render_templates(values)["herald/templates/NOTES.txt"]
+
+
+def test_notes_explain_how_to_get_a_token_connect_and_publish() -> None:
+    text = notes()
+    assert "kubectl --namespace herald get secret herald-jwt -o jsonpath='{.data.secret}' | base64 -d" in text
+    assert "herald token --jwt-secret-file herald-jwt-secret --sub 42 --topics 'room:*'" in text
+    assert "exec deploy/herald -- herald token --jwt-secret-file /etc/herald/jwt/secret" in text
+    assert "kubectl --namespace herald port-forward svc/herald 8080:8080" in text
+    assert 'websocat -H "Authorization: Bearer $TOKEN" ws://127.0.0.1:8080/ws' in text
+    assert '["herald.v1", "bearer." + token]' in text
+    assert '{"op":"subscribe","topic":"room:1","ref":"1"}' in text
+    assert "herald publish --addr http://herald.herald.svc.cluster.local:9090 --topic room:1" in text
+    assert "herald.v1.Publisher/Publish" in text
+    assert "user:42" in text
+    assert "the gRPC API is open" in text and "networkPolicy.grpcFrom" in text
+
+
+def test_notes_follow_the_auth_values() -> None:
+    text = notes({"auth": {"jwt": {"issuer": "https://id.example.com/", "audience": "herald"}}})
+    assert "--issuer \"https://id.example.com/\" --audience \"herald\"" in text
+    text = notes(VALUE_SETS["deploy"])
+    assert "get secret" not in text
+    assert "herald token --jwt-secret-file" in text
+    text = notes(VALUE_SETS["auth-publickey"])
+    assert "herald token" not in text and "idp-keys" in text
+    text = notes(VALUE_SETS["auth-none"])
+    assert "auth is OFF" in text and "websocat ws://127.0.0.1:8080/ws" in text and "Bearer" not in text
+    text = notes(VALUE_SETS["apitokens"])
+    assert '--token "$API_TOKEN"' in text and "the gRPC API is open" not in text
+
+
+def volumes(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's volumes and the herald container's mounts, by name."""
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0].get("volumeMounts", [])}
+    return {v["name"]: v for v in pod.get("volumes", [])}, mounts
+
+
+def test_jwt_auth_is_on_by_default_with_a_generated_secret_mounted_read_only() -> None:
+    objects = render()
+    args = container(objects)["args"]
+    assert "--auth=jwt" in args
+    assert "--jwt-secret-file=/etc/herald/jwt/secret" in args
+    vols, mounts = volumes(objects)
+    assert vols["jwt"]["secret"]["secretName"] == "herald-jwt"
+    assert mounts["jwt"] == {"name": "jwt", "mountPath": "/etc/herald/jwt", "readOnly": True}
+    secret = only(objects, "Secret")
+    assert secret["metadata"]["name"] == "herald-jwt"
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    [value] = secret["data"].values()
+    assert list(secret["data"]) == ["secret"]
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", base64.b64decode(value).decode())
+    assert container(objects)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "flag"),
+    [
+        ("deploy", "--jwt-secret-file=/etc/herald/jwt/secret"),
+        ("auth-publickey", "--jwt-public-key-file=/etc/herald/jwt/key.pem"),
+        ("all", "--jwks-file=/etc/herald/jwt/jwks.json"),
+    ],
+)
+def test_an_existing_jwt_secret_is_mounted_and_not_generated(name: str, flag: str) -> None:
+    objects = render(VALUE_SETS[name])
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith(("--jwt-secret-file", "--jwt-public-key-file", "--jwks-file"))] == [flag]
+    vols, mounts = volumes(objects)
+    assert vols["jwt"]["secret"]["secretName"] == VALUE_SETS[name]["auth"]["jwt"]["existingSecret"]
+    assert mounts["jwt"]["readOnly"] is True
+    assert flag.split("=", 1)[1].startswith(mounts["jwt"]["mountPath"] + "/")
+
+
+def test_secret_volumes_are_mounted_whole_so_rotation_reaches_the_files(rendered: list[dict[str, Any]]) -> None:
+    # NB: a subPath mount is a copy that never sees a rotated Secret.
+    _, mounts = volumes(rendered)
+    for mount in mounts.values():
+        assert "subPath" not in mount and mount["readOnly"] is True
+
+
+def test_the_issuer_and_audience_are_checked_when_set() -> None:
+    args = container(render(VALUE_SETS["all"]))["args"]
+    assert "--jwt-issuer=https://id.example.com/" in args
+    assert "--jwt-audience=herald" in args
+    assert not [a for a in container(render())["args"] if a.startswith(("--jwt-issuer", "--jwt-audience"))]
+
+
+def test_auth_none_mounts_no_key_and_generates_no_secret() -> None:
+    objects = render(VALUE_SETS["auth-none"])
+    args = container(objects)["args"]
+    assert "--auth=none" in args
+    assert not [a for a in args if a.startswith(("--jwt", "--jwks"))]
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    assert volumes(objects) == ({}, {})
+
+
+@pytest.mark.parametrize(
+    "jwt",
+    [
+        {"secretKey": "", "existingSecret": "k"},
+        {"publicKeyKey": "key.pem", "existingSecret": "k"},
+        {"secretKey": "", "publicKeyKey": "key.pem", "jwksKey": "jwks.json", "existingSecret": "k"},
+    ],
+    ids=["none", "two", "three"],
+)
+def test_exactly_one_jwt_key_must_be_named(jwt: dict[str, str]) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="exactly one of secretKey, publicKeyKey and jwksKey"):
+        render({"auth": {"jwt": jwt}})
+
+
+def test_a_public_key_needs_an_existing_secret() -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="need auth.jwt.existingSecret"):
+        render({"auth": {"jwt": {"secretKey": "", "publicKeyKey": "key.pem"}}})
+
+
+def test_api_tokens_are_mounted_when_their_secret_is_named() -> None:
+    assert not [a for a in container(render())["args"] if a.startswith("--api-tokens-file")]
+    objects = render(VALUE_SETS["apitokens"])
+    assert "--api-tokens-file=/etc/herald/api-tokens/tokens" in container(objects)["args"]
+    vols, mounts = volumes(objects)
+    assert vols["api-tokens"]["secret"]["secretName"] == "herald-api-tokens"
+    assert mounts["api-tokens"] == {"name": "api-tokens", "mountPath": "/etc/herald/api-tokens", "readOnly": True}
+    assert "--api-tokens-file=/etc/herald/api-tokens/api-tokens" in container(render(VALUE_SETS["all"]))["args"]
+
+
+def test_client_publish_and_the_edge_limits_follow_the_values() -> None:
+    args = container(render())["args"]
+    assert "--client-publish" not in args
+    assert not [a for a in args if a.startswith("--allowed-origins")]
+    for flag in ("--max-connections=100000", "--max-connection-rate=1000", "--client-publish-rate=10"):
+        assert flag in args
+    args = container(render(VALUE_SETS["all"]))["args"]
+    assert "--client-publish" in args
+    assert "--allowed-origins=https://app.example.com,https://admin.example.com" in args
+    assert "--max-connections=2000000" in args
+    assert "--client-publish-rate=5" in args
+
+
+def test_pods_carry_scrape_annotations_unless_turned_off() -> None:
+    scrape = {"prometheus.io/scrape": "true", "prometheus.io/port": "9100", "prometheus.io/path": "/metrics"}
+    meta = only(render(), "Deployment")["spec"]["template"]["metadata"]
+    assert meta["annotations"] == scrape
+    meta = only(render(VALUE_SETS["all"]), "Deployment")["spec"]["template"]["metadata"]
+    assert meta["annotations"] == {**scrape, "example.com/scrape": "false"}
+    meta = only(render({"metrics": {"podAnnotations": False}}), "Deployment")["spec"]["template"]["metadata"]
+    assert "annotations" not in meta
+
+
+def test_the_dashboard_config_map_holds_the_dashboard_for_the_grafana_sidecar() -> None:
+    assert not [o for o in render() if o["kind"] == "ConfigMap"]
+    cm = only(render(VALUE_SETS["dashboard"]), "ConfigMap")
+    assert cm["metadata"]["name"] == "herald-dashboard"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["herald.json"]) == json.loads(chartlib.DASHBOARD.read_text())
+
+
+def test_the_dashboard_charts_every_herald_metric_and_only_those() -> None:
+    dashboard = json.loads(chartlib.DASHBOARD.read_text())
+    assert dashboard["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    queried: set[str] = set()
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = re.findall(r"\bherald_[a-z_]+", target["expr"])
+            assert names, f"{panel['title']}: {target['expr']}"
+            queried |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+    assert queried - HERALD_METRICS == set(), "the dashboard queries metrics herald does not have"
+    assert HERALD_METRICS - queried == set(), "metrics the dashboard does not chart"
+    assert any("histogram_quantile(0.99" in t["expr"] for p in panels for t in p["targets"])
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_deploy_is_rendered_with_a_user_created_jwt_secret() -> None:
+    deploy = chartlib.REPO_ROOT / "deploy"
+    objects = [d for d in yaml.safe_load_all((deploy / "herald.yaml").read_text()) if d]
+    assert not [o for o in objects if o["kind"] == "Secret"]
+    assert "--jwt-secret-file=/etc/herald/jwt/secret" in container(objects)["args"]
+    assert "kubectl create secret generic herald-jwt -n herald" in (deploy / "README.md").read_text()
+    assert (deploy / chartlib.DEPLOY_DASHBOARD).read_bytes() == chartlib.DASHBOARD.read_bytes()

@@ -36,6 +36,49 @@ that the "-peers" suffix still fits in 63.
 {{- end }}
 
 {{/*
+herald.jwtSecretName is the Secret holding the JWT key material:
+auth.jwt.existingSecret, or the "<fullname>-jwt" Secret the chart generates
+(the fullname is cut to 59 characters so that the suffix fits in 63).
+*/}}
+{{- define "herald.jwtSecretName" -}}
+{{- if .Values.auth.jwt.existingSecret }}
+{{- .Values.auth.jwt.existingSecret }}
+{{- else }}
+{{- printf "%s-jwt" (include "herald.fullname" . | trunc 59 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.jwtKeyFlag is the flag and the Secret key for the JWT key material, as
+"<flag>=<key>": --jwt-secret-file, --jwt-public-key-file or --jwks-file,
+whichever of auth.jwt.secretKey, publicKeyKey and jwksKey is set. It fails
+unless exactly one is, and when a public key or JWKS is asked for without
+auth.jwt.existingSecret (the chart can only generate an HS256 secret).
+*/}}
+{{- define "herald.jwtKeyFlag" -}}
+{{- $jwt := .Values.auth.jwt }}
+{{- $set := list }}
+{{- if $jwt.secretKey }}{{ $set = append $set (printf "--jwt-secret-file=%s" $jwt.secretKey) }}{{ end }}
+{{- if $jwt.publicKeyKey }}{{ $set = append $set (printf "--jwt-public-key-file=%s" $jwt.publicKeyKey) }}{{ end }}
+{{- if $jwt.jwksKey }}{{ $set = append $set (printf "--jwks-file=%s" $jwt.jwksKey) }}{{ end }}
+{{- if ne (len $set) 1 }}
+{{- fail "auth.jwt: set exactly one of secretKey, publicKeyKey and jwksKey (clear secretKey with \"\" to use one of the others)" }}
+{{- end }}
+{{- if and (not $jwt.existingSecret) (not $jwt.secretKey) }}
+{{- fail "auth.jwt.publicKeyKey and auth.jwt.jwksKey need auth.jwt.existingSecret: the chart can only generate an HS256 secret" }}
+{{- end }}
+{{- first $set }}
+{{- end }}
+
+{{/*
+herald.drainSeconds is drainWindow ("10s") as a number of seconds; the schema
+only admits whole seconds, so this is a trimSuffix.
+*/}}
+{{- define "herald.drainSeconds" -}}
+{{- .Values.drainWindow | trimSuffix "s" | int64 }}
+{{- end }}
+
+{{/*
 herald.chart is the helm.sh/chart label value: "<chart>-<version>", with "+"
 (legal in SemVer, not in labels) replaced by "_".
 */}}
@@ -115,6 +158,7 @@ the chart tests.
 {{- $args = append $args (printf "--http-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.http)) }}
 {{- $args = append $args (printf "--grpc-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.grpc)) }}
 {{- $args = append $args (printf "--peer-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.peer)) }}
+{{- $args = append $args (printf "--admin-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.admin)) }}
 {{- $args = append $args "--discovery=kubernetes" }}
 {{- $args = append $args (printf "--k8s-service=%s" (include "herald.peerServiceName" .)) }}
 {{- $args = append $args (printf "--k8s-api=%s" $v.discovery.api) }}
@@ -127,6 +171,30 @@ the chart tests.
 {{- $args = append $args (printf "--max-subscriptions=%d" (int64 $v.limits.maxSubscriptions)) }}
 {{- $args = append $args (printf "--client-queue=%d" (int64 $v.limits.clientQueue)) }}
 {{- $args = append $args (printf "--heartbeat-interval=%s" $v.limits.heartbeatInterval) }}
+{{- $args = append $args (printf "--max-connections=%d" (int64 $v.limits.maxConnections)) }}
+{{- $args = append $args (printf "--max-connection-rate=%d" (int64 $v.limits.maxConnectionRate)) }}
+{{- $args = append $args (printf "--client-publish-rate=%d" (int64 $v.limits.clientPublishRate)) }}
+{{- with $v.limits.allowedOrigins }}
+{{- $args = append $args (printf "--allowed-origins=%s" (join "," .)) }}
+{{- end }}
+{{- $args = append $args (printf "--auth=%s" $v.auth.mode) }}
+{{- if eq $v.auth.mode "jwt" }}
+{{- $flag := splitList "=" (include "herald.jwtKeyFlag" .) }}
+{{- $args = append $args (printf "%s=/etc/herald/jwt/%s" (first $flag) (last $flag)) }}
+{{- with $v.auth.jwt.issuer }}
+{{- $args = append $args (printf "--jwt-issuer=%s" .) }}
+{{- end }}
+{{- with $v.auth.jwt.audience }}
+{{- $args = append $args (printf "--jwt-audience=%s" .) }}
+{{- end }}
+{{- end }}
+{{- with $v.auth.apiTokens.existingSecret }}
+{{- $args = append $args (printf "--api-tokens-file=/etc/herald/api-tokens/%s" $v.auth.apiTokens.key) }}
+{{- end }}
+{{- if $v.auth.clientPublish }}
+{{- $args = append $args "--client-publish" }}
+{{- end }}
+{{- $args = append $args (printf "--drain-window=%s" $v.drainWindow) }}
 {{- $args = append $args (printf "--log-format=%s" $v.log.format) }}
 {{- $args = append $args (printf "--log-level=%s" $v.log.level) }}
 {{- $args = concat $args $v.extraArgs }}
