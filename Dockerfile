@@ -27,7 +27,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/herald /usr/local/bin/herald
 USER 65532:65532
-# http (WebSocket, /healthz, /readyz), grpc (Publisher API), peer (pod mesh).
-EXPOSE 8080 9090 7070
+# http (WebSocket), grpc (Publisher API), peer (pod mesh), and admin
+# (/metrics, /healthz, /readyz) when started with --admin-addr=0.0.0.0:9100,
+# as the chart does; without it they are served on the http port.
+EXPOSE 8080 9090 7070 9100
 ENTRYPOINT ["/usr/local/bin/herald"]
 CMD ["serve"]
