@@ -11,7 +11,7 @@ include mk/chart.mk
 include mk/fuzz.mk
 include mk/bench.mk
 
-.PHONY: help run build test test-rust lint fmt cluster
+.PHONY: help run build test test-rust lint fmt cluster e2e
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
@@ -40,6 +40,9 @@ lint: ## rustfmt check and clippy with warnings as errors
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+e2e: ## Against the cluster KUBECONFIG names: install the chart, check cross-pod fan-out (not in make test)
+	tests/e2e/cross_pod.sh
 
 cluster: ## Run a local 3-pod cluster (static discovery on 127.0.0.1-3); Ctrl-C stops it
 	$(CARGO) build --release --bin herald

@@ -52,8 +52,9 @@ def on_signal(signum, _frame):
     sys.exit(128 + signum)
 
 
-def start_pods(bin_dir, log_dir, name):
-    """Starts the 2-pod cluster and waits until both pods are ready."""
+def start_pods(bin_dir, log_dir, name, env=None):
+    """Starts the 2-pod cluster (with extra environment `env`) and waits
+    until both pods are ready."""
     stop_pods()
     peers = ",".join(f"{ip}:{PEER_PORT}" for ip in IPS)
     for i, ip in enumerate(IPS):
@@ -64,7 +65,7 @@ def start_pods(bin_dir, log_dir, name):
             f"--peer-addr={ip}:{PEER_PORT}", "--discovery=static", f"--peers={peers}",
         ]
         PODS.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
-                                     stdin=subprocess.DEVNULL))
+                                     stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}))
     deadline = time.monotonic() + 30
     for ip in IPS:
         while True:
