@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
 use crate::stats::Counters;
 use crate::ws::{EdgeLimits, Gateway, session};
-use crate::{grpc, http};
+use crate::{grpc, http, tls};
 
 /// How long the final shutdown waits for tasks after the servers stopped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -102,6 +102,7 @@ pub async fn run(
         listen: _,
         limits,
         auth,
+        tls,
         cluster,
         telemetry: _,
         drain_window,
@@ -125,6 +126,8 @@ pub async fn run(
         .cloned()
         .unwrap_or_else(|| format!("0.0.0.0:{peer_port}"));
 
+    let grpc_tls = tls::grpc_server(&tls)?;
+    let peer_tls = tls::peer(&tls)?;
     let tracker = TaskTracker::new();
     let counters = Arc::new(Counters::default());
     let hub = Hub::new();
@@ -136,6 +139,7 @@ pub async fn run(
             peer_queue: cluster.peer_queue,
             max_message_bytes: limits.max_message_bytes,
             ready_timeout: cluster.peer_ready_timeout,
+            tls: peer_tls.as_ref().map(|(_, client)| client.clone()),
         },
         hub.clone(),
         tracker.clone(),
@@ -236,12 +240,20 @@ pub async fn run(
             None => Ok(()),
         }
     };
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(config) = grpc_tls {
+        grpc_server = grpc_server.tls_config(config).map_err(Error::TlsConfig)?;
+    }
+    let mut peer_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
+    if let Some((config, _)) = peer_tls {
+        peer_server = peer_server.tls_config(config).map_err(Error::TlsConfig)?;
+    }
+    let grpc = grpc_server
         .add_routes(grpc_routes)
         .serve_with_incoming_shutdown(incoming(listeners.grpc), stop.clone().cancelled_owned());
-    let peer = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    let peer = peer_server
         .add_service(peer_service)
         .serve_with_incoming_shutdown(incoming(listeners.peer), stop.clone().cancelled_owned());
     health.set_serving();

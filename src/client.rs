@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use crate::config::{PeersArgs, PublishArgs, TokenArgs};
+use crate::config::{ClientTlsArgs, PeersArgs, PublishArgs, TokenArgs};
 use crate::proto::v1::publisher_client::PublisherClient;
 use crate::proto::v1::{ListPeersRequest, PublishRequest};
 
@@ -35,6 +35,9 @@ pub enum ClientError {
     /// The token could not be signed.
     #[error("signing the token: {0}")]
     Sign(#[from] jsonwebtoken::errors::Error),
+    /// A TLS file could not be read.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The token cannot be sent as gRPC metadata.
     #[error("the API token holds characters that cannot be sent in a header")]
     BadToken,
@@ -62,7 +65,11 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-async fn connect(addr: &str, token: Option<&str>) -> Result<Client, ClientError> {
+async fn connect(
+    addr: &str,
+    token: Option<&str>,
+    tls: &ClientTlsArgs,
+) -> Result<Client, ClientError> {
     let bearer = token
         .map(|t| format!("Bearer {t}").parse())
         .transpose()
@@ -71,11 +78,11 @@ async fn connect(addr: &str, token: Option<&str>) -> Result<Client, ClientError>
         addr: addr.to_owned(),
         source,
     };
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_owned())
-        .map_err(failed)?
-        .connect()
-        .await
-        .map_err(failed)?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned()).map_err(failed)?;
+    if let Some(config) = crate::tls::client(tls)? {
+        endpoint = endpoint.tls_config(config).map_err(failed)?;
+    }
+    let channel = endpoint.connect().await.map_err(failed)?;
     Ok(PublisherClient::with_interceptor(channel, Bearer(bearer)))
 }
 
@@ -90,7 +97,7 @@ pub async fn publish(args: PublishArgs) -> Result<String, ClientError> {
             data
         }
     };
-    let mut client = connect(&args.addr, args.token.as_deref()).await?;
+    let mut client = connect(&args.addr, args.token.as_deref(), &args.tls).await?;
     let reply = client
         .publish(PublishRequest {
             topic: args.topic,
@@ -102,7 +109,7 @@ pub async fn publish(args: PublishArgs) -> Result<String, ClientError> {
 
 /// Lists the peers a pod knows, one line each.
 pub async fn peers(args: PeersArgs) -> Result<String, ClientError> {
-    let mut client = connect(&args.addr, args.token.as_deref()).await?;
+    let mut client = connect(&args.addr, args.token.as_deref(), &args.tls).await?;
     let reply = client.list_peers(ListPeersRequest {}).await?.into_inner();
     let mut out = format!(
         "pod {} in cluster {:?}: {} peer(s)\n",

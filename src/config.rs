@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Who may connect and publish.
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// TLS on the gRPC API and between pods.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// How to find and talk to the other pods.
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -183,6 +186,71 @@ pub struct AuthArgs {
     pub client_publish: bool,
 }
 
+/// TLS for the gRPC API and mutual TLS between pods. Certificates are read
+/// at start; a rotated certificate takes effect when the pod restarts.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain the gRPC API presents (turns TLS on there).
+    #[arg(
+        long,
+        env = "HERALD_GRPC_TLS_CERT_FILE",
+        requires = "grpc_tls_key_file"
+    )]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(
+        long,
+        env = "HERALD_GRPC_TLS_KEY_FILE",
+        requires = "grpc_tls_cert_file"
+    )]
+    pub grpc_tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle; when set, gRPC callers must present a certificate it
+    /// signed (mutual TLS).
+    #[arg(
+        long,
+        env = "HERALD_GRPC_TLS_CLIENT_CA_FILE",
+        requires = "grpc_tls_cert_file"
+    )]
+    pub grpc_tls_client_ca_file: Option<PathBuf>,
+    /// PEM certificate this pod presents to its peers, as server and as
+    /// client (turns mutual TLS on for the peer port).
+    #[arg(long, env = "HERALD_PEER_TLS_CERT_FILE", requires_all = ["peer_tls_key_file", "peer_tls_ca_file"])]
+    pub peer_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the peer certificate.
+    #[arg(
+        long,
+        env = "HERALD_PEER_TLS_KEY_FILE",
+        requires = "peer_tls_cert_file"
+    )]
+    pub peer_tls_key_file: Option<PathBuf>,
+    /// PEM CA bundle that signs every pod's peer certificate.
+    #[arg(long, env = "HERALD_PEER_TLS_CA_FILE", requires = "peer_tls_cert_file")]
+    pub peer_tls_ca_file: Option<PathBuf>,
+    /// The DNS name every peer certificate carries (pods are dialled by IP,
+    /// so their certificates are checked against this name instead).
+    #[arg(
+        long,
+        env = "HERALD_PEER_TLS_SERVER_NAME",
+        default_value = "herald-peer"
+    )]
+    pub peer_tls_server_name: String,
+}
+
+/// How `herald publish` and `herald peers` reach a TLS gRPC API.
+#[derive(Debug, Clone, Args)]
+pub struct ClientTlsArgs {
+    /// PEM CA bundle to trust for the pod's certificate (use an `https://`
+    /// address).
+    #[arg(long, env = "HERALD_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a pod that requires mutual TLS.
+    #[arg(long, env = "HERALD_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "HERALD_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+}
+
 /// Where peers come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiscoveryKind {
@@ -290,6 +358,9 @@ pub struct PublishArgs {
     /// Bearer token for the gRPC API, when it requires one.
     #[arg(long, env = "HERALD_API_TOKEN")]
     pub token: Option<String>,
+    /// TLS towards the pod.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Topic to publish to.
     #[arg(long)]
     pub topic: String,
@@ -307,6 +378,9 @@ pub struct PeersArgs {
     /// Bearer token for the gRPC API, when it requires one.
     #[arg(long, env = "HERALD_API_TOKEN")]
     pub token: Option<String>,
+    /// TLS towards the pod.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 #[cfg(test)]

@@ -49,5 +49,6 @@ pub mod publish;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;
+pub mod tls;
 pub mod topic;
 pub mod ws;

@@ -183,9 +183,21 @@ async fn stream_once(
     backoff: &mut Backoff,
 ) -> LinkError {
     let settings = mesh.settings();
-    let endpoint = match Endpoint::from_shared(format!("http://{}", link.address)) {
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint =
+        Endpoint::from_shared(format!("{scheme}://{}", link.address)).and_then(|endpoint| {
+            match &settings.tls {
+                Some(tls) => endpoint.tls_config(tls.clone()),
+                None => Ok(endpoint),
+            }
+        });
+    let endpoint = match endpoint {
         Ok(endpoint) => endpoint,
-        Err(e) => return LinkError::Connect(e.to_string()),
+        Err(e) => return LinkError::Connect(error_chain(&e)),
     };
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::ClientTlsConfig;
 use tracing::Instrument;
 
 use super::PeerSet;
@@ -42,6 +43,8 @@ pub struct MeshSettings {
     pub max_message_bytes: usize,
     /// Longest wait for streams to all peers before reporting ready anyway.
     pub ready_timeout: Duration,
+    /// Mutual TLS towards peers, when the peer port uses it.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// What this pod knows of one peer, for `herald peers`.

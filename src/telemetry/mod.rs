@@ -17,6 +17,8 @@
 mod json;
 pub mod trace;
 
+use std::io::IsTerminal;
+
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -119,7 +121,10 @@ pub fn init(args: &TelemetryArgs, node: NodeId) -> Result<Telemetry, TelemetryEr
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("herald")));
     trace::set_tracing(tracer.is_some());
 
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never in files or collectors.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let registry = tracing_subscriber::registry()
         .with(env_filter)
         .with(otel_layer);
