@@ -6,21 +6,7 @@ mod common;
 
 use common::process::{Ports, Process};
 use common::user::User;
-use herald::proto::v1::PublishRequest;
-use herald::proto::v1::publisher_client::PublisherClient;
 use serde_json::json;
-
-async fn publish(pod: &Process, data: &str) {
-    PublisherClient::connect(pod.grpc_url())
-        .await
-        .expect("gRPC connects")
-        .publish(PublishRequest {
-            topic: "t".into(),
-            data: data.as_bytes().to_vec(),
-        })
-        .await
-        .expect("publish accepted");
-}
 
 #[tokio::test]
 async fn a_pod_discovers_its_peer_by_dns_and_messages_flow_both_ways() {
@@ -52,8 +38,8 @@ async fn a_pod_discovers_its_peer_by_dns_and_messages_flow_both_ways() {
     let mut far = User::connect(&resolver.ws_url()).await;
     near.subscribe("t").await;
     far.subscribe("t").await;
-    publish(&resolver, "1").await;
-    publish(&resolved, "2").await;
+    resolver.publish("t", "1").await;
+    resolved.publish("t", "2").await;
     for user in [&mut near, &mut far] {
         assert_eq!(user.message("t").await, json!(1));
         assert_eq!(user.message("t").await, json!(2));

@@ -14,7 +14,7 @@ use common::kube_api::{self, KubeApi};
 use common::process::{Ports, Process};
 use common::user::User;
 use herald::proto::v1::publisher_client::PublisherClient;
-use herald::proto::v1::{ListPeersRequest, PublishRequest};
+use herald::proto::v1::ListPeersRequest;
 use serde_json::json;
 
 const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
@@ -87,18 +87,6 @@ impl Cluster {
     }
 }
 
-async fn publish(pod: &Process, topic: &str, data: &str) {
-    PublisherClient::connect(pod.grpc_url())
-        .await
-        .expect("gRPC connects")
-        .publish(PublishRequest {
-            topic: topic.into(),
-            data: data.as_bytes().to_vec(),
-        })
-        .await
-        .expect("publish accepted");
-}
-
 /// The peers `pod` knows, with their stream state.
 async fn peers(pod: &Process) -> Vec<(String, bool)> {
     let reply = PublisherClient::connect(pod.grpc_url())
@@ -146,7 +134,7 @@ async fn subscribed_users(cluster: &Cluster, topic: &str) -> Vec<User> {
 async fn assert_fan_out(cluster: &Cluster) {
     let mut users = subscribed_users(cluster, "room:1").await;
     for (n, pod) in cluster.pods.iter().enumerate() {
-        publish(pod, "room:1", &n.to_string()).await;
+        pod.publish("room:1", &n.to_string()).await;
         for user in &mut users {
             assert_eq!(user.message("room:1").await, json!(n));
         }
@@ -209,19 +197,19 @@ async fn a_pod_added_to_endpoints_starts_receiving_and_a_removed_one_is_no_longe
     let mut third = User::connect(&cluster.pods[2].ws_url()).await;
     third.subscribe("t").await;
 
-    publish(&cluster.pods[0], "t", r#""before""#).await;
+    cluster.pods[0].publish("t", r#""before""#).await;
     third.expect_silence(Duration::from_millis(300)).await;
 
     cluster.list(&IPS);
     let joined = [(cluster.peer(IPS[1]), true), (cluster.peer(IPS[2]), true)];
     wait_peers(&cluster.pods[0], &joined).await;
-    publish(&cluster.pods[0], "t", r#""after""#).await;
+    cluster.pods[0].publish("t", r#""after""#).await;
     assert_eq!(third.message("t").await, json!("after"));
 
     cluster.list(&IPS[..2]);
     wait_peers(&cluster.pods[0], &[(cluster.peer(IPS[1]), true)]).await;
     cluster.pods[0].wait_for_log("peer left").await;
-    publish(&cluster.pods[0], "t", r#""gone""#).await;
+    cluster.pods[0].publish("t", r#""gone""#).await;
     third.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -234,7 +222,7 @@ async fn the_api_server_going_away_and_coming_back_keeps_the_peer_set() {
 
     cluster.api.stop().await;
     cluster.pods[0].wait_for_log("peer discovery failing").await;
-    publish(&cluster.pods[0], "t", r#""while down""#).await;
+    cluster.pods[0].publish("t", r#""while down""#).await;
     for user in &mut users {
         assert_eq!(user.message("t").await, json!("while down"));
     }
@@ -261,7 +249,7 @@ async fn an_expired_watch_relists_without_emptying_the_group() {
     wait_peers(&cluster.pods[0], &all).await;
     let mut user = User::connect(&cluster.pods[2].ws_url()).await;
     user.subscribe("t").await;
-    publish(&cluster.pods[0], "t", "1").await;
+    cluster.pods[0].publish("t", "1").await;
     assert_eq!(user.message("t").await, json!(1));
     assert!(
         !cluster.pods[0].logs().contains("peer left"),
@@ -283,7 +271,7 @@ async fn a_forbidden_watch_logs_what_rbac_is_missing_and_the_pod_still_serves() 
     pod.wait_ready().await;
     let mut user = User::connect(&pod.ws_url()).await;
     user.subscribe("local").await;
-    publish(&pod, "local", "1").await;
+    pod.publish("local", "1").await;
     assert_eq!(user.message("local").await, json!(1));
     cluster.pods.push(pod);
 }

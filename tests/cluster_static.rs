@@ -26,21 +26,6 @@ fn static_flags(ports: Ports) -> Vec<String> {
     ]
 }
 
-async fn publish(pod: &Process, topic: &str, data: &str) -> String {
-    let mut client = PublisherClient::connect(pod.grpc_url())
-        .await
-        .expect("gRPC connects");
-    client
-        .publish(PublishRequest {
-            topic: topic.into(),
-            data: data.as_bytes().to_vec(),
-        })
-        .await
-        .expect("publish accepted")
-        .into_inner()
-        .id
-}
-
 /// Waits until `pod` reports a connected stream to each of `peers`.
 async fn wait_connected(pod: &Process, peers: &[String]) {
     let mut client = PublisherClient::connect(pod.grpc_url())
@@ -90,7 +75,7 @@ async fn a_publish_on_any_pod_reaches_subscribers_on_every_pod_exactly_once() {
         users.push(user);
     }
     for (n, pod) in pods.iter().enumerate() {
-        let id = publish(pod, "room:1", &format!(r#"{{"from":{n}}}"#)).await;
+        let id = pod.publish("room:1", &format!(r#"{{"from":{n}}}"#)).await;
         for user in &mut users {
             let frame = user.next().await;
             assert_eq!(
@@ -160,7 +145,7 @@ async fn a_killed_pod_does_not_disturb_the_others_and_rejoins_when_restarted() {
     pods[2].signal("KILL");
     pods[2].wait_exit(PATIENCE).await;
     for n in 0..20 {
-        publish(&pods[0], "t", &n.to_string()).await;
+        pods[0].publish("t", &n.to_string()).await;
         assert_eq!(survivor.message("t").await, json!(n));
     }
 
@@ -170,7 +155,7 @@ async fn a_killed_pod_does_not_disturb_the_others_and_rejoins_when_restarted() {
     wait_connected(&pods[0], std::slice::from_ref(&third)).await;
     let mut returner = User::connect(&pods[2].ws_url()).await;
     returner.subscribe("t").await;
-    publish(&pods[0], "t", r#""back""#).await;
+    pods[0].publish("t", r#""back""#).await;
     assert_eq!(returner.message("t").await, json!("back"));
     assert_eq!(survivor.message("t").await, json!("back"));
     let joined = pods[0]
@@ -215,6 +200,6 @@ async fn a_pod_of_another_cluster_is_refused_with_a_clear_log_line() {
     // Neither delivers the other's messages.
     let mut user = User::connect(&ours.ws_url()).await;
     user.subscribe("t").await;
-    publish(&theirs, "t", "1").await;
+    theirs.publish("t", "1").await;
     user.expect_silence(Duration::from_millis(300)).await;
 }

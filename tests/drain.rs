@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::process::{Ports, Process};
 use common::user::{Ending, User};
-use herald::proto::v1::PublishRequest;
-use herald::proto::v1::publisher_client::PublisherClient;
 use serde_json::json;
 
 #[tokio::test]
@@ -65,15 +63,7 @@ async fn a_drain_closes_every_user_with_1012_within_the_window_while_another_pod
 
     let mut returned = User::connect(&staying.ws_url()).await;
     returned.subscribe("t").await;
-    PublisherClient::connect(staying.grpc_url())
-        .await
-        .expect("connects")
-        .publish(PublishRequest {
-            topic: "t".into(),
-            data: b"\"still here\"".to_vec(),
-        })
-        .await
-        .expect("published");
+    staying.publish("t", r#""still here""#).await;
     assert_eq!(returned.message("t").await, json!("still here"));
 }
 

@@ -11,7 +11,6 @@ use common::pod::Pod;
 use common::process::{Ports, Process};
 use common::user::User;
 use herald::proto::v1::PublishRequest;
-use herald::proto::v1::publisher_client::PublisherClient;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
 
@@ -188,15 +187,7 @@ async fn publishing_to_user_sub_reaches_every_device_of_that_user_across_pods() 
         device.subscribe("user:42").await;
         devices.push(device);
     }
-    PublisherClient::connect(pods[0].grpc_url())
-        .await
-        .expect("connects")
-        .publish(PublishRequest {
-            topic: "user:42".into(),
-            data: br#"{"note":"for you"}"#.to_vec(),
-        })
-        .await
-        .expect("published");
+    pods[0].publish("user:42", r#"{"note":"for you"}"#).await;
     for device in &mut devices {
         assert_eq!(device.message("user:42").await, json!({"note":"for you"}));
     }

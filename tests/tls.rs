@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use common::pod::Pod;
 use common::process::{Ports, Process};
 use common::user::User;
-use herald::proto::v1::PublishRequest;
-use herald::proto::v1::publisher_client::PublisherClient;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
@@ -182,15 +180,7 @@ async fn pods_with_certificates_from_the_cluster_ca_form_a_group_and_others_are_
     let mut outsider = User::connect(&rogue.ws_url()).await;
     member.subscribe("t").await;
     outsider.subscribe("t").await;
-    PublisherClient::connect(a.grpc_url())
-        .await
-        .expect("connects")
-        .publish(PublishRequest {
-            topic: "t".into(),
-            data: b"\"members only\"".to_vec(),
-        })
-        .await
-        .expect("published");
+    a.publish("t", r#""members only""#).await;
     assert_eq!(member.message("t").await, json!("members only"));
     outsider
         .expect_silence(std::time::Duration::from_millis(500))

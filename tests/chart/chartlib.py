@@ -110,6 +110,35 @@ ALL_ON: dict[str, Any] = {
         "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
         "dashboard": {"enabled": True},
     },
+    "tls": {
+        "peer": {
+            "enabled": True,
+            "serverName": "peer.herald.internal",
+            "certManager": {"enabled": True, "issuerRef": {"name": "mesh-ca", "kind": "ClusterIssuer"}},
+        },
+        "grpc": {
+            "enabled": True,
+            "requireClientCert": True,
+            "certManager": {
+                "enabled": True,
+                "extraDnsNames": ["herald-grpc.example.com"],
+                "issuerRef": {"name": "herald-ca"},
+            },
+        },
+    },
+}
+
+# TLS value sets: each Secret is a kubernetes.io/tls one, as cert-manager
+# writes (tls.crt, tls.key, ca.crt).
+PEER_TLS_SECRET: dict[str, Any] = {"tls": {"peer": {"enabled": True, "existingSecret": "herald-peer-certs"}}}
+PEER_TLS_CERT_MANAGER: dict[str, Any] = {
+    "tls": {"peer": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "herald-ca"}}}}
+}
+GRPC_TLS_CLIENT_CERTS: dict[str, Any] = {
+    "tls": {"grpc": {"enabled": True, "existingSecret": "herald-grpc-certs", "requireClientCert": True}}
+}
+GRPC_TLS_CERT_MANAGER: dict[str, Any] = {
+    "tls": {"grpc": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "herald-ca"}}}}
 }
 
 # The value sets every check runs against, by name.
@@ -127,6 +156,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
     "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
     "allowedorigins": {"limits": {"allowedOrigins": ["https://app.example.com"]}},
+    "peer-tls-secret": PEER_TLS_SECRET,
+    "peer-tls-certmanager": PEER_TLS_CERT_MANAGER,
+    "grpc-tls-clientcerts": GRPC_TLS_CLIENT_CERTS,
+    "grpc-tls-certmanager": GRPC_TLS_CERT_MANAGER,
     "deploy": DEPLOY_VALUES,
     "all": ALL_ON,
 }

@@ -23,7 +23,11 @@ VALUE_SET_NAMES = list(VALUE_SETS)
 
 # Kinds that are CRDs, so not in the Kubernetes schemas kubernetes-validate
 # ships; each has a structural check of its own below.
-CRD_KINDS = {("gateway.networking.k8s.io/v1", "HTTPRoute"), ("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 # Every metric herald exposes on /metrics; the dashboard must chart each one
 # and nothing else.
@@ -241,13 +245,14 @@ def test_the_peer_service_is_headless_and_publishes_not_ready_pods(
     assert f"--k8s-service={peers['metadata']['name']}" in container(rendered)["args"]
 
 
-def test_the_client_service_exposes_http_and_grpc_over_h2c(rendered: list[dict[str, Any]]) -> None:
+def test_the_client_service_exposes_http_and_grpc_over_h2c_or_tls(rendered: list[dict[str, Any]]) -> None:
     client = next(s for s in rendered if s["kind"] == "Service" and s["metadata"]["name"] == "herald")
     ports = {p["name"]: p for p in client["spec"]["ports"]}
     assert set(ports) == {"http", "grpc"}
     assert (ports["http"]["port"], ports["http"]["targetPort"]) == (8080, "http")
     assert (ports["grpc"]["port"], ports["grpc"]["targetPort"]) == (9090, "grpc")
-    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
+    tls = any(a.startswith("--grpc-tls-cert-file=") for a in container(rendered)["args"])
+    assert ports["grpc"]["appProtocol"] == ("https" if tls else "kubernetes.io/h2c")
 
 
 def test_the_container_names_its_ports_and_probes_the_admin_port(rendered: list[dict[str, Any]]) -> None:
@@ -664,3 +669,237 @@ def test_deploy_is_rendered_with_a_user_created_jwt_secret() -> None:
     assert "--jwt-secret-file=/etc/herald/jwt/secret" in container(objects)["args"]
     assert "kubectl create secret generic herald-jwt -n herald" in (deploy / "README.md").read_text()
     assert (deploy / chartlib.DEPLOY_DASHBOARD).read_bytes() == chartlib.DASHBOARD.read_bytes()
+
+
+# --- TLS -------------------------------------------------------------------
+
+TLS_FLAGS = ("--grpc-tls-", "--peer-tls-")
+
+
+def tls_args(objects: list[dict[str, Any]]) -> list[str]:
+    """The container's --grpc-tls-* and --peer-tls-* flags, in order."""
+    return [a for a in container(objects)["args"] if a.startswith(TLS_FLAGS)]
+
+
+def certificates(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The cert-manager Certificates, by name."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "Certificate"}
+
+
+def test_tls_is_off_by_default() -> None:
+    objects = render()
+    assert tls_args(objects) == []
+    assert not certificates(objects)
+    _, mounts = volumes(objects)
+    assert set(mounts) == {"jwt"}
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("peer-tls-secret", "herald-peer-certs"),
+        ("peer-tls-certmanager", "herald-peer-tls"),
+        ("all", "herald-peer-tls"),
+    ],
+)
+def test_peer_mtls_mounts_its_secret_read_only_and_passes_the_four_flags(name: str, secret: str) -> None:
+    values = VALUE_SETS[name]
+    objects = render(values)
+    server_name = values["tls"]["peer"].get("serverName", "herald-peer")
+    vols, mounts = volumes(objects)
+    assert vols["peer-tls"]["secret"]["secretName"] == secret
+    assert mounts["peer-tls"] == {"name": "peer-tls", "mountPath": "/etc/herald/peer-tls", "readOnly": True}
+    peer = [a for a in tls_args(objects) if a.startswith("--peer-tls-")]
+    assert peer == [
+        "--peer-tls-cert-file=/etc/herald/peer-tls/tls.crt",
+        "--peer-tls-key-file=/etc/herald/peer-tls/tls.key",
+        "--peer-tls-ca-file=/etc/herald/peer-tls/ca.crt",
+        f"--peer-tls-server-name={server_name}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "secret", "client_ca"),
+    [
+        ("grpc-tls-clientcerts", "herald-grpc-certs", True),
+        ("grpc-tls-certmanager", "herald-grpc-tls", False),
+        ("all", "herald-grpc-tls", True),
+    ],
+)
+def test_grpc_tls_mounts_its_secret_read_only_and_passes_its_flags(name: str, secret: str, client_ca: bool) -> None:
+    objects = render(VALUE_SETS[name])
+    vols, mounts = volumes(objects)
+    assert vols["grpc-tls"]["secret"]["secretName"] == secret
+    assert mounts["grpc-tls"] == {"name": "grpc-tls", "mountPath": "/etc/herald/grpc-tls", "readOnly": True}
+    grpc = [a for a in tls_args(objects) if a.startswith("--grpc-tls-")]
+    expected = ["--grpc-tls-cert-file=/etc/herald/grpc-tls/tls.crt", "--grpc-tls-key-file=/etc/herald/grpc-tls/tls.key"]
+    if client_ca:
+        expected.append("--grpc-tls-client-ca-file=/etc/herald/grpc-tls/ca.crt")
+    assert grpc == expected
+
+
+def test_every_tls_flag_points_inside_a_read_only_mount(rendered: list[dict[str, Any]]) -> None:
+    _, mounts = volumes(rendered)
+    for arg in tls_args(rendered):
+        flag, value = arg.split("=", 1)
+        if flag == "--peer-tls-server-name":
+            continue
+        mount = next((m for m in mounts.values() if value.startswith(m["mountPath"] + "/")), None)
+        assert mount is not None, f"{arg} is not inside a mounted volume"
+        assert mount["readOnly"] is True and "subPath" not in mount
+        assert value.rsplit("/", 1)[1] in {"tls.crt", "tls.key", "ca.crt"}
+
+
+def test_peer_and_grpc_tls_are_independent() -> None:
+    assert [a.split("=")[0] for a in tls_args(render(VALUE_SETS["peer-tls-secret"]))] == [
+        "--peer-tls-cert-file",
+        "--peer-tls-key-file",
+        "--peer-tls-ca-file",
+        "--peer-tls-server-name",
+    ]
+    objects = render(VALUE_SETS["grpc-tls-clientcerts"])
+    assert not [a for a in tls_args(objects) if a.startswith("--peer-tls-")]
+    assert "peer-tls" not in volumes(objects)[0]
+
+
+def test_grpc_tls_without_client_certs_leaves_out_the_client_ca() -> None:
+    values = {"tls": {"grpc": {"enabled": True, "existingSecret": "herald-grpc-certs"}}}
+    assert not [a for a in tls_args(render(values)) if a.startswith("--grpc-tls-client-ca-file")]
+
+
+def test_certificates_render_only_with_cert_manager_on_and_no_existing_secret() -> None:
+    for name in ("defaults", "peer-tls-secret", "grpc-tls-clientcerts", "deploy"):
+        assert not certificates(render(VALUE_SETS[name])), name
+    assert set(certificates(render(VALUE_SETS["peer-tls-certmanager"]))) == {"herald-peer-tls"}
+    assert set(certificates(render(VALUE_SETS["grpc-tls-certmanager"]))) == {"herald-grpc-tls"}
+    assert set(certificates(render(VALUE_SETS["all"]))) == {"herald-peer-tls", "herald-grpc-tls"}
+    # cert-manager on but TLS off: nothing.
+    off = {"tls": {"peer": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}}
+    objects = render(off)
+    assert not certificates(objects) and not tls_args(objects)
+    # An existing Secret wins over cert-manager.
+    both = {"tls": {"peer": {"enabled": True, "existingSecret": "mine", "certManager": {"enabled": True}}}}
+    objects = render(both)
+    assert not certificates(objects)
+    assert volumes(objects)[0]["peer-tls"]["secret"]["secretName"] == "mine"
+
+
+def check_certificate(cert: dict[str, Any]) -> dict[str, Any]:
+    """Structural checks of a cert-manager.io/v1 Certificate (a CRD, so
+    kubernetes-validate has no schema for it); returns its spec."""
+    assert cert["apiVersion"] == "cert-manager.io/v1"
+    assert set(cert) == {"apiVersion", "kind", "metadata", "spec"}
+    name = cert["metadata"]["name"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
+    spec = cert["spec"]
+    assert set(spec) <= {
+        "secretName", "secretTemplate", "dnsNames", "usages", "privateKey", "issuerRef",
+        "commonName", "duration", "renewBefore", "ipAddresses", "uris", "isCA", "subject",
+    }
+    # The Secret the Deployment mounts is the one cert-manager writes.
+    assert spec["secretName"] == name
+    assert set(spec["issuerRef"]) == {"name", "kind", "group"}
+    assert all(isinstance(v, str) and v for v in spec["issuerRef"].values())
+    assert spec["dnsNames"] and all(isinstance(d, str) and d for d in spec["dnsNames"])
+    # The usages cert-manager accepts (KeyUsage and ExtKeyUsage names).
+    assert set(spec["usages"]) <= {"digital signature", "key encipherment", "server auth", "client auth"}
+    assert spec["privateKey"]["algorithm"] in {"RSA", "ECDSA", "Ed25519"}
+    assert spec["privateKey"]["encoding"] in {"PKCS1", "PKCS8"}
+    assert spec["privateKey"]["rotationPolicy"] in {"Never", "Always"}
+    assert STANDARD_LABEL_KEYS <= set(spec["secretTemplate"]["labels"])
+    return spec
+
+
+def test_the_peer_certificate_names_the_server_name_for_server_and_client_auth() -> None:
+    values = VALUE_SETS["all"]
+    objects = render(values)
+    spec = check_certificate(certificates(objects)["herald-peer-tls"])
+    assert spec["dnsNames"] == ["peer.herald.internal"]
+    assert f"--peer-tls-server-name={spec['dnsNames'][0]}" in container(objects)["args"]
+    assert {"server auth", "client auth"} <= set(spec["usages"])
+    assert spec["issuerRef"] == {"name": "mesh-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    spec = check_certificate(certificates(render(VALUE_SETS["peer-tls-certmanager"]))["herald-peer-tls"])
+    assert spec["dnsNames"] == ["herald-peer"]
+    assert spec["issuerRef"] == {"name": "herald-ca", "kind": "Issuer", "group": "cert-manager.io"}
+
+
+def test_the_grpc_certificate_names_the_client_service() -> None:
+    spec = check_certificate(certificates(render(VALUE_SETS["all"]))["herald-grpc-tls"])
+    assert spec["dnsNames"] == [
+        "herald",
+        "herald.herald",
+        "herald.herald.svc",
+        "herald.herald.svc.cluster.local",
+        "herald-grpc.example.com",
+    ]
+    assert "server auth" in spec["usages"] and "client auth" not in spec["usages"]
+
+
+def test_long_release_names_keep_the_tls_secret_names_within_63_characters() -> None:
+    objects = render(VALUE_SETS["all"], name="r" * 60)
+    names = set(certificates(objects))
+    assert len(names) == 2 and all(len(n) <= 63 for n in names)
+    secrets = {v["secret"]["secretName"] for n, v in volumes(objects)[0].items() if n.endswith("-tls")}
+    assert secrets == names
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tls": {"peer": {"enabled": True}}}, "tls.peer.enabled needs a certificate: set tls.peer.existingSecret"),
+        ({"tls": {"grpc": {"enabled": True}}}, "tls.grpc.enabled needs a certificate: set tls.grpc.existingSecret"),
+        (
+            {"tls": {"peer": {"enabled": True, "certManager": {"enabled": True}}}},
+            "tls.peer.certManager.enabled needs tls.peer.certManager.issuerRef.name",
+        ),
+        (
+            {"tls": {"grpc": {"enabled": True, "certManager": {"enabled": True}}}},
+            "tls.grpc.certManager.enabled needs tls.grpc.certManager.issuerRef.name",
+        ),
+    ],
+    ids=["peer-no-cert", "grpc-no-cert", "peer-no-issuer", "grpc-no-issuer"],
+)
+def test_tls_without_a_certificate_source_is_refused(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"tls": {"peer": {"serverName": "Herald_Peer"}}},
+        {"tls": {"peer": {"enabled": "yes"}}},
+        {"tls": {"grpc": {"requireClientCerts": True}}},
+        {"tls": {"grpc": {"certManager": {"issuerRef": {"namespace": "x"}}}}},
+    ],
+    ids=["bad-server-name", "not-a-boolean", "misspelt-key", "unknown-issuer-field"],
+)
+def test_the_schema_rejects_bad_tls_values(values: dict[str, Any]) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        render(values)
+
+
+def test_the_client_service_speaks_https_on_grpc_when_tls_is_on() -> None:
+    client = next(s for s in render(VALUE_SETS["grpc-tls-clientcerts"]) if s["kind"] == "Service" and s["metadata"]["name"] == "herald")
+    [grpc] = [p for p in client["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc["appProtocol"] == "https"
+
+
+def test_notes_give_the_https_address_and_the_client_tls_flags() -> None:
+    text = notes(VALUE_SETS["grpc-tls-clientcerts"])
+    assert (
+        "herald publish --addr https://herald.herald.svc.cluster.local:9090 --ca-file herald-ca.crt "
+        "--cert-file client.crt --key-file client.key --topic room:1"
+    ) in text
+    assert "get secret herald-grpc-certs -o jsonpath='{.data.ca\\.crt}' | base64 -d > herald-ca.crt" in text
+    assert "grpcurl -cacert herald-ca.crt -cert client.crt -key client.key" in text
+    assert "-plaintext" not in text and "http://herald" not in text
+    # Client certificates close the API, so no warning.
+    assert "the gRPC API is open" not in text
+    text = notes(VALUE_SETS["grpc-tls-certmanager"])
+    assert "herald publish --addr https://herald.herald.svc.cluster.local:9090 --ca-file herald-ca.crt --topic" in text
+    assert "--cert-file" not in text and "the gRPC API is open" in text
+    assert "restart the pods" in text
+    text = notes(VALUE_SETS["peer-tls-secret"])
+    assert "mutual TLS with the certificate in Secret\nherald-peer-certs" in text
+    assert "--addr http://herald" in text and "restart the pods" not in text
