@@ -793,8 +793,19 @@ def check_certificate(cert: dict[str, Any]) -> dict[str, Any]:
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
     spec = cert["spec"]
     assert set(spec) <= {
-        "secretName", "secretTemplate", "dnsNames", "usages", "privateKey", "issuerRef",
-        "commonName", "duration", "renewBefore", "ipAddresses", "uris", "isCA", "subject",
+        "secretName",
+        "secretTemplate",
+        "dnsNames",
+        "usages",
+        "privateKey",
+        "issuerRef",
+        "commonName",
+        "duration",
+        "renewBefore",
+        "ipAddresses",
+        "uris",
+        "isCA",
+        "subject",
     }
     # The Secret the Deployment mounts is the one cert-manager writes.
     assert spec["secretName"] == name
@@ -880,7 +891,8 @@ def test_the_schema_rejects_bad_tls_values(values: dict[str, Any]) -> None:
 
 
 def test_the_client_service_speaks_https_on_grpc_when_tls_is_on() -> None:
-    client = next(s for s in render(VALUE_SETS["grpc-tls-clientcerts"]) if s["kind"] == "Service" and s["metadata"]["name"] == "herald")
+    objects = render(VALUE_SETS["grpc-tls-clientcerts"])
+    client = next(s for s in objects if s["kind"] == "Service" and s["metadata"]["name"] == "herald")
     [grpc] = [p for p in client["spec"]["ports"] if p["name"] == "grpc"]
     assert grpc["appProtocol"] == "https"
 

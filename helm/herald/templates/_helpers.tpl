@@ -71,6 +71,38 @@ auth.jwt.existingSecret (the chart can only generate an HS256 secret).
 {{- end }}
 
 {{/*
+herald.tlsSecretName is the Secret holding the TLS files of tls.peer or
+tls.grpc, called with (dict "root" $ "which" "peer"|"grpc"):
+tls.<which>.existingSecret, or "<fullname>-<which>-tls", the Secret of the
+cert-manager Certificate the chart creates (the fullname is cut to 54
+characters so that the suffix fits in 63). It fails when TLS is on with
+neither, or with cert-manager but no issuer.
+*/}}
+{{- define "herald.tlsSecretName" -}}
+{{- $tls := index .root.Values.tls .which }}
+{{- if $tls.existingSecret }}
+{{- $tls.existingSecret }}
+{{- else if $tls.certManager.enabled }}
+{{- if not $tls.certManager.issuerRef.name }}
+{{- fail (printf "tls.%s.certManager.enabled needs tls.%s.certManager.issuerRef.name: the cert-manager Issuer or ClusterIssuer that signs the certificate" .which .which) }}
+{{- end }}
+{{- printf "%s-%s-tls" (include "herald.fullname" .root | trunc 54 | trimSuffix "-") .which }}
+{{- else }}
+{{- fail (printf "tls.%s.enabled needs a certificate: set tls.%s.existingSecret to a kubernetes.io/tls Secret (tls.crt, tls.key%s), or tls.%s.certManager.enabled=true with tls.%s.certManager.issuerRef.name" .which .which (ternary ", ca.crt" "; ca.crt for requireClientCert" (eq .which "peer")) .which .which) }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.tlsCertificateEnabled is "true" when the chart creates the cert-manager
+Certificate of tls.<which> (same argument as herald.tlsSecretName): TLS and
+cert-manager on, and no existing Secret named.
+*/}}
+{{- define "herald.tlsCertificateEnabled" -}}
+{{- $tls := index .root.Values.tls .which }}
+{{- if and $tls.enabled $tls.certManager.enabled (not $tls.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/*
 herald.drainSeconds is drainWindow ("10s") as a number of seconds; the schema
 only admits whole seconds, so this is a trimSuffix.
 */}}
@@ -193,6 +225,21 @@ the chart tests.
 {{- end }}
 {{- if $v.auth.clientPublish }}
 {{- $args = append $args "--client-publish" }}
+{{- end }}
+{{- if $v.tls.grpc.enabled }}
+{{- $_ := include "herald.tlsSecretName" (dict "root" . "which" "grpc") }}
+{{- $args = append $args "--grpc-tls-cert-file=/etc/herald/grpc-tls/tls.crt" }}
+{{- $args = append $args "--grpc-tls-key-file=/etc/herald/grpc-tls/tls.key" }}
+{{- if $v.tls.grpc.requireClientCert }}
+{{- $args = append $args "--grpc-tls-client-ca-file=/etc/herald/grpc-tls/ca.crt" }}
+{{- end }}
+{{- end }}
+{{- if $v.tls.peer.enabled }}
+{{- $_ := include "herald.tlsSecretName" (dict "root" . "which" "peer") }}
+{{- $args = append $args "--peer-tls-cert-file=/etc/herald/peer-tls/tls.crt" }}
+{{- $args = append $args "--peer-tls-key-file=/etc/herald/peer-tls/tls.key" }}
+{{- $args = append $args "--peer-tls-ca-file=/etc/herald/peer-tls/ca.crt" }}
+{{- $args = append $args (printf "--peer-tls-server-name=%s" $v.tls.peer.serverName) }}
 {{- end }}
 {{- $args = append $args (printf "--drain-window=%s" $v.drainWindow) }}
 {{- $args = append $args (printf "--log-format=%s" $v.log.format) }}
