@@ -13,8 +13,8 @@ use common::PATIENCE;
 use common::kube_api::{self, KubeApi};
 use common::process::{Ports, Process};
 use common::user::User;
-use herald::proto::v1::publisher_client::PublisherClient;
 use herald::proto::v1::ListPeersRequest;
+use herald::proto::v1::publisher_client::PublisherClient;
 use serde_json::json;
 
 const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
