@@ -173,8 +173,9 @@ async fn pods_with_certificates_from_the_cluster_ca_form_a_group_and_others_are_
     for pod in [&a, &b, &rogue] {
         pod.wait_ready().await;
     }
-    a.wait_for_log(&format!("peer stream up peer={}:{}", ips[1], ports.peer))
-        .await;
+    // The rogue pod cannot complete a handshake with `a`, so a stream that
+    // comes up on `a` is the one to `b`.
+    a.wait_for_log("peer stream up").await;
 
     let mut member = User::connect(&b.ws_url()).await;
     let mut outsider = User::connect(&rogue.ws_url()).await;
