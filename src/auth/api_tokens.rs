@@ -336,9 +336,9 @@ mod tests {
         );
 
         write(dir.path(), "tokens", &format!("{TOKEN_A}\n{TOKEN_B}\n"));
-        wait_until(|| tokens.check(TOKEN_B)).await;
+        reload::wait_until(|| tokens.check(TOKEN_B)).await;
         write(dir.path(), "tokens", &format!("{TOKEN_B}\n"));
-        wait_until(|| !tokens.check(TOKEN_A)).await;
+        reload::wait_until(|| !tokens.check(TOKEN_A)).await;
 
         write(dir.path(), "tokens", "not a token\n");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -349,14 +349,6 @@ mod tests {
 
         shutdown.cancel();
         watcher.await.expect("the watcher stops on shutdown");
-    }
-
-    async fn wait_until(mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for a reload");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     #[test]

@@ -715,7 +715,6 @@ fn token_error(kind: ErrorKind) -> TokenError {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
 
     use jsonwebtoken::jwk::JwkSet;
     use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
@@ -1320,7 +1319,7 @@ mod tests {
         assert!(v.verify(&old).is_ok());
 
         std::fs::write(&f.path, EC_A_PUB).expect("rotate");
-        wait_until(|| v.verify(&new).is_ok()).await;
+        reload::wait_until(|| v.verify(&new).is_ok()).await;
         assert_eq!(v.verify(&old), Err(TokenError::WrongAlgorithm));
 
         std::fs::write(&f.path, "-----BEGIN PUBLIC KEY-----\nbroken").expect("break");
@@ -1371,19 +1370,11 @@ mod tests {
         );
         symlink("..2024_2", root.join("..data_tmp")).expect("new link");
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("swap");
-        wait_until(|| v.verify(&k2).is_ok()).await;
+        reload::wait_until(|| v.verify(&k2).is_ok()).await;
         assert!(v.verify(&rs256(RSA_A_KEY, Some("k1"), &claims())).is_ok());
 
         shutdown.cancel();
         watcher.await.expect("the watcher stops on shutdown");
-    }
-
-    async fn wait_until(mut condition: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !condition() {
-            assert!(Instant::now() < deadline, "timed out waiting for a reload");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     #[test]

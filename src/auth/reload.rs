@@ -104,3 +104,17 @@ pub(crate) async fn watch_file<F>(
         }
     }
 }
+
+/// Waits (up to 5 s) until `condition` holds: for tests that rewrite a
+/// watched file and expect the owner to pick it up.
+#[cfg(test)]
+pub(crate) async fn wait_until(mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for a reload"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -2,6 +2,7 @@
 //! allowed) publish, each checked against the connection's limits and its
 //! user's token.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::ws::Message;
@@ -12,7 +13,6 @@ use crate::hub::Membership;
 use crate::limit::TokenBucket;
 use crate::publish::Publisher;
 use crate::stats::{self, Counters};
-use std::sync::Arc;
 
 /// Whether and how a connection may publish.
 pub struct Publishing {
