@@ -21,6 +21,12 @@ const WAIT: Duration = Duration::from_secs(5);
 
 const PEERS: &str = "herald-peers";
 
+/// Makes the `herald-peers` Endpoints list exactly `ips`, ready, on port
+/// `peer` 7001.
+fn list_ready(api: &KubeApi, ips: &[&str]) {
+    api.apply_endpoints(endpoints("default", PEERS, ips, &[], "peer", 7001));
+}
+
 type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
 async fn start() -> (KubeApi, Client) {
@@ -63,14 +69,7 @@ async fn initial_list<K: std::fmt::Debug + Send + 'static>(events: &mut Events<K
 /// Returns once the watcher's watch request is open: the watcher only issues it when polled
 /// after `InitDone`, so apply a change and wait for it to arrive.
 async fn watching(api: &KubeApi, events: &mut Events<Endpoints>) {
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.99"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(api, &["10.0.0.99"]);
     match next_ok(events).await {
         Event::Apply(ep) => assert_eq!(ready_ips(&ep), ["10.0.0.99"]),
         other => panic!("expected Apply, got {other:?}"),
@@ -98,14 +97,7 @@ fn slice_ips(slice: &EndpointSlice) -> Vec<String> {
 #[tokio::test]
 async fn a_client_from_the_written_kubeconfig_lists_applied_endpoints() {
     let api = KubeApi::start(Ipv4Addr::LOCALHOST.into()).await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     api.apply_endpoints(endpoints(
         "default",
         "other",
@@ -139,14 +131,7 @@ async fn a_client_from_the_written_kubeconfig_lists_applied_endpoints() {
 #[tokio::test]
 async fn later_applies_and_deletes_arrive_as_watch_events_not_polls() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     let mut events = watch_peers(client);
     initial_list(&mut events).await;
 
@@ -202,14 +187,7 @@ async fn later_applies_and_deletes_arrive_as_watch_events_not_polls() {
 #[tokio::test]
 async fn a_watcher_relists_when_its_resource_version_has_expired() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     let mut events = watch_peers(client);
     initial_list(&mut events).await;
     watching(&api, &mut events).await;
@@ -217,14 +195,7 @@ async fn a_watcher_relists_when_its_resource_version_has_expired() {
     // While the watcher is disconnected the object changes and the history is compacted,
     // so resuming from its resourceVersion is impossible.
     api.drop_watches();
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.2"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.2"]);
     api.expire_history();
 
     match next(&mut events).await {
@@ -242,14 +213,7 @@ async fn a_watcher_relists_when_its_resource_version_has_expired() {
     assert_eq!(relisted.len(), 1);
     assert_eq!(ready_ips(&relisted[0]), ["10.0.0.2"]);
 
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.3"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.3"]);
     match next_ok(&mut events).await {
         Event::Apply(ep) => assert_eq!(ready_ips(&ep), ["10.0.0.3"]),
         other => panic!("expected Apply after the re-list, got {other:?}"),
@@ -265,27 +229,13 @@ async fn a_watcher_relists_when_its_resource_version_has_expired() {
 #[tokio::test]
 async fn a_dropped_watch_resumes_from_its_resource_version_without_a_relist() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     let mut events = watch_peers(client);
     initial_list(&mut events).await;
     watching(&api, &mut events).await;
 
     api.drop_watches();
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.2"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.2"]);
 
     match next_ok(&mut events).await {
         Event::Apply(ep) => assert_eq!(ready_ips(&ep), ["10.0.0.2"]),
@@ -301,14 +251,7 @@ async fn a_dropped_watch_resumes_from_its_resource_version_without_a_relist() {
 #[tokio::test]
 async fn a_watcher_errors_while_the_server_is_down_and_catches_up_after_restart() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     let mut events = watch_peers(client);
     initial_list(&mut events).await;
     watching(&api, &mut events).await;
@@ -330,14 +273,7 @@ async fn a_watcher_errors_while_the_server_is_down_and_catches_up_after_restart(
         "{error:?}"
     );
 
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.2"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.2"]);
     api.restart().await;
     assert_eq!(api.addr(), addr);
 
@@ -354,14 +290,7 @@ async fn a_watcher_errors_while_the_server_is_down_and_catches_up_after_restart(
 #[tokio::test]
 async fn a_forbidden_watcher_yields_a_403_and_recovers_when_allowed() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     api.forbid(true);
     let mut events = watch_peers(client);
 
@@ -486,14 +415,7 @@ async fn relabelling_a_slice_out_of_the_selection_reads_as_a_delete() {
 #[tokio::test]
 async fn get_and_list_answer_like_the_api_server() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     api.apply_endpoints(endpoints("other", PEERS, &["10.0.0.9"], &[], "peer", 7001));
     let default = Api::<Endpoints>::namespaced(client.clone(), "default");
 
@@ -523,14 +445,7 @@ async fn get_and_list_answer_like_the_api_server() {
 #[tokio::test]
 async fn a_raw_watch_gets_bookmarks_and_ends_at_its_timeout() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
     let default = Api::<Endpoints>::namespaced(client, "default");
     let params = WatchParams::default().timeout(2);
     let mut stream = default
@@ -561,22 +476,8 @@ async fn a_raw_watch_gets_bookmarks_and_ends_at_its_timeout() {
 #[tokio::test]
 async fn a_watch_resuming_from_before_the_history_gets_410_in_stream() {
     let (api, client) = start().await;
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.1"],
-        &[],
-        "peer",
-        7001,
-    ));
-    api.apply_endpoints(endpoints(
-        "default",
-        PEERS,
-        &["10.0.0.2"],
-        &[],
-        "peer",
-        7001,
-    ));
+    list_ready(&api, &["10.0.0.1"]);
+    list_ready(&api, &["10.0.0.2"]);
     let default = Api::<Endpoints>::namespaced(client, "default");
 
     let mut replay = default

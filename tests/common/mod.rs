@@ -10,3 +10,19 @@ pub mod user;
 
 /// How long any single expectation may take before a test fails.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Publishes `data` to `topic` through the gRPC API at `url` with the
+/// generated client; returns the message id.
+pub async fn publish(url: String, topic: &str, data: &str) -> String {
+    herald::proto::v1::publisher_client::PublisherClient::connect(url)
+        .await
+        .expect("gRPC connects")
+        .publish(herald::proto::v1::PublishRequest {
+            topic: topic.into(),
+            data: data.as_bytes().to_vec(),
+        })
+        .await
+        .expect("publish accepted")
+        .into_inner()
+        .id
+}

@@ -6,7 +6,6 @@ use clap::Parser;
 use herald::app::{self, Listeners};
 use herald::config::{Cli, Command};
 use herald::message::NodeId;
-use herald::proto::v1::PublishRequest;
 use herald::proto::v1::publisher_client::PublisherClient;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -73,16 +72,7 @@ impl Pod {
 
     /// Publishes `data` to `topic` and returns the message id.
     pub async fn publish(&self, topic: &str, data: &str) -> String {
-        self.publisher()
-            .await
-            .publish(PublishRequest {
-                topic: topic.into(),
-                data: data.as_bytes().to_vec(),
-            })
-            .await
-            .expect("publish accepted")
-            .into_inner()
-            .id
+        super::publish(format!("http://{}", self.grpc), topic, data).await
     }
 
     /// Cancels the pod and waits for it to finish draining.

@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::proto::v1::PublishRequest;
-use herald::proto::v1::publisher_client::PublisherClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::PATIENCE;
@@ -99,17 +97,7 @@ impl Process {
     /// Publishes `data` to `topic` through this pod's gRPC API; returns the
     /// message id.
     pub async fn publish(&self, topic: &str, data: &str) -> String {
-        PublisherClient::connect(self.grpc_url())
-            .await
-            .expect("gRPC connects")
-            .publish(PublishRequest {
-                topic: topic.into(),
-                data: data.as_bytes().to_vec(),
-            })
-            .await
-            .expect("publish accepted")
-            .into_inner()
-            .id
+        super::publish(self.grpc_url(), topic, data).await
     }
 
     /// The HTTP status of `GET path`, or `None` if nothing answers.
