@@ -53,8 +53,7 @@ impl PublisherApi for PublisherService {
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
-        let span = tracing::info_span!("publish");
-        trace::adopt(&span, &caller_trace(request.metadata()));
+        let span = trace::publish_span(&caller_trace(request.metadata()), false);
         let PublishRequest { topic, data } = request.into_inner();
         let id = span.in_scope(|| {
             let id = self.publisher.publish(&topic, &data)?;
@@ -68,8 +67,7 @@ impl PublisherApi for PublisherService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
-        let span = tracing::info_span!("publish_batch");
-        trace::adopt(&span, &caller_trace(request.metadata()));
+        let span = trace::publish_span(&caller_trace(request.metadata()), true);
         let PublishBatchRequest { messages } = request.into_inner();
         let batch = messages
             .iter()

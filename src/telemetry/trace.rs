@@ -67,6 +67,18 @@ pub fn adopt(span: &Span, parent: &TraceContext) {
     let _ = span.set_parent(cx);
 }
 
+/// The span of one gRPC publish call, child of the caller's trace context.
+/// When tracing is off this is a disabled span, so the publish path pays
+/// nothing for it.
+pub fn publish_span(caller: &TraceContext, batch: bool) -> Span {
+    if !is_tracing() {
+        return Span::none();
+    }
+    let span = tracing::info_span!("publish", batch);
+    adopt(&span, caller);
+    span
+}
+
 /// The current span's context, to travel with a message.
 pub fn inject_current() -> Option<TraceContext> {
     is_tracing().then(|| inject(&Span::current()))
