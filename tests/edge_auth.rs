@@ -322,3 +322,19 @@ async fn herald_token_mints_a_token_the_server_accepts() {
     user.subscribe("room:9").await;
     user.subscribe("user:42").await;
 }
+
+#[tokio::test]
+async fn a_client_publish_with_bad_data_gets_invalid_data_and_the_connection_stays_usable() {
+    let pod = Pod::start(&["--auth=none", "--client-publish", "--max-message-bytes=16"]).await;
+    let mut user = User::connect(&pod.ws_url()).await;
+    let reply = user
+        .request(json!({"op":"publish","topic":"t","data":"far more than sixteen bytes","ref":"p"}))
+        .await;
+    assert_eq!(reply["error"]["code"], "invalid_data", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit"))
+    );
+    user.still_usable().await;
+}

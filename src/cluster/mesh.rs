@@ -284,3 +284,90 @@ impl Relay for Mesh {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::IdGenerator;
+    use crate::topic::Topic;
+
+    fn mesh(hub: &Hub) -> Mesh {
+        let settings = MeshSettings {
+            cluster: "test".into(),
+            node: NodeId::random(),
+            address: "127.0.0.1:7070".into(),
+            peer_queue: 8,
+            max_message_bytes: 64,
+            ready_timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        let counters = Arc::new(Counters::default());
+        Mesh::new(
+            settings,
+            hub.clone(),
+            TaskTracker::new(),
+            CancellationToken::new(),
+            counters,
+        )
+    }
+
+    fn envelope(id: MessageId, topic: &str, data: &'static [u8]) -> Envelope {
+        Envelope {
+            id: id.to_string(),
+            topic: topic.into(),
+            data: bytes::Bytes::from_static(data),
+            origin: NodeId::random().to_string(),
+            trace_context: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_message_from_a_peer_is_delivered_once_even_if_it_arrives_twice() {
+        let hub = Hub::new();
+        let mesh = mesh(&hub);
+        let (mut member, mut mailbox) = hub.join(8, 8);
+        member
+            .subscribe(Topic::new("t").expect("valid"))
+            .expect("under limit");
+        let id = IdGenerator::new(NodeId::random()).next_id();
+        mesh.receive(envelope(id, "t", b"{\"k\": 1}"));
+        mesh.receive(envelope(id, "t", b"{\"k\": 1}"));
+        let delivered = mailbox.try_recv().expect("delivered");
+        assert_eq!(delivered.id(), id);
+        assert_eq!(&delivered.data()[..], br#"{"k":1}"#);
+        assert!(
+            mailbox.try_recv().is_none(),
+            "the duplicate was not delivered"
+        );
+    }
+
+    #[test]
+    fn invalid_envelopes_from_a_peer_are_dropped_without_harm() {
+        let hub = Hub::new();
+        let mesh = mesh(&hub);
+        let (mut member, mut mailbox) = hub.join(8, 8);
+        member
+            .subscribe(Topic::new("t").expect("valid"))
+            .expect("under limit");
+        let ids = IdGenerator::new(NodeId::random());
+        let mut bad_id = envelope(ids.next_id(), "t", b"1");
+        bad_id.id = "not-a-ulid".into();
+        let mut bad_origin = envelope(ids.next_id(), "t", b"1");
+        bad_origin.origin = "??".into();
+        for bad in [
+            bad_id,
+            bad_origin,
+            envelope(ids.next_id(), "bad topic", b"1"),
+            envelope(ids.next_id(), "t", b"{not json"),
+            envelope(ids.next_id(), "t", &[b'1'; 65]),
+        ] {
+            mesh.receive(bad);
+        }
+        assert!(mailbox.try_recv().is_none());
+        mesh.receive(envelope(ids.next_id(), "t", b"2"));
+        assert!(
+            mailbox.try_recv().is_some(),
+            "the mesh still delivers after bad input"
+        );
+    }
+}
