@@ -5,7 +5,14 @@
 //! protocol v1 objects separated by `\n`; for each `message` object the
 //! scanner pulls out `t` and `s` by looking for the literal keys, without
 //! building a JSON tree or allocating. Topics and ids never contain `"`, so
-//! the first `"data":{"t":` in a line is the payload's.
+//! the first `"data":{"t":` in a line is the payload's. The searches use
+//! `memchr`'s vectorised routines: at a million deliveries a second the
+//! scanner is on the load generator's hot path, and every cycle it spends
+//! is taken from the pods sharing its cores.
+
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 /// Builds the document for message `seq` sent at `unix_nanos`, padded to
 /// `size` bytes (or left at its natural size if that is larger).
@@ -34,10 +41,11 @@ pub fn message(line: &[u8]) -> Option<Seen> {
     const OP: &[u8] = br#"{"op":"message""#;
     const DATA: &[u8] = br#""data":{"t":"#;
     const SEQ: &[u8] = br#","s":"#;
+    static FIND_DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(DATA));
     if !line.starts_with(OP) {
         return None;
     }
-    let at = find(line, DATA)? + DATA.len();
+    let at = OP.len() + FIND_DATA.find(&line[OP.len()..])? + DATA.len();
     let (sent_nanos, rest) = number(&line[at..])?;
     let rest = rest.strip_prefix(SEQ)?;
     let (seq, _) = number(rest)?;
@@ -46,11 +54,15 @@ pub fn message(line: &[u8]) -> Option<Seen> {
 
 /// Splits a frame into its newline-separated objects, skipping blank lines.
 pub fn lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
-    frame.split(|&b| b == b'\n').filter(|l| !l.is_empty())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', frame)
+        .chain([frame.len()])
+        .map(move |end| {
+            let line = &frame[start..end];
+            start = end + 1;
+            line
+        })
+        .filter(|l| !l.is_empty())
 }
 
 fn number(text: &[u8]) -> Option<(u64, &[u8])> {
@@ -74,6 +86,14 @@ mod tests {
         assert_eq!(doc.len(), 128);
         let value: serde_json::Value = serde_json::from_slice(&doc).expect("payload is JSON");
         assert_eq!(value["s"], 42);
+    }
+
+    #[test]
+    fn splits_frames_on_newlines_and_skips_blank_lines() {
+        let split: Vec<_> = lines(b"a\n\nbc\nd").collect();
+        assert_eq!(split, [&b"a"[..], b"bc", b"d"]);
+        assert_eq!(lines(b"").count(), 0);
+        assert_eq!(lines(b"x\n").collect::<Vec<_>>(), [&b"x"[..]]);
     }
 
     #[test]
