@@ -181,6 +181,7 @@ pub async fn run(
         max_subscriptions: limits.max_subscriptions,
         max_frame_bytes: limits.max_frame_bytes,
         heartbeat_interval: limits.heartbeat_interval,
+        write_delay: limits.write_delay,
         meters: session::Meters {
             counters: counters.clone(),
             latency: metrics.delivery_latency.clone(),

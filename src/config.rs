@@ -127,6 +127,11 @@ pub struct LimitArgs {
     /// nothing (not even a pong) for two intervals is closed.
     #[arg(long, env = "HERALD_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+    /// Shortest time between two writes of messages to one connection:
+    /// messages arriving sooner wait and go out together in one frame. Only
+    /// busy connections wait; one idle for longer is written to at once.
+    #[arg(long, env = "HERALD_WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub write_delay: Duration,
     /// Most WebSocket connections this pod holds; more are refused with
     /// HTTP 503.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]

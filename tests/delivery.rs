@@ -192,3 +192,21 @@ async fn queued_messages_for_one_client_may_share_a_frame_as_newline_separated_o
     // delivery stays correct whether or not the server coalesced.
     assert!(user.frames >= 1 && user.frames <= 2000);
 }
+
+#[tokio::test]
+async fn with_a_write_delay_messages_arriving_soon_after_a_write_share_the_next_frame() {
+    let pod = Pod::start(&["--write-delay=1s"]).await;
+    let mut user = User::connect(&pod.ws_url()).await;
+    user.subscribe("paced").await;
+    // Idle until now, so the first message goes out at once, alone.
+    pod.publish("paced", "1").await;
+    assert_eq!(user.message("paced").await, json!(1));
+    let after_first = user.frames;
+    // These arrive within the delay after that write: they wait for it to
+    // pass and leave together.
+    pod.publish("paced", "2").await;
+    pod.publish("paced", "3").await;
+    assert_eq!(user.message("paced").await, json!(2));
+    assert_eq!(user.message("paced").await, json!(3));
+    assert_eq!(user.frames, after_first + 1, "2 and 3 share one frame");
+}

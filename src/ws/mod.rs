@@ -72,6 +72,8 @@ pub struct Gateway {
     pub max_frame_bytes: usize,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
+    /// Shortest time between two message writes to one connection.
+    pub write_delay: Duration,
     /// Where sessions count what they do.
     pub meters: session::Meters,
     /// Token checks; `None` with `--auth none`.
@@ -248,6 +250,7 @@ pub async fn upgrade(
         let settings = session::Settings {
             heartbeat_interval: gateway.heartbeat_interval,
             drain_delay: jitter(gateway.drain_window),
+            write_delay: gateway.write_delay,
         };
         let span = tracing::debug_span!("ws_session");
         async move {

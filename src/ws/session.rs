@@ -9,7 +9,11 @@
 //! taken too (up to [`COALESCE_BYTES`]) and sent as one text frame with one
 //! flush, so a client that is behind costs one syscall per batch, not per
 //! message. Every write races the slow-client mark and shutdown, so a client
-//! that stopped reading cannot pin the task.
+//! that stopped reading cannot pin the task. With a write delay
+//! (`--write-delay`), a message that arrives sooner than that after the
+//! previous write is held until the delay has passed and leaves with
+//! everything queued meanwhile: busy connections trade a bounded wait for
+//! fewer system calls; idle ones are written to at once.
 //!
 //! How a session ends, and what the client sees:
 //! - the client closes, or the socket fails: the session ends;
@@ -65,6 +69,11 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// How long after the drain starts this connection is closed.
     pub drain_delay: Duration,
+    /// Shortest time between two writes of messages: a message that arrives
+    /// sooner after the previous write waits for the rest of it, gathering
+    /// whatever else arrives meanwhile into the same frame. Zero writes at
+    /// once.
+    pub write_delay: Duration,
 }
 
 /// Where a session counts what it does.
@@ -108,6 +117,9 @@ where
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // A message waiting out the write delay, and when it may go.
+    let mut held: Option<Arc<herald_message::Message>> = None;
+    let mut next_write = Instant::now();
     let closing = async {
         drain.cancelled().await;
         tokio::time::sleep(settings.drain_delay).await;
@@ -129,18 +141,24 @@ where
                     Some(Err(_)) | None => Err(End::Client),
                 }
             }
-            queued = mailbox.recv() => match queued {
+            queued = mailbox.recv(), if held.is_none() => match queued {
+                Some(first) if Instant::now() < next_write => {
+                    held = Some(first);
+                    Ok(())
+                }
                 Some(first) => {
-                    let arrived = first.received();
-                    let frame = Some(coalesce(first, &mut mailbox));
-                    let written = write(&mut socket, frame, &mailbox, closing.as_mut(), period, &meters).await;
-                    if written.is_ok() {
-                        meters.latency.record(arrived.elapsed().as_secs_f64(), &[]);
-                    }
+                    let written = send_messages(first, &mut socket, &mut mailbox, closing.as_mut(), period, &meters).await;
+                    next_write = Instant::now() + settings.write_delay;
                     written
                 }
                 None => Err(End::Slow),
             },
+            () = tokio::time::sleep_until(next_write), if held.is_some() => {
+                let first = held.take().expect("guarded by the branch condition");
+                let written = send_messages(first, &mut socket, &mut mailbox, closing.as_mut(), period, &meters).await;
+                next_write = Instant::now() + settings.write_delay;
+                written
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= 2 * period {
                     Err(End::HeartbeatTimeout)
@@ -183,6 +201,28 @@ where
         let _ = timeout(CLOSE_TIMEOUT, socket.close()).await;
     }
     end
+}
+
+/// Writes `first` and whatever else is queued as one frame, and records
+/// how long `first` waited.
+async fn send_messages<S>(
+    first: Arc<herald_message::Message>,
+    socket: &mut S,
+    mailbox: &mut Mailbox,
+    closing: Pin<&mut impl Future<Output = ()>>,
+    period: Duration,
+    meters: &Meters,
+) -> Result<(), End>
+where
+    S: Sink<Message, Error = Error> + Unpin,
+{
+    let arrived = first.received();
+    let frame = Some(coalesce(first, mailbox));
+    let written = write(socket, frame, mailbox, closing, period, meters).await;
+    if written.is_ok() {
+        meters.latency.record(arrived.elapsed().as_secs_f64(), &[]);
+    }
+    written
 }
 
 /// Joins `first` and whatever else is already queued, up to
@@ -230,15 +270,17 @@ where
     if let Message::Text(text) = &message {
         stats::add(&meters.counters.bytes_out, text.len() as u64);
     }
+    // The send goes first: it usually completes at once, and then the
+    // other two are never polled (nor registered as waiters).
     tokio::select! {
         biased;
-        () = closing => Err(End::Shutdown),
-        () = mailbox.slow() => Err(End::Slow),
         sent = timeout(2 * period, socket.send(message)) => match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Client),
             Err(_) => Err(End::Slow),
         },
+        () = closing => Err(End::Shutdown),
+        () = mailbox.slow() => Err(End::Slow),
     }
 }
 
