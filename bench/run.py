@@ -25,6 +25,10 @@ import sys
 import time
 import urllib.request
 
+# S1 runs on pods started with each of these extra flag sets: the default,
+# and the write delay that trades a bounded wait for fewer system calls.
+S1_VARIANTS = [(), ("--write-delay=20ms",)]
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IPS = ["127.0.0.1", "127.0.0.2"]
 # Fixed ports away from herald's defaults, so a `make run` or `make cluster`
@@ -52,9 +56,9 @@ def on_signal(signum, _frame):
     sys.exit(128 + signum)
 
 
-def start_pods(bin_dir, log_dir, name, env=None):
-    """Starts the 2-pod cluster (with extra environment `env`) and waits
-    until both pods are ready."""
+def start_pods(bin_dir, log_dir, name, env=None, flags=()):
+    """Starts the 2-pod cluster (with extra environment `env` and extra
+    `herald serve` flags) and waits until both pods are ready."""
     stop_pods()
     peers = ",".join(f"{ip}:{PEER_PORT}" for ip in IPS)
     for i, ip in enumerate(IPS):
@@ -63,6 +67,7 @@ def start_pods(bin_dir, log_dir, name, env=None):
             os.path.join(bin_dir, "herald"), "serve",
             f"--http-addr={ip}:{HTTP_PORT}", f"--grpc-addr={ip}:{GRPC_PORT}",
             f"--peer-addr={ip}:{PEER_PORT}", "--discovery=static", f"--peers={peers}",
+            *flags,
         ]
         PODS.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
                                      stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}))
@@ -95,6 +100,19 @@ def bench(bin_dir, pids, label, extra, raw):
     raw.write(line + "\n")
     raw.flush()
     return json.loads(line), shlex.join(["herald-bench"] + extra)
+
+
+def median(runs, pick):
+    """The median of `pick(run)` over `runs`."""
+    return statistics.median(pick(r) for r in runs)
+
+
+def p99(r):
+    return r["latency_ms"]["p99"]
+
+
+def p50(r):
+    return r["latency_ms"]["p50"]
 
 
 def clean(r):
@@ -159,16 +177,23 @@ def main():
     s2_secs = "2s" if args.quick else "5s"
     s2_steps = [500, 1000] if args.quick else [500, 1000, 2000, 4000, 8000]
     s2_runs = 1 if args.quick else 3
+    repeats = 1 if args.quick else 3  # runs of S1 and S4
     idle_users = 2000 if args.quick else 10000
     per_user = 1000 if args.quick else 5000
     common = ["--connect-rate=2000", "--payload-bytes=128"]
     results, commands = {}, []
 
-    pids = start_pods(args.bin_dir, log_dir, "s1")
-    r, c = bench(args.bin_dir, pids, "S1", common + ["--users=1000", "--topics=shared",
-                                                     "--rate=200", f"--duration={secs}"], raw)
-    results["S1"] = r
-    commands.append(c)
+    s1_args = common + ["--users=1000", "--topics=shared", "--rate=200", f"--duration={secs}"]
+    s1 = {}  # pod flags -> [reports]
+    for flags in S1_VARIANTS:
+        pids = start_pods(args.bin_dir, log_dir, "s1", flags=flags)
+        s1[flags] = []
+        for n in range(repeats):
+            label = f"S1{' ' + ' '.join(flags) if flags else ''} #{n + 1}"
+            r, c = bench(args.bin_dir, pids, label, s1_args, raw)
+            s1[flags].append(r)
+        if not flags:
+            commands.append(c + f"   # x{repeats}")
 
     pids = start_pods(args.bin_dir, log_dir, "s2")
     s2 = []  # (rate, [reports])
@@ -192,10 +217,13 @@ def main():
     commands.append(c)
 
     pids = start_pods(args.bin_dir, log_dir, "s4")
-    r, c = bench(args.bin_dir, pids, "S4", common + [f"--users={per_user}", "--topics=per-user",
-                                                     "--rate=2000", f"--duration={secs}"], raw)
-    results["S4"] = r
-    commands.append(c)
+    s4 = []
+    for n in range(repeats):
+        r, c = bench(args.bin_dir, pids, f"S4 #{n + 1}",
+                     common + [f"--users={per_user}", "--topics=per-user", "--rate=2000",
+                               f"--duration={secs}"], raw)
+        s4.append(r)
+    commands.append(c + f"   # x{repeats}")
     stop_pods()
 
     clean_steps = [rate for rate, runs in s2 if all(clean(r) for r in runs)]
@@ -211,18 +239,22 @@ def main():
     md.append("## Headline\n")
     md.append("| scenario | herald |")
     md.append("|---|---|")
-    s1 = results["S1"]
-    md.append(f"| S1: 200 msg/s to 1,000 users, one topic | {s1['deliveries_per_sec']:.0f} "
-              f"deliveries/s, lost {s1['lost']}, p50 {s1['latency_ms']['p50']:.2f} ms, "
-              f"p99 {s1['latency_ms']['p99']:.2f} ms |")
+    for flags, rs in s1.items():
+        how = f" (pods with `{' '.join(flags)}`)" if flags else ""
+        md.append(f"| S1: 200 msg/s to 1,000 users, one topic{how}; median of {len(rs)} | "
+                  f"{median(rs, lambda r: r['deliveries_per_sec']):.0f} deliveries/s, lost "
+                  f"{sum(r['lost'] for r in rs)}, p50 {median(rs, p50):.2f} ms, "
+                  f"p99 {median(rs, p99):.2f} ms, "
+                  f"{median(rs, lambda r: r['server']['cpu_us_per_delivery'] or 0):.2f} server "
+                  f"CPU-µs per delivery |")
     if best is None:
         md.append("| S2: highest clean rate (3 of 3 runs) | none of the steps was clean |")
     else:
         runs = dict(s2)[best]
         md.append(f"| S2: highest clean rate (all {s2_runs} runs: zero loss, p99 < 100 ms) | "
                   f"{best} msg/s (≈ {best * 1000:,} deliveries/s); median p99 "
-                  f"{statistics.median(r['latency_ms']['p99'] for r in runs):.1f} ms, median "
-                  f"{statistics.median(r['server']['cpu_us_per_delivery'] or 0 for r in runs):.2f}"
+                  f"{median(runs, p99):.1f} ms, median "
+                  f"{median(runs, lambda r: r['server']['cpu_us_per_delivery'] or 0):.2f}"
                   f" server CPU-µs per delivery |")
     s3 = results["S3"]
     per_conn = s3["server"]["rss_per_connection_bytes"] or 0
@@ -230,21 +262,23 @@ def main():
               f"{per_conn / 1024:.1f} KiB resident per connection "
               f"({s3['server']['rss_before_bytes'] / 2**20:.1f} → "
               f"{s3['server']['rss_after_bytes'] / 2**20:.1f} MiB, both pods) |")
-    s4 = results["S4"]
-    md.append(f"| S4: {s4['users']:,} users on own topics, 2,000 msg/s round robin | "
-              f"lost {s4['lost']}, p50 {s4['latency_ms']['p50']:.2f} ms, "
-              f"p99 {s4['latency_ms']['p99']:.2f} ms |\n")
+    md.append(f"| S4: {s4[0]['users']:,} users on own topics, 2,000 msg/s round robin; median "
+              f"of {len(s4)} | lost {sum(r['lost'] for r in s4)}, p50 {median(s4, p50):.2f} ms, "
+              f"p99 {median(s4, p99):.2f} ms |\n")
     md.append("## Every run\n")
     md.append("Latencies in ms (publish call → delivery parsed by the user); CPU in seconds "
               "over the publish+drain window, both pods; CPU-µs per distinct delivery.\n")
     md.append("| run | publish msg/s | deliveries/s | received/expected | dup | p50 | p90 | "
               "p99 | p99.9 | max | server CPU s | CPU-µs/deliv | bench CPU s |")
     md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    md.append(row("S1", s1))
+    for rs in s1.values():
+        for r in rs:
+            md.append(row(r["label"], r))
     for rate, runs in s2:
         for n, r in enumerate(runs):
             md.append(row(f"S2 {rate}/s #{n + 1}{'' if clean(r) else ' ✗'}", r))
-    md.append(row("S4", s4))
+    for r in s4:
+        md.append(row(r["label"], r))
     md.append(f"\nS3: {s3['connect']['ok']} subscribed ({s3['connect']['failed']} failed) in "
               f"{s3['connect']['seconds']:.1f} s, connect p99 "
               f"{s3['connect']['time_ms']['p99']:.1f} ms; RSS "
@@ -253,8 +287,8 @@ def main():
     md.append("Each with `--ws=ws://127.0.0.1:28080/ws,ws://127.0.0.2:28080/ws "
               "--grpc=http://127.0.0.1:29090 --pids=<both pods> --json=-`; pods run "
               "`herald serve --http-addr=IP:28080 --grpc-addr=IP:29090 --peer-addr=IP:27070 "
-              "--discovery=static --peers=127.0.0.1:27070,127.0.0.2:27070`, restarted before "
-              "S1, S2, S3 and S4.\n")
+              "--discovery=static --peers=127.0.0.1:27070,127.0.0.2:27070` (plus the flags "
+              "named in a run's label), restarted before each S1 variant, S2, S3 and S4.\n")
     md.append("```sh")
     md.extend(commands)
     md.append("```")
