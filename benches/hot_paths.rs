@@ -1,12 +1,17 @@
 //! Criterion micro-benchmarks of herald's hot paths, through the public
 //! library API only: topic validation, JSON compaction and frame encoding,
 //! fan-out of one message to N local sessions, and delivery when the hub
-//! holds many topics (the registry lookup).
+//! holds many topics (the registry lookup); and, for scale, the floor under
+//! all of them: one write of a message-sized frame to a loopback TCP socket,
+//! which every unbatched delivery costs at least once.
 //!
 //! Run with `make bench-micro` (or `cargo bench --bench hot_paths`).
 
 use std::hint::black_box;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
+use std::thread;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -151,11 +156,34 @@ fn many_topics(c: &mut Criterion) {
     group.finish();
 }
 
+/// One blocking `write` of a 200-byte frame (an S1 delivery: the message
+/// object around a 128-byte payload, plus the WebSocket header) to a
+/// loopback TCP connection whose other end a thread drains. This is the
+/// system call an unbatched delivery cannot avoid; the kernel's loopback
+/// receive path runs inside it.
+fn loopback_write(c: &mut Criterion) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let mut writer = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+    writer.set_nodelay(true).expect("TCP_NODELAY");
+    let (mut reader, _) = listener.accept().expect("accept");
+    let drain = thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while reader.read(&mut buf).is_ok_and(|n| n > 0) {}
+    });
+    let frame = [b'x'; 200];
+    c.bench_function("loopback_tcp_write_200B", |b| {
+        b.iter(|| writer.write_all(black_box(&frame)).expect("write"));
+    });
+    drop(writer);
+    drain.join().expect("drain thread");
+}
+
 criterion_group!(
     benches,
     topic_validation,
     frame_encoding,
     fan_out,
-    many_topics
+    many_topics,
+    loopback_write
 );
 criterion_main!(benches);

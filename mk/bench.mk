@@ -18,5 +18,5 @@ bench-quick: ## A shorter `make bench` (fewer S2 steps, shorter runs), to try th
 	$(CARGO) build --release --bin herald --bin herald-bench
 	$(PYTHON3) bench/run.py --quick
 
-bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup
+bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup, loopback write
 	$(CARGO) bench --bench hot_paths
