@@ -139,3 +139,12 @@ fn check_config_accepts_real_flags_and_refuses_unknown_ones() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--no-such-flag"));
 }
+
+#[test]
+fn a_write_delay_that_is_not_a_duration_is_refused_at_start() {
+    let ok = herald(&["serve", "--write-delay=20ms", "--check-config"], None);
+    assert!(ok.status.success());
+    let bad = herald(&["serve", "--write-delay=soon", "--check-config"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--write-delay"));
+}
