@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
-use axum::serve::ListenerExt;
 use futures_util::{Stream, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -36,6 +35,7 @@ use crate::message::NodeId;
 use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
 use crate::stats::Counters;
+use crate::ws::socket::{Connection, SharedListener};
 use crate::ws::{EdgeLimits, Gateway, session};
 use crate::{grpc, http, tls};
 
@@ -229,8 +229,11 @@ pub async fn run(
         Some(listener) => (http::public(gateway), Some(listener)),
         None => (http::public(gateway).merge(admin_router.clone()), None),
     };
-    let http = axum::serve(listeners.http.tap_io(no_delay), public_router)
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let http = axum::serve(
+        SharedListener::new(listeners.http),
+        public_router.into_make_service_with_connect_info::<Connection>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
     let admin = async {
         match admin_listener {
             Some(listener) => {

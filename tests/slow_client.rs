@@ -83,6 +83,38 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
     assert_eq!(metric(pod.http, closed).await, 1.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pauses_catches_up_with_every_message_in_order() {
+    let pod = Pod::start(&["--client-queue=4096"]).await;
+    // A tiny receive window: while the client pauses, the server's writes
+    // stop part-way through a frame and the session takes over writing.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("set rcvbuf");
+    let stream = socket.connect(pod.http).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async(pod.ws_url(), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
+    let mut user = User::from_socket(ws);
+    user.subscribe("paused").await;
+
+    const COUNT: usize = 1000;
+    let mut client = pod.publisher().await;
+    for n in 0..COUNT {
+        client
+            .publish(PublishRequest {
+                topic: "paused".into(),
+                data: format!(r#"[{n},"{}"]"#, "x".repeat(2000)).into_bytes(),
+            })
+            .await
+            .expect("publish accepted");
+    }
+    // Only now does the client read: everything is there, in order.
+    for n in 0..COUNT {
+        assert_eq!(user.message("paused").await[0], json!(n));
+    }
+    user.still_usable().await;
+}
+
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
     let (_, body) = http_get(addr, "/metrics").await.expect("metrics answer");
     sample(&body, name)

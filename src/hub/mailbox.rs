@@ -1,108 +1,376 @@
-//! A session's bounded inbox and the slow-client policy.
+//! A session's bounded queue, who writes it out, and the slow-client policy.
 //!
 //! Each session owns one [`Mailbox`] of shared messages (an `Arc` each, so
-//! queueing one for a thousand sessions copies nothing); the hub holds the matching [`Sender`]
-//! in every topic the session subscribes to. Delivery never waits: when a
-//! mailbox is full, the session is behind by a whole queue and is marked
-//! *slow*: the message is dropped for it, its session is told to close (the
-//! WebSocket gateway uses close code 1013, "try again later") and the hub
-//! counts one slow-client disconnect. Its other subscribers are not delayed.
+//! queueing one for a thousand sessions copies nothing); the hub holds the
+//! matching [`Sender`] in every topic the session subscribes to.
+//!
+//! Who writes: a session joined with a [`Wire`] (the gateway's socket) is
+//! written to by the thread that delivers to it. A message offered to an
+//! idle session is *claimed* by that thread, which writes it straight to the
+//! wire once it has offered the message to every subscriber: no task
+//! wake-up, no copy. While it writes, messages offered by other threads
+//! queue behind the claim and leave together in one frame, so a busy pod
+//! writes fewer, larger frames. The session's own task takes its turn only
+//! when the wire cannot take a frame now (the client's socket buffer is
+//! full), when the write delay holds messages back, or when the session has
+//! no wire at all; it then writes, waiting as it must, and hands the turn
+//! back once the queue is empty.
+//!
+//! Delivery never waits. When a queue is full, the session is behind by a
+//! whole queue and is marked *slow*: the message is dropped for it, its
+//! session is told to close (the WebSocket gateway uses close code 1013,
+//! "try again later") and the hub counts one slow-client disconnect. Its
+//! other subscribers are not delayed.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::message::Message;
-use tokio_util::sync::CancellationToken;
 
 /// Identifies one session within a hub.
 pub type SessionId = u64;
 
+/// Most bytes of queued messages written out as one frame.
+pub const COALESCE_BYTES: usize = 64 * 1024;
+
+/// Where a session's messages are written: the transport side of a
+/// session, given by the gateway at [`Hub::join_wired`](super::Hub::join_wired).
+pub trait Wire: Send + Sync {
+    /// Writes `batch`, in order, as one frame if the transport takes it now,
+    /// without waiting.
+    fn write_now(&self, batch: &[Arc<Message>]) -> Written;
+}
+
+/// What a [`Wire`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// All of it is out (or the connection is closing and it was dropped).
+    All,
+    /// Part of it is out; the wire keeps the rest and sends it before
+    /// anything else once the session flushes.
+    Partly,
+    /// Nothing was taken: the transport cannot take more now.
+    Busy,
+}
+
 /// The hub's end of a mailbox. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sender {
+    shared: Arc<Shared>,
+}
+
+/// What happened to one offered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Queued for the session, which (or whoever writes for it) will send
+    /// it.
+    Queued,
+    /// Queued and claimed: the caller must [`Sender::write_claimed`].
+    Claimed,
+    /// The queue was full: the session has just been marked slow.
+    MarkedSlow,
+    /// The session is already slow or gone; the message was dropped.
+    Dropped,
+}
+
+/// The session's end of a mailbox: its turns to write, and the signal
+/// that the session fell behind.
+pub struct Mailbox {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     id: SessionId,
-    tx: mpsc::Sender<Arc<Message>>,
+    capacity: usize,
+    write_delay: Duration,
+    wire: Option<Arc<dyn Wire>>,
+    state: Mutex<State>,
+    /// Woken when the turn passes to the session, or more is queued in it.
+    turn: Notify,
     slow: CancellationToken,
 }
 
-/// What happened to one offered frame.
+struct State {
+    queue: VecDeque<Arc<Message>>,
+    /// The session has ended: nothing more is queued.
+    gone: bool,
+    /// The session fell behind (the token below is cancelled too; this
+    /// copy is cheaper to check on every offer).
+    slow: bool,
+    writer: Writer,
+    /// With a write delay: no message is written before this.
+    hold_until: Option<Instant>,
+}
+
+/// Who writes the queue out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
-    /// Queued for the session.
-    Queued,
-    /// The queue was full: the session has just been marked slow.
-    MarkedSlow,
-    /// The session is already slow or gone; the frame was dropped.
-    Dropped,
+enum Writer {
+    /// Nobody: the queue is empty.
+    Idle,
+    /// A delivering thread that claimed the session.
+    Delivery,
+    /// The session's own task.
+    Session,
+}
+
+impl Shared {
+    // NB: a poisoned lock only means a thread panicked while holding it;
+    // every change under it is a single queue or field operation, so the
+    // state is still consistent and delivery carries on.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn hold_after_write(&self, state: &mut State) {
+        if !self.write_delay.is_zero() {
+            state.hold_until = Some(Instant::now() + self.write_delay);
+        }
+    }
+}
+
+impl State {
+    /// Moves queued messages into `batch`, up to [`COALESCE_BYTES`] (and at
+    /// least one).
+    fn take(&mut self, batch: &mut Vec<Arc<Message>>) {
+        let mut size = 0;
+        while size < COALESCE_BYTES {
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
+            size += next.frame().len() + 1;
+            batch.push(next);
+        }
+    }
 }
 
 impl Sender {
     /// The session this mailbox belongs to.
     pub fn id(&self) -> SessionId {
-        self.id
+        self.shared.id
     }
 
     /// Offers `message` without waiting, applying the slow-client policy.
+    /// On [`Offer::Claimed`] the caller must write the session out with
+    /// [`write_claimed`](Self::write_claimed), after offering to the rest.
     pub fn offer(&self, message: &Arc<Message>) -> Offer {
-        match self.tx.try_send(message.clone()) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) if !self.slow.is_cancelled() => {
-                self.slow.cancel();
-                Offer::MarkedSlow
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.gone || state.slow {
+            return Offer::Dropped;
+        }
+        if state.queue.len() >= shared.capacity {
+            state.slow = true;
+            shared.slow.cancel();
+            return Offer::MarkedSlow;
+        }
+        state.queue.push_back(message.clone());
+        match state.writer {
+            Writer::Delivery => Offer::Queued,
+            Writer::Idle
+                if shared.wire.is_some()
+                    && state.hold_until.is_none_or(|t| Instant::now() >= t) =>
+            {
+                state.writer = Writer::Delivery;
+                Offer::Claimed
             }
-            Err(_) => Offer::Dropped,
+            Writer::Idle | Writer::Session => {
+                state.writer = Writer::Session;
+                drop(state);
+                shared.turn.notify_one();
+                Offer::Queued
+            }
         }
     }
-}
 
-/// The session's end of a mailbox: frames to write, and the signal that the
-/// session fell behind.
-#[derive(Debug)]
-pub struct Mailbox {
-    rx: mpsc::Receiver<Arc<Message>>,
-    slow: CancellationToken,
+    /// Writes a claimed session's queue to its wire, in frames of up to
+    /// [`COALESCE_BYTES`], until the queue is empty, then gives the claim
+    /// up. If the wire is busy, the turn passes to the session, which waits
+    /// for its socket. `batch` is scratch space, left empty.
+    pub fn write_claimed(&self, batch: &mut Vec<Arc<Message>>) {
+        let shared = &*self.shared;
+        let Some(wire) = &shared.wire else {
+            return;
+        };
+        loop {
+            {
+                let mut state = shared.lock();
+                debug_assert_eq!(state.writer, Writer::Delivery);
+                state.take(batch);
+                if batch.is_empty() {
+                    state.writer = Writer::Idle;
+                    return;
+                }
+            }
+            let written = wire.write_now(batch);
+            let mut state = shared.lock();
+            match written {
+                Written::All => {
+                    shared.hold_after_write(&mut state);
+                    batch.clear();
+                    if state.hold_until.is_some() && !state.queue.is_empty() {
+                        // More arrived during the write: it waits out the
+                        // delay, on the session's turn.
+                        state.writer = Writer::Session;
+                        break;
+                    }
+                }
+                Written::Partly => {
+                    shared.hold_after_write(&mut state);
+                    batch.clear();
+                    state.writer = Writer::Session;
+                    break;
+                }
+                Written::Busy => {
+                    for message in batch.drain(..).rev() {
+                        state.queue.push_front(message);
+                    }
+                    state.writer = Writer::Session;
+                    break;
+                }
+            }
+        }
+        shared.turn.notify_one();
+    }
 }
 
 impl Mailbox {
-    /// Waits for the next frame. `None` once the session is marked slow
-    /// (stop writing and close) or every sender is gone. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Arc<Message>> {
-        tokio::select! {
-            biased;
-            () = self.slow.cancelled() => None,
-            frame = self.rx.recv() => frame,
+    /// Waits for the session's turn to write: something is queued for it,
+    /// or its wire holds the rest of a frame. Returns false once the
+    /// session is marked slow (stop writing and close). Cancel-safe.
+    pub async fn turn(&self) -> bool {
+        loop {
+            let notified = self.shared.turn.notified();
+            if self.is_slow() {
+                return false;
+            }
+            if self.shared.lock().writer == Writer::Session {
+                return true;
+            }
+            tokio::select! {
+                biased;
+                () = self.shared.slow.cancelled() => return false,
+                () = notified => {}
+            }
         }
     }
 
-    /// Takes a frame that is already queued, without waiting.
+    /// Waits for the next message. `None` once the session is marked slow.
+    /// For sessions without a wire, which write everything themselves.
+    /// Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Arc<Message>> {
+        loop {
+            if !self.turn().await {
+                return None;
+            }
+            if let Some(message) = self.try_recv() {
+                return Some(message);
+            }
+            self.release();
+        }
+    }
+
+    /// Takes a message that is already queued, on the session's turn,
+    /// without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<Message>> {
-        self.rx.try_recv().ok()
+        let mut state = self.shared.lock();
+        match state.writer {
+            Writer::Session => state.queue.pop_front(),
+            Writer::Idle | Writer::Delivery => None,
+        }
+    }
+
+    /// On the session's turn, moves queued messages into `batch`, up to
+    /// [`COALESCE_BYTES`].
+    pub fn take(&mut self, batch: &mut Vec<Arc<Message>>) {
+        let mut state = self.shared.lock();
+        if state.writer == Writer::Session {
+            state.take(batch);
+        }
+    }
+
+    /// When the write delay lets the next frame go, if it holds it now.
+    pub fn held_until(&self) -> Option<Instant> {
+        self.shared
+            .lock()
+            .hold_until
+            .filter(|t| *t > Instant::now())
+    }
+
+    /// Records that the session has written a frame (the write delay starts
+    /// again) and ends its turn if nothing more is queued. Returns whether
+    /// the turn ended.
+    pub fn written(&mut self) -> bool {
+        let mut state = self.shared.lock();
+        self.shared.hold_after_write(&mut state);
+        drop(state);
+        self.release()
+    }
+
+    /// Ends the session's turn if nothing is queued: the next message
+    /// offered is written by whoever delivers it. Returns whether it ended.
+    pub fn release(&mut self) -> bool {
+        let mut state = self.shared.lock();
+        let idle = state.queue.is_empty();
+        if idle && state.writer == Writer::Session {
+            state.writer = Writer::Idle;
+        }
+        idle
     }
 
     /// Resolves once the session has been marked slow. Cancel-safe.
     pub async fn slow(&self) {
-        self.slow.cancelled().await;
+        self.shared.slow.cancelled().await;
     }
 
     /// Whether the session has been marked slow.
     pub fn is_slow(&self) -> bool {
-        self.slow.is_cancelled()
+        self.shared.slow.is_cancelled()
     }
 }
 
-/// Makes a mailbox holding at most `capacity` frames for session `id`.
-pub(super) fn channel(id: SessionId, capacity: usize) -> (Sender, Mailbox) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let slow = CancellationToken::new();
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.gone = true;
+        state.queue.clear();
+    }
+}
+
+/// Makes a mailbox holding at most `capacity` messages for session `id`,
+/// written to `wire` (if any) no more often than `write_delay`.
+pub(super) fn channel(
+    id: SessionId,
+    capacity: usize,
+    wire: Option<Arc<dyn Wire>>,
+    write_delay: Duration,
+) -> (Sender, Mailbox) {
+    let shared = Arc::new(Shared {
+        id,
+        capacity: capacity.max(1),
+        write_delay,
+        wire,
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            gone: false,
+            slow: false,
+            writer: Writer::Idle,
+            hold_until: None,
+        }),
+        turn: Notify::new(),
+        slow: CancellationToken::new(),
+    });
     (
         Sender {
-            id,
-            tx,
-            slow: slow.clone(),
+            shared: shared.clone(),
         },
-        Mailbox { rx, slow },
+        Mailbox { shared },
     )
 }
 
@@ -131,9 +399,47 @@ mod tests {
         Arc::new(Message::new(id, topic, Bytes::from_static(b"{}"), node))
     }
 
+    /// A wire that records each frame's batch, and takes only as many
+    /// frames as it is allowed to.
+    #[derive(Default)]
+    struct Recorder {
+        frames: Mutex<Vec<Vec<Arc<Message>>>>,
+        room: Mutex<Option<usize>>,
+        partly: Mutex<bool>,
+    }
+
+    impl Wire for Recorder {
+        fn write_now(&self, batch: &[Arc<Message>]) -> Written {
+            let mut room = self.room.lock().expect("lock");
+            if *room == Some(0) {
+                return Written::Busy;
+            }
+            if let Some(left) = room.as_mut() {
+                *left -= 1;
+            }
+            self.frames.lock().expect("lock").push(batch.to_vec());
+            if *self.partly.lock().expect("lock") {
+                Written::Partly
+            } else {
+                Written::All
+            }
+        }
+    }
+
+    fn wired(capacity: usize, delay: Duration) -> (Arc<Recorder>, Sender, Mailbox) {
+        let wire = Arc::new(Recorder::default());
+        let (tx, rx) = channel(1, capacity, Some(wire.clone()), delay);
+        (wire, tx, rx)
+    }
+
+    fn frames(wire: &Recorder) -> Vec<usize> {
+        let frames = wire.frames.lock().expect("lock");
+        frames.iter().map(Vec::len).collect()
+    }
+
     #[tokio::test]
     async fn a_full_mailbox_marks_the_session_slow_once_and_drops_the_rest() {
-        let (tx, mut mailbox) = channel(7, 2);
+        let (tx, mut mailbox) = channel(7, 2, None, Duration::ZERO);
         let frame = message();
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert_eq!(tx.offer(&frame), Offer::Queued);
@@ -149,9 +455,86 @@ mod tests {
         assert!(mailbox.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &frame)));
     }
 
+    #[tokio::test]
+    async fn without_a_wire_every_message_is_the_sessions_to_write() {
+        let (tx, mut mailbox) = channel(1, 8, None, Duration::ZERO);
+        let (a, b) = (message(), message());
+        assert_eq!(tx.offer(&a), Offer::Queued);
+        assert!(mailbox.recv().await.is_some_and(|m| Arc::ptr_eq(&m, &a)));
+        assert!(mailbox.release(), "nothing else queued");
+        assert_eq!(tx.offer(&b), Offer::Queued);
+        assert!(mailbox.recv().await.is_some_and(|m| Arc::ptr_eq(&m, &b)));
+    }
+
+    #[test]
+    fn an_idle_wired_session_is_claimed_and_written_by_the_deliverer() {
+        let (wire, tx, mailbox) = wired(8, Duration::ZERO);
+        assert_eq!(tx.offer(&message()), Offer::Claimed);
+        let mut batch = Vec::new();
+        tx.write_claimed(&mut batch);
+        assert!(batch.is_empty());
+        assert_eq!(frames(&wire), [1]);
+        assert_eq!(tx.offer(&message()), Offer::Claimed, "idle again");
+        drop(mailbox);
+    }
+
+    #[test]
+    fn messages_offered_while_claimed_leave_with_the_claim_in_one_frame() {
+        let (wire, tx, _mailbox) = wired(8, Duration::ZERO);
+        let first = message();
+        assert_eq!(tx.offer(&first), Offer::Claimed);
+        assert_eq!(tx.offer(&message()), Offer::Queued);
+        assert_eq!(tx.offer(&message()), Offer::Queued);
+        tx.write_claimed(&mut Vec::new());
+        assert_eq!(frames(&wire), [3]);
+        assert!(Arc::ptr_eq(
+            &wire.frames.lock().expect("lock")[0][0],
+            &first
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_busy_wire_hands_the_turn_to_the_session_with_nothing_lost() {
+        let (wire, tx, mut mailbox) = wired(8, Duration::ZERO);
+        *wire.room.lock().expect("lock") = Some(0);
+        let (a, b) = (message(), message());
+        assert_eq!(tx.offer(&a), Offer::Claimed);
+        tx.write_claimed(&mut Vec::new());
+        assert_eq!(tx.offer(&b), Offer::Queued, "the session's turn now");
+        assert!(mailbox.turn().await);
+        let mut batch = Vec::new();
+        mailbox.take(&mut batch);
+        assert_eq!(batch.len(), 2);
+        assert!(Arc::ptr_eq(&batch[0], &a) && Arc::ptr_eq(&batch[1], &b));
+        assert!(mailbox.written(), "turn ends when the queue is empty");
+        assert_eq!(tx.offer(&message()), Offer::Claimed);
+    }
+
+    #[tokio::test]
+    async fn a_partly_written_frame_hands_the_turn_to_the_session_to_flush() {
+        let (wire, tx, mailbox) = wired(8, Duration::ZERO);
+        *wire.partly.lock().expect("lock") = true;
+        assert_eq!(tx.offer(&message()), Offer::Claimed);
+        tx.write_claimed(&mut Vec::new());
+        assert_eq!(frames(&wire), [1]);
+        assert!(mailbox.turn().await);
+    }
+
+    #[tokio::test]
+    async fn with_a_write_delay_a_message_soon_after_a_write_waits_its_turn() {
+        let (wire, tx, mut mailbox) = wired(8, Duration::from_secs(60));
+        assert_eq!(tx.offer(&message()), Offer::Claimed);
+        tx.write_claimed(&mut Vec::new());
+        assert_eq!(tx.offer(&message()), Offer::Queued);
+        assert!(mailbox.turn().await);
+        assert!(mailbox.held_until().is_some());
+        assert_eq!(frames(&wire), [1]);
+        assert!(!mailbox.release(), "still queued");
+    }
+
     #[test]
     fn offering_to_a_closed_mailbox_drops_quietly() {
-        let (tx, mailbox) = channel(1, 4);
+        let (tx, mailbox) = channel(1, 4, None, Duration::ZERO);
         drop(mailbox);
         assert_eq!(tx.offer(&message()), Offer::Dropped);
     }

@@ -1,25 +1,29 @@
 //! The local topic registry: which sessions on this pod listen to which
 //! topic, and the fan-out of one message to all of them.
 //!
-//! The hub knows no transport and no peers: the WebSocket gateway joins
-//! sessions to it, the publish path and the cluster hand it messages.
+//! The hub knows no peers and no protocol: the WebSocket gateway joins
+//! sessions to it, each with a [`Wire`] to write frames to; the publish path
+//! and the cluster hand it messages.
 //!
 //! Concurrency: topics are spread over [`SHARDS`] shards, each a std
 //! `RwLock<HashMap>`. Delivery takes one shard's read lock and only does
 //! non-blocking queue offers under it, so publishes to any topics run in
-//! parallel and never wait for a socket; subscribe and unsubscribe take the
-//! write lock of one shard for one map operation.
+//! parallel; subscribe and unsubscribe take the write lock of one shard for
+//! one map operation. The sessions a delivery claimed are written to after
+//! the lock is released, without waiting for any socket, split over tasks
+//! of [`WRITES_PER_TASK`] when there are many.
 
 mod mailbox;
 mod membership;
 
-pub use mailbox::{Mailbox, Offer, Sender, SessionId};
+pub use mailbox::{COALESCE_BYTES, Mailbox, Offer, Sender, SessionId, Wire, Written};
 pub use membership::{Membership, TooManySubscriptions};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use crate::message::Message;
 use crate::topic::Topic;
@@ -81,6 +85,33 @@ impl HubStats {
     }
 }
 
+/// Most claimed sessions one task writes out. Beyond that, the writes are
+/// split over tasks, so every runtime worker takes part in a big fan-out.
+pub const WRITES_PER_TASK: usize = 64;
+
+/// Writes the claimed sessions out: the first [`WRITES_PER_TASK`] here, the
+/// rest in tasks of that many each (inline when there is no runtime).
+fn write_out(mut claimed: Vec<Sender>) {
+    if claimed.len() > WRITES_PER_TASK
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let mut rest = claimed.split_off(WRITES_PER_TASK);
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(WRITES_PER_TASK));
+            let chunk = std::mem::replace(&mut rest, tail);
+            runtime.spawn(async move { write_claimed(&chunk) });
+        }
+    }
+    write_claimed(&claimed);
+}
+
+fn write_claimed(claimed: &[Sender]) {
+    let mut batch = Vec::new();
+    for sender in claimed {
+        sender.write_claimed(&mut batch);
+    }
+}
+
 /// The outcome of delivering one message on this pod.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
@@ -112,31 +143,73 @@ impl Hub {
         }
     }
 
-    /// Opens a session: its membership (what it subscribes to, at most
-    /// `max_subscriptions` topics) and its mailbox of `queue_capacity` frames.
+    /// Opens a session that writes its messages itself: its membership
+    /// (what it subscribes to, at most `max_subscriptions` topics) and its
+    /// mailbox of `queue_capacity` messages.
     pub fn join(&self, queue_capacity: usize, max_subscriptions: usize) -> (Membership, Mailbox) {
-        let (sender, mailbox) = mailbox::channel(self.inner.sessions.next(), queue_capacity);
+        self.open(None, queue_capacity, max_subscriptions, Duration::ZERO)
+    }
+
+    /// Opens a session whose messages delivering threads write straight to
+    /// `wire` while it keeps up (see [`mailbox`](Mailbox)), no more often
+    /// than every `write_delay`.
+    pub fn join_wired(
+        &self,
+        wire: Arc<dyn Wire>,
+        queue_capacity: usize,
+        max_subscriptions: usize,
+        write_delay: Duration,
+    ) -> (Membership, Mailbox) {
+        self.open(Some(wire), queue_capacity, max_subscriptions, write_delay)
+    }
+
+    fn open(
+        &self,
+        wire: Option<Arc<dyn Wire>>,
+        queue_capacity: usize,
+        max_subscriptions: usize,
+        write_delay: Duration,
+    ) -> (Membership, Mailbox) {
+        let id = self.inner.sessions.next();
+        let (sender, mailbox) = mailbox::channel(id, queue_capacity, wire, write_delay);
         (
             Membership::new(self.clone(), sender, max_subscriptions),
             mailbox,
         )
     }
 
-    /// Queues `message` for every local subscriber of its topic. Never
-    /// waits; see [`mailbox`](Mailbox) for the slow-client policy.
+    /// Queues `message` for every local subscriber of its topic, then
+    /// writes it to the sessions that were idle (see [`mailbox`](Mailbox)
+    /// for who writes, and the slow-client policy). Never waits for a
+    /// socket.
     pub fn deliver(&self, message: &Arc<Message>) -> Delivery {
+        self.deliver_all(std::slice::from_ref(message))
+    }
+
+    /// Delivers `messages` in order, like [`deliver`](Self::deliver), but
+    /// queues them all before writing: a session that several of them are
+    /// for receives them in one frame.
+    pub fn deliver_all(&self, messages: &[Arc<Message>]) -> Delivery {
         let mut delivery = Delivery::default();
-        let shard = self.read(message.topic());
-        if let Some(subscribers) = shard.get(message.topic()) {
+        let mut claimed = Vec::new();
+        for message in messages {
+            let shard = self.read(message.topic());
+            let Some(subscribers) = shard.get(message.topic()) else {
+                continue;
+            };
             for sender in subscribers.values() {
                 match sender.offer(message) {
                     Offer::Queued => delivery.queued += 1,
+                    Offer::Claimed => {
+                        delivery.queued += 1;
+                        claimed.push(sender.clone());
+                    }
                     Offer::MarkedSlow => delivery.marked_slow += 1,
                     Offer::Dropped => delivery.dropped += 1,
                 }
             }
         }
-        drop(shard);
+        write_out(claimed);
         let stats = &self.inner.stats;
         stats
             .delivered
@@ -308,6 +381,32 @@ mod tests {
             Err(TooManySubscriptions { limit: 2 })
         );
         assert_eq!(a.len(), 2);
+    }
+
+    /// A wire that records how many messages each frame carried.
+    #[derive(Default)]
+    struct Frames(std::sync::Mutex<Vec<usize>>);
+
+    impl Wire for Frames {
+        fn write_now(&self, batch: &[Arc<Message>]) -> Written {
+            self.0.lock().expect("lock").push(batch.len());
+            Written::All
+        }
+    }
+
+    #[test]
+    fn messages_delivered_together_reach_a_wired_session_in_one_frame() {
+        let hub = Hub::new();
+        let ids = IdGenerator::new(NodeId::random());
+        let wire = Arc::new(Frames::default());
+        let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10, Duration::ZERO);
+        a.subscribe(topic("x")).expect("under limit");
+        a.subscribe(topic("y")).expect("under limit");
+
+        hub.deliver(&message(&ids, "x", "1"));
+        let together = [message(&ids, "x", "2"), message(&ids, "y", "3")];
+        assert_eq!(hub.deliver_all(&together).queued, 2);
+        assert_eq!(*wire.0.lock().expect("lock"), [1, 2]);
     }
 
     #[test]

@@ -16,13 +16,14 @@
 pub mod protocol;
 pub mod requests;
 pub mod session;
+pub mod socket;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
@@ -202,6 +203,7 @@ impl Gateway {
 /// `GET /ws`: checks the request, upgrades it and runs its session.
 pub async fn upgrade(
     State(gateway): State<Gateway>,
+    ConnectInfo(connection): ConnectInfo<socket::Connection>,
     headers: HeaderMap,
     uri: Uri,
     upgrade: WebSocketUpgrade,
@@ -227,9 +229,13 @@ pub async fn upgrade(
         let token = gateway.tracker.token();
         let counters = gateway.meters.counters.clone();
         stats::add(&counters.connections_opened, 1);
-        let (membership, mailbox) = gateway
-            .hub
-            .join(gateway.queue_capacity, gateway.max_subscriptions);
+        let outlet = Arc::new(socket::Outlet::new(connection.0, gateway.meters.clone()));
+        let (membership, mailbox) = gateway.hub.join_wired(
+            outlet.clone(),
+            gateway.queue_capacity,
+            gateway.max_subscriptions,
+            gateway.write_delay,
+        );
         let publishing = gateway
             .publisher
             .clone()
@@ -250,17 +256,16 @@ pub async fn upgrade(
         let settings = session::Settings {
             heartbeat_interval: gateway.heartbeat_interval,
             drain_delay: jitter(gateway.drain_window),
-            write_delay: gateway.write_delay,
         };
         let span = tracing::debug_span!("ws_session");
         async move {
             let end = session::run(
                 socket,
+                outlet,
                 requests,
                 mailbox,
                 settings,
                 gateway.drain.clone(),
-                gateway.meters.clone(),
             )
             .await;
             tracing::debug!(?end, "session ended");

@@ -1,19 +1,24 @@
 //! One WebSocket connection: requests in, replies and messages out.
 //!
-//! Each connection runs as a single task that owns its socket, its
-//! [`Requests`] (subscriptions and permissions) and its [`Mailbox`]; no
-//! lock is shared with other connections. The loop waits on whichever comes first: a client frame, a
-//! queued message, the heartbeat timer, the slow-client mark or shutdown.
+//! Each connection runs as a single task that owns its socket's reading
+//! side, its [`Requests`] (subscriptions and permissions) and its
+//! [`Mailbox`]. The loop waits on whichever comes first: a client frame, its
+//! turn to write messages, the heartbeat timer, the slow-client mark or
+//! shutdown.
 //!
-//! Writing: when a message is ready, every other message already queued is
-//! taken too (up to [`COALESCE_BYTES`]) and sent as one text frame with one
-//! flush, so a client that is behind costs one syscall per batch, not per
-//! message. Every write races the slow-client mark and shutdown, so a client
-//! that stopped reading cannot pin the task. With a write delay
-//! (`--write-delay`), a message that arrives sooner than that after the
-//! previous write is held until the delay has passed and leaves with
-//! everything queued meanwhile: busy connections trade a bounded wait for
-//! fewer system calls; idle ones are written to at once.
+//! Writing messages: while the client keeps up, the hub's delivering
+//! threads write them straight to the socket (see [`crate::hub`]'s
+//! mailbox) and this task is not woken at all. The session's turn comes
+//! when the socket is full: it then waits for the socket, writes what is
+//! queued as one text frame (up to
+//! [`COALESCE_BYTES`](crate::hub::COALESCE_BYTES)), and hands writing
+//! back once its queue is empty; a client that is behind costs one syscall
+//! per batch, not per message. Every write races the slow-client mark and
+//! shutdown, so a client that stopped reading cannot pin the task. With a
+//! write delay (`--write-delay`), messages that arrive sooner than that
+//! after the previous write wait for the rest of it and leave together:
+//! busy connections trade a bounded wait for fewer system calls; idle ones
+//! are written to at once.
 //!
 //! How a session ends, and what the client sees:
 //! - the client closes, or the socket fails: the session ends;
@@ -41,12 +46,10 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::requests::Requests;
-use crate::hub::Mailbox;
+use super::socket::Outlet;
+use crate::hub::{Mailbox, Wire, Written};
 use crate::message as herald_message;
 use crate::stats::{self, Counters};
-
-/// Most bytes of queued messages coalesced into one outgoing frame.
-pub const COALESCE_BYTES: usize = 64 * 1024;
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,11 +72,6 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// How long after the drain starts this connection is closed.
     pub drain_delay: Duration,
-    /// Shortest time between two writes of messages: a message that arrives
-    /// sooner after the previous write waits for the rest of it, gathering
-    /// whatever else arrives meanwhile into the same frame. Zero writes at
-    /// once.
-    pub write_delay: Duration,
 }
 
 /// Where a session counts what it does.
@@ -100,26 +98,29 @@ pub enum End {
     HeartbeatTimeout,
 }
 
-/// Runs one session to its end over `socket`. `drain` is cancelled when
-/// the pod starts draining.
+/// Runs one session to its end over `socket`, whose messages go out
+/// through `outlet` (by the hub's delivering threads, or on the session's
+/// own turn). `drain` is cancelled when the pod starts draining.
 pub async fn run<S>(
     mut socket: S,
+    outlet: Arc<Outlet>,
     mut requests: Requests,
     mut mailbox: Mailbox,
     settings: Settings,
     drain: CancellationToken,
-    meters: Meters,
 ) -> End
 where
     S: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
 {
     let period = settings.heartbeat_interval;
+    let meters = outlet.meters().clone();
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    // A message waiting out the write delay, and when it may go.
-    let mut held: Option<Arc<herald_message::Message>> = None;
-    let mut next_write = Instant::now();
+    // The session's turn came while the write delay holds messages back:
+    // when they may go.
+    let mut held: Option<Instant> = None;
+    let mut batch = Vec::new();
     let closing = async {
         drain.cancelled().await;
         tokio::time::sleep(settings.drain_delay).await;
@@ -141,23 +142,19 @@ where
                     Some(Err(_)) | None => Err(End::Client),
                 }
             }
-            queued = mailbox.recv(), if held.is_none() => match queued {
-                Some(first) if Instant::now() < next_write => {
-                    held = Some(first);
+            turn = mailbox.turn(), if held.is_none() => {
+                if !turn {
+                    Err(End::Slow)
+                } else if let Some(until) = mailbox.held_until() {
+                    held = Some(Instant::from_std(until));
                     Ok(())
+                } else {
+                    write_turn(&outlet, &mut mailbox, &mut batch, closing.as_mut(), period).await
                 }
-                Some(first) => {
-                    let written = send_messages(first, &mut socket, &mut mailbox, closing.as_mut(), period, &meters).await;
-                    next_write = Instant::now() + settings.write_delay;
-                    written
-                }
-                None => Err(End::Slow),
-            },
-            () = tokio::time::sleep_until(next_write), if held.is_some() => {
-                let first = held.take().expect("guarded by the branch condition");
-                let written = send_messages(first, &mut socket, &mut mailbox, closing.as_mut(), period, &meters).await;
-                next_write = Instant::now() + settings.write_delay;
-                written
+            }
+            () = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
+                held = None;
+                write_turn(&outlet, &mut mailbox, &mut batch, closing.as_mut(), period).await
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= 2 * period {
@@ -173,6 +170,7 @@ where
         }
     };
     drop(requests);
+    outlet.socket().close_messages();
     let closed = &meters.counters.connections_closed;
     stats::add(
         match end {
@@ -203,56 +201,36 @@ where
     end
 }
 
-/// Writes `first` and whatever else is queued as one frame, and records
-/// how long `first` waited.
-async fn send_messages<S>(
-    first: Arc<herald_message::Message>,
-    socket: &mut S,
+/// The session's turn to write: whatever is left of a frame, then one
+/// frame of queued messages, waiting for the socket as needed. The turn
+/// ends once nothing more is queued.
+async fn write_turn(
+    outlet: &Outlet,
     mailbox: &mut Mailbox,
+    batch: &mut Vec<Arc<herald_message::Message>>,
     closing: Pin<&mut impl Future<Output = ()>>,
     period: Duration,
-    meters: &Meters,
-) -> Result<(), End>
-where
-    S: Sink<Message, Error = Error> + Unpin,
-{
-    let arrived = first.received();
-    let frame = Some(coalesce(first, mailbox));
-    let written = write(socket, frame, mailbox, closing, period, meters).await;
-    if written.is_ok() {
-        meters.latency.record(arrived.elapsed().as_secs_f64(), &[]);
-    }
-    written
+) -> Result<(), End> {
+    mailbox.take(batch);
+    let sending = async {
+        loop {
+            outlet.socket().flush().await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            match outlet.write_now(batch) {
+                Written::All | Written::Partly => return outlet.socket().flush().await,
+                Written::Busy => outlet.socket().writable().await?,
+            }
+        }
+    };
+    guard(sending, mailbox, closing, period).await?;
+    batch.clear();
+    mailbox.written();
+    Ok(())
 }
 
-/// Joins `first` and whatever else is already queued, up to
-/// [`COALESCE_BYTES`], into one newline-separated text frame. A lone
-/// message goes out as its shared frame, without a copy.
-fn coalesce(first: Arc<herald_message::Message>, mailbox: &mut Mailbox) -> Message {
-    let mut batch: Option<String> = None;
-    let mut size = first.frame().len();
-    while size < COALESCE_BYTES {
-        let Some(next) = mailbox.try_recv() else {
-            break;
-        };
-        let buf = batch.get_or_insert_with(|| {
-            let mut buf = String::with_capacity(COALESCE_BYTES.min(4 * size) + next.frame().len());
-            buf.push_str(first.frame());
-            buf
-        });
-        buf.push('\n');
-        buf.push_str(next.frame());
-        size = buf.len();
-    }
-    Message::Text(match batch {
-        None => first.frame().clone(),
-        Some(buf) => buf.into(),
-    })
-}
-
-/// Sends `message` (if any) and flushes, unless the session is marked slow
-/// or the pod shuts down first, or the write stalls for two heartbeat
-/// periods (the client stopped reading).
+/// Sends `message` (if any) and flushes.
 async fn write<S>(
     socket: &mut S,
     message: Option<Message>,
@@ -270,11 +248,23 @@ where
     if let Message::Text(text) = &message {
         stats::add(&meters.counters.bytes_out, text.len() as u64);
     }
-    // The send goes first: it usually completes at once, and then the
+    guard(socket.send(message), mailbox, closing, period).await
+}
+
+/// Runs a write unless the session is marked slow or the pod shuts down
+/// first, or the write stalls for two heartbeat periods (the client
+/// stopped reading).
+async fn guard<E>(
+    writing: impl Future<Output = Result<(), E>>,
+    mailbox: &Mailbox,
+    closing: Pin<&mut impl Future<Output = ()>>,
+    period: Duration,
+) -> Result<(), End> {
+    // The write goes first: it usually completes at once, and then the
     // other two are never polled (nor registered as waiters).
     tokio::select! {
         biased;
-        sent = timeout(2 * period, socket.send(message)) => match sent {
+        written = timeout(2 * period, writing) => match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Client),
             Err(_) => Err(End::Slow),
