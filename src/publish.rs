@@ -108,8 +108,8 @@ impl Publisher {
 
     /// Publishes one message and returns its id.
     pub fn publish(&self, topic: &str, data: &[u8]) -> Result<MessageId, PublishError> {
-        let (topic, data) = self.counted(validate(topic, data, self.inner.max_data_bytes))?;
-        Ok(self.dispatch(topic, data))
+        let valid = self.counted(validate(topic, data, self.inner.max_data_bytes))?;
+        Ok(self.dispatch(vec![valid])[0])
     }
 
     /// Publishes several messages in order. The batch is validated as a
@@ -130,11 +130,7 @@ impl Publisher {
                 })
             })
             .collect::<Result<Vec<_>, _>>();
-        let valid = self.counted(valid)?;
-        Ok(valid
-            .into_iter()
-            .map(|(topic, data)| self.dispatch(topic, data))
-            .collect())
+        Ok(self.dispatch(self.counted(valid)?))
     }
 
     fn counted<T>(&self, result: Result<T, PublishError>) -> Result<T, PublishError> {
@@ -144,15 +140,24 @@ impl Publisher {
         result
     }
 
-    fn dispatch(&self, topic: Topic, data: Bytes) -> MessageId {
+    /// Sends valid messages to the peers, then to this pod's subscribers
+    /// (so the hop to other pods overlaps with local writes), and returns
+    /// their ids.
+    fn dispatch(&self, valid: Vec<(Topic, Bytes)>) -> Vec<MessageId> {
         let inner = &self.inner;
-        let id = inner.ids.next_id();
-        let message = Message::new(id, topic, data, inner.node).with_trace(trace::inject_current());
-        let message = Arc::new(message);
-        trace::in_deliver_span(None, || inner.hub.deliver(&message));
-        inner.relay.relay(&message);
-        stats::add(&inner.counters.published, 1);
-        id
+        let messages: Vec<Arc<Message>> = valid
+            .into_iter()
+            .map(|(topic, data)| {
+                let message = Message::new(inner.ids.next_id(), topic, data, inner.node);
+                Arc::new(message.with_trace(trace::inject_current()))
+            })
+            .collect();
+        for message in &messages {
+            inner.relay.relay(message);
+        }
+        trace::in_deliver_span(None, || inner.hub.deliver_all(&messages));
+        stats::add(&inner.counters.published, messages.len() as u64);
+        messages.iter().map(|m| m.id()).collect()
     }
 }
 

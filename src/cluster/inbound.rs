@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -16,10 +16,13 @@ use tracing::Instrument;
 use super::handshake;
 use super::mesh::Mesh;
 use crate::proto::v1::peer_server::{Peer, PeerServer};
-use crate::proto::v1::{PeerFrame, peer_frame};
+use crate::proto::v1::{Envelope, PeerFrame, peer_frame};
 
 /// How long a connecting peer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most envelopes already received that are delivered together.
+const MAX_RECEIVED_TOGETHER: usize = 256;
 
 /// The service behind the peer port.
 pub struct PeerService {
@@ -84,21 +87,25 @@ impl Peer for PeerService {
         let span = tracing::debug_span!("peer_inbound", peer = %theirs.address);
         self.tracker.spawn(
             async move {
+                let mut envelopes = Vec::new();
                 loop {
                     let frame = tokio::select! {
                         () = shutdown.cancelled() => break,
                         frame = inbound.message() => frame,
                     };
-                    match frame {
-                        Ok(Some(PeerFrame {
-                            kind: Some(peer_frame::Kind::Envelope(envelope)),
-                        })) => mesh.receive(envelope),
-                        Ok(Some(_)) => tracing::debug!("ignoring an unexpected frame from a peer"),
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::debug!(error = %status, "peer stream ended");
+                    // Whatever else has already arrived is delivered with
+                    // it: a pod that falls behind catches up in fewer,
+                    // larger frames to its users.
+                    let mut ended = take(frame, &mut envelopes);
+                    while !ended && envelopes.len() < MAX_RECEIVED_TOGETHER {
+                        let Some(frame) = inbound.message().now_or_never() else {
                             break;
-                        }
+                        };
+                        ended = take(frame, &mut envelopes);
+                    }
+                    mesh.receive(envelopes.drain(..));
+                    if ended {
+                        break;
                     }
                 }
                 drop(reply);
@@ -107,4 +114,21 @@ impl Peer for PeerService {
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(replies))))
     }
+}
+
+/// Keeps the envelope in one received frame. Returns true once the stream
+/// has ended (or failed).
+fn take(frame: Result<Option<PeerFrame>, Status>, envelopes: &mut Vec<Envelope>) -> bool {
+    match frame {
+        Ok(Some(PeerFrame {
+            kind: Some(peer_frame::Kind::Envelope(envelope)),
+        })) => envelopes.push(envelope),
+        Ok(Some(_)) => tracing::debug!("ignoring an unexpected frame from a peer"),
+        Ok(None) => return true,
+        Err(status) => {
+            tracing::debug!(error = %status, "peer stream ended");
+            return true;
+        }
+    }
+    false
 }

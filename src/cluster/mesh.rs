@@ -22,7 +22,7 @@ use super::PeerSet;
 use super::dedup::Dedup;
 use super::link::{self, Link};
 use crate::hub::Hub;
-use crate::message::{Message, MessageId, NodeId};
+use crate::message::{Message, MessageId, NodeId, TraceContext};
 use crate::proto::v1::Envelope;
 use crate::publish::{Relay, validate};
 use crate::stats::Counters;
@@ -233,10 +233,31 @@ impl Mesh {
         connected || timed_out
     }
 
-    /// Delivers a message received from a peer to this pod's subscribers.
-    /// Invalid envelopes are logged and skipped; a message seen before is
-    /// skipped silently.
-    pub fn receive(&self, envelope: Envelope) {
+    /// Delivers messages received from a peer, in order, to this pod's
+    /// subscribers. Untraced messages that arrived together are delivered
+    /// together (a session gets them in one frame); a traced one is
+    /// delivered on its own, in a span under the publisher's trace. Invalid
+    /// envelopes are logged and skipped; a message seen before is skipped
+    /// silently.
+    pub fn receive(&self, envelopes: impl IntoIterator<Item = Envelope>) {
+        let mut together = Vec::new();
+        for envelope in envelopes {
+            let Some(message) = self.accept(&envelope) else {
+                continue;
+            };
+            if envelope.trace_context.is_empty() {
+                together.push(message);
+                continue;
+            }
+            self.deliver(&together, None);
+            together.clear();
+            self.deliver(&[message], Some(&envelope.trace_context));
+        }
+        self.deliver(&together, None);
+    }
+
+    /// Parses a peer's envelope into a message not seen before.
+    fn accept(&self, envelope: &Envelope) -> Option<Arc<Message>> {
         let inner = &self.inner;
         let parsed = envelope
             .id
@@ -259,7 +280,7 @@ impl Mesh {
             Ok(message) => message,
             Err(reason) => {
                 tracing::warn!(%reason, "dropping an invalid message from a peer");
-                return;
+                return None;
             }
         };
         let first = inner
@@ -267,13 +288,17 @@ impl Mesh {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .first_sighting(message.id());
-        if first {
-            let parent = (!envelope.trace_context.is_empty()).then_some(&envelope.trace_context);
-            trace::in_deliver_span(parent, || {
-                let delivery = inner.hub.deliver(&Arc::new(message));
-                tracing::debug!(id = %envelope.id, topic = %envelope.topic, queued = delivery.queued, "delivered a message from a peer");
-            });
-        }
+        first.then(|| Arc::new(message))
+    }
+
+    fn deliver(&self, messages: &[Arc<Message>], parent: Option<&TraceContext>) {
+        let [first, ..] = messages else {
+            return;
+        };
+        trace::in_deliver_span(parent, || {
+            let delivery = self.inner.hub.deliver_all(messages);
+            tracing::debug!(id = %first.id(), topic = %first.topic(), messages = messages.len(), queued = delivery.queued, "delivered a message from a peer");
+        });
     }
 }
 
@@ -330,8 +355,8 @@ mod tests {
             .subscribe(Topic::new("t").expect("valid"))
             .expect("under limit");
         let id = IdGenerator::new(NodeId::random()).next_id();
-        mesh.receive(envelope(id, "t", b"{\"k\": 1}"));
-        mesh.receive(envelope(id, "t", b"{\"k\": 1}"));
+        mesh.receive([envelope(id, "t", b"{\"k\": 1}")]);
+        mesh.receive([envelope(id, "t", b"{\"k\": 1}")]);
         let delivered = mailbox.try_recv().expect("delivered");
         assert_eq!(delivered.id(), id);
         assert_eq!(&delivered.data()[..], br#"{"k":1}"#);
@@ -339,6 +364,32 @@ mod tests {
             mailbox.try_recv().is_none(),
             "the duplicate was not delivered"
         );
+    }
+
+    #[test]
+    fn envelopes_received_together_are_delivered_in_order_traced_or_not() {
+        let hub = Hub::new();
+        let mesh = mesh(&hub);
+        let (mut member, mut mailbox) = hub.join(8, 8);
+        member
+            .subscribe(Topic::new("t").expect("valid"))
+            .expect("under limit");
+        let ids = IdGenerator::new(NodeId::random());
+        let mut traced = envelope(ids.next_id(), "t", b"2");
+        traced.trace_context = [(
+            "traceparent".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )]
+        .into();
+        mesh.receive([
+            envelope(ids.next_id(), "t", b"1"),
+            traced,
+            envelope(ids.next_id(), "t", b"3"),
+        ]);
+        let data: Vec<_> = std::iter::from_fn(|| mailbox.try_recv())
+            .map(|m| m.data().clone())
+            .collect();
+        assert_eq!(data, [&b"1"[..], b"2", b"3"]);
     }
 
     #[test]
@@ -361,10 +412,10 @@ mod tests {
             envelope(ids.next_id(), "t", b"{not json"),
             envelope(ids.next_id(), "t", &[b'1'; 65]),
         ] {
-            mesh.receive(bad);
+            mesh.receive([bad]);
         }
         assert!(mailbox.try_recv().is_none());
-        mesh.receive(envelope(ids.next_id(), "t", b"2"));
+        mesh.receive([envelope(ids.next_id(), "t", b"2")]);
         assert!(
             mailbox.try_recv().is_some(),
             "the mesh still delivers after bad input"
