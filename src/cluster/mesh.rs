@@ -346,14 +346,20 @@ mod tests {
         }
     }
 
+    /// A session of `hub` subscribed to topic `t`.
+    fn subscribed(hub: &Hub) -> (crate::hub::Membership, crate::hub::Mailbox) {
+        let (mut member, mailbox) = hub.join(8, 8);
+        member
+            .subscribe(Topic::new("t").expect("valid"))
+            .expect("under limit");
+        (member, mailbox)
+    }
+
     #[test]
     fn a_message_from_a_peer_is_delivered_once_even_if_it_arrives_twice() {
         let hub = Hub::new();
         let mesh = mesh(&hub);
-        let (mut member, mut mailbox) = hub.join(8, 8);
-        member
-            .subscribe(Topic::new("t").expect("valid"))
-            .expect("under limit");
+        let (_member, mut mailbox) = subscribed(&hub);
         let id = IdGenerator::new(NodeId::random()).next_id();
         mesh.receive([envelope(id, "t", b"{\"k\": 1}")]);
         mesh.receive([envelope(id, "t", b"{\"k\": 1}")]);
@@ -370,10 +376,7 @@ mod tests {
     fn envelopes_received_together_are_delivered_in_order_traced_or_not() {
         let hub = Hub::new();
         let mesh = mesh(&hub);
-        let (mut member, mut mailbox) = hub.join(8, 8);
-        member
-            .subscribe(Topic::new("t").expect("valid"))
-            .expect("under limit");
+        let (_member, mut mailbox) = subscribed(&hub);
         let ids = IdGenerator::new(NodeId::random());
         let mut traced = envelope(ids.next_id(), "t", b"2");
         traced.trace_context = [(
@@ -396,10 +399,7 @@ mod tests {
     fn invalid_envelopes_from_a_peer_are_dropped_without_harm() {
         let hub = Hub::new();
         let mesh = mesh(&hub);
-        let (mut member, mut mailbox) = hub.join(8, 8);
-        member
-            .subscribe(Topic::new("t").expect("valid"))
-            .expect("under limit");
+        let (_member, mut mailbox) = subscribed(&hub);
         let ids = IdGenerator::new(NodeId::random());
         let mut bad_id = envelope(ids.next_id(), "t", b"1");
         bad_id.id = "not-a-ulid".into();
