@@ -225,8 +225,13 @@ async fn write_turn(
         }
     };
     guard(sending, mailbox, closing, period).await?;
-    batch.clear();
-    mailbox.written();
+    if batch.is_empty() {
+        // Only the rest of a frame went out: no new write to pace.
+        mailbox.release();
+    } else {
+        batch.clear();
+        mailbox.written();
+    }
     Ok(())
 }
 
