@@ -113,7 +113,7 @@ where
     S: Stream<Item = Result<Message, Error>> + Sink<Message, Error = Error> + Unpin,
 {
     let period = settings.heartbeat_interval;
-    let meters = outlet.meters().clone();
+    let meters = outlet.meters();
     let mut heartbeat = interval_at(Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
@@ -136,7 +136,7 @@ where
                 match incoming {
                     Some(Ok(message)) => {
                         let out = requests.answer(message);
-                        write(&mut socket, out, &mailbox, closing.as_mut(), period, &meters).await
+                        write(&mut socket, out, &mailbox, closing.as_mut(), period, meters).await
                     }
                     Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
                     Some(Err(_)) | None => Err(End::Client),
@@ -161,7 +161,7 @@ where
                     Err(End::HeartbeatTimeout)
                 } else {
                     let ping = Some(Message::Ping(Bytes::new()));
-                    write(&mut socket, ping, &mailbox, closing.as_mut(), period, &meters).await
+                    write(&mut socket, ping, &mailbox, closing.as_mut(), period, meters).await
                 }
             }
         };
