@@ -17,19 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use herald::proto::v1::publisher_client::PublisherClient;
 use herald::proto::v1::{PublishBatchRequest, PublishRequest};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::args::{Plan, Topics};
+use crate::client::{Client, Frame};
 use crate::scan;
 
 /// Latency histogram shards; users pick one by index so two tasks rarely
@@ -39,11 +36,6 @@ const LATENCY_SHARDS: usize = 16;
 /// Largest latency recorded exactly, in microseconds (a minute); slower
 /// deliveries are recorded as this.
 const MAX_LATENCY_MICROS: u64 = 60_000_000;
-
-/// A client's read buffer. Server frames are small unless a user is behind;
-/// tungstenite's default (128 KiB per connection) would cost the load
-/// generator over a gigabyte at 10,000 users.
-const CLIENT_READ_BUFFER: usize = 16 * 1024;
 
 /// Most messages in one PublishBatch call.
 const MAX_BATCH: u64 = 1000;
@@ -56,8 +48,10 @@ const MAX_IN_FLIGHT: usize = 64;
 /// A pod to connect users to.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// The WebSocket URL.
-    pub url: String,
+    /// The URL's authority (`host:port`), for the `Host` header.
+    pub host: String,
+    /// The URL's path and query.
+    pub path: String,
     /// Its resolved address.
     pub addr: SocketAddr,
 }
@@ -153,11 +147,11 @@ pub fn source_for(target: &SocketAddr, index: usize, count: u8) -> Option<IpAddr
 /// has subscribed (or failed), freeing its connect slot.
 pub async fn run_user<P: Send>(user: User, shared: Arc<Shared>, connected: P) {
     let began = Instant::now();
-    let ws = tokio::select! {
+    let client = tokio::select! {
         () = shared.stop.cancelled() => None,
-        ws = connect_and_subscribe(&user) => ws.ok(),
+        client = connect_and_subscribe(&user) => client.ok(),
     };
-    let Some(mut ws) = ws else {
+    let Some(mut client) = client else {
         shared.failed.fetch_add(1, Ordering::Relaxed);
         drop(connected);
         return;
@@ -171,21 +165,20 @@ pub async fn run_user<P: Send>(user: User, shared: Arc<Shared>, connected: P) {
 
     let shard = &shared.latency[user.index % LATENCY_SHARDS];
     let mut seen = Bitset::default();
+    let stop = shared.stop.cancelled();
+    tokio::pin!(stop);
     loop {
         let frame = tokio::select! {
             biased;
-            () = shared.stop.cancelled() => break,
-            frame = ws.next() => frame,
+            () = &mut stop => break,
+            frame = client.next_frame() => frame,
         };
         match frame {
-            Some(Ok(Message::Text(text))) => {
-                receive(text.as_bytes(), &user, &shared, shard, &mut seen);
-            }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
+            Ok(Frame::Data(frame)) => receive(frame, &user, &shared, shard, &mut seen),
+            Ok(Frame::Close(_)) | Err(_) => {
                 shared.disconnects.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Some(Ok(_)) => {}
         }
     }
 }
@@ -226,7 +219,7 @@ fn receive(
     }
 }
 
-async fn connect_and_subscribe(user: &User) -> anyhow::Result<WebSocketStream<TcpStream>> {
+async fn connect_and_subscribe(user: &User) -> anyhow::Result<Client> {
     let socket = match user.target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -234,32 +227,28 @@ async fn connect_and_subscribe(user: &User) -> anyhow::Result<WebSocketStream<Tc
     if let Some(ip) = user.source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
-    let stream = socket.connect(user.target.addr).await?;
+    let stream: TcpStream = socket.connect(user.target.addr).await?;
     stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(CLIENT_READ_BUFFER);
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(user.target.url.as_str(), stream, Some(config))
-            .await?;
+    let mut client = Client::upgrade(stream, &user.target.host, &user.target.path).await?;
     let request = format!(
         r#"{{"op":"subscribe","topic":"{}","ref":"bench"}}"#,
         user.topic
     );
-    ws.send(Message::text(request)).await?;
-    while let Some(frame) = ws.next().await {
-        if let Message::Text(text) = frame? {
-            for line in scan::lines(text.as_bytes()) {
-                if line.starts_with(br#"{"op":"reply""#) {
-                    anyhow::ensure!(
-                        line.windows(9).any(|w| w == br#""ok":true"#),
-                        "subscribe refused: {}",
-                        String::from_utf8_lossy(line)
-                    );
-                    return Ok(ws);
-                }
-            }
+    client.send_text(request.as_bytes()).await?;
+    loop {
+        let Frame::Data(frame) = client.next_frame().await? else {
+            anyhow::bail!("connection closed before the subscribe reply");
+        };
+        let reply = scan::lines(frame).find(|line| line.starts_with(br#"{"op":"reply""#));
+        if let Some(line) = reply {
+            anyhow::ensure!(
+                line.windows(9).any(|w| w == br#""ok":true"#),
+                "subscribe refused: {}",
+                String::from_utf8_lossy(line)
+            );
+            return Ok(client);
         }
     }
-    anyhow::bail!("connection closed before the subscribe reply")
 }
 
 /// Which message indexes a user has seen; grows as needed.

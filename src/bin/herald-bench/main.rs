@@ -13,11 +13,13 @@
 //!                  users 0, 2, 4 …   users 1, 3, 5 …   ──▶ counters, histograms
 //! ```
 //!
-//! Modules: [`args`] (the flags), [`load`] (users and publisher), [`scan`]
+//! Modules: [`args`] (the flags), [`client`] (the users' WebSocket
+//! client), [`load`] (users and publisher), [`scan`]
 //! (the payload and the frame scanner), [`procstat`] (`/proc` sampling),
 //! [`report`] (JSON line and table).
 
 mod args;
+mod client;
 mod load;
 mod procstat;
 mod report;
@@ -219,14 +221,22 @@ async fn resolve(urls: &[String]) -> anyhow::Result<Vec<Target>> {
         let rest = url
             .strip_prefix("ws://")
             .with_context(|| format!("{url}: only ws:// URLs are supported"))?;
-        let authority = rest.split('/').next().unwrap_or(rest);
+        let (authority, path) = rest
+            .find(['/', '?'])
+            .map_or((rest, ""), |at| rest.split_at(at));
         let addr: SocketAddr = tokio::net::lookup_host(authority)
             .await
             .with_context(|| format!("resolving {authority}"))?
             .next()
             .with_context(|| format!("{authority} has no address"))?;
+        let path = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("/{path}")
+        };
         targets.push(Target {
-            url: url.clone(),
+            host: authority.to_owned(),
+            path,
             addr,
         });
     }
