@@ -26,7 +26,7 @@ build: ## Build the release binary
 test: test-rust chart-test deploy-check ## Run every test: Rust unit and integration tests, chart checks
 	@echo "make test: all passed"
 
-test-rust: ## Rust unit and integration tests (cargo nextest when installed)
+test-rust: nats-server ## Rust unit and integration tests (cargo nextest when installed)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --all-targets --no-fail-fast; \
 	else \

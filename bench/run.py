@@ -8,6 +8,11 @@ bench/results/<UTC date>-<short commit>.md plus the raw JSON lines beside it
 (bench/results/*.json, not committed). The pods are stopped by PID on exit,
 whatever the exit path (normal, exception, SIGINT, SIGTERM).
 
+With `--server=nats` the same scenarios run against a 2-node NATS cluster
+(routes between 127.0.0.1 and 127.0.0.2, WebSocket listeners, publishing
+over NATS's TCP port on the first) driven by the same herald-bench, and the
+report is bench/results/<UTC date>-nats-<version>.md.
+
 Python 3 standard library only. `make bench` builds the binaries first.
 """
 
@@ -34,6 +39,13 @@ IPS = ["127.0.0.1", "127.0.0.2"]
 # Fixed ports away from herald's defaults, so a `make run` or `make cluster`
 # on the same machine does not collide with the bench.
 HTTP_PORT, GRPC_PORT, PEER_PORT = 28080, 29090, 27070
+# The NATS nodes' client, WebSocket, route and monitoring ports.
+NATS_PORT, NATS_WS_PORT, NATS_ROUTE_PORT, NATS_HTTP_PORT = 24222, 28222, 26222, 28223
+NATS_CONFIG = """listen: {ip}:{client}
+http: {ip}:{http}
+websocket {{ listen: "{ip}:{ws}", no_tls: true }}
+cluster {{ name: bench, listen: "{ip}:{route}", routes: [{routes}] }}
+"""
 
 PODS = []  # running Popen objects; stopped by stop_pods()
 
@@ -56,6 +68,40 @@ def on_signal(signum, _frame):
     sys.exit(128 + signum)
 
 
+def wait_for(url, ready, log_dir):
+    """Polls `url` until `ready(body)` holds, for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200 and ready(r.read()):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} not ready; see {log_dir}")
+        time.sleep(0.1)
+
+
+def start_nats(nats_server, log_dir, name):
+    """Starts the 2-node NATS cluster and waits until both nodes are routed
+    to each other."""
+    stop_pods()
+    for i, ip in enumerate(IPS):
+        routes = ", ".join(f'"nats://{other}:{NATS_ROUTE_PORT}"' for other in IPS if other != ip)
+        config = os.path.join(log_dir, f"{name}-nats{i + 1}.conf")
+        with open(config, "w") as f:
+            f.write(NATS_CONFIG.format(ip=ip, client=NATS_PORT, http=NATS_HTTP_PORT,
+                                       ws=NATS_WS_PORT, route=NATS_ROUTE_PORT, routes=routes))
+        log = open(os.path.join(log_dir, f"{name}-nats{i + 1}.log"), "w")
+        PODS.append(subprocess.Popen([nats_server, "-c", config], stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL))
+    for ip in IPS:
+        wait_for(f"http://{ip}:{NATS_HTTP_PORT}/routez",
+                 lambda body: json.loads(body).get("num_routes", 0) >= len(IPS) - 1, log_dir)
+    return [p.pid for p in PODS]
+
+
 def start_pods(bin_dir, log_dir, name, env=None, flags=()):
     """Starts the 2-pod cluster (with extra environment `env` and extra
     `herald serve` flags) and waits until both pods are ready."""
@@ -71,28 +117,25 @@ def start_pods(bin_dir, log_dir, name, env=None, flags=()):
         ]
         PODS.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
                                      stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}))
-    deadline = time.monotonic() + 30
     for ip in IPS:
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{ip}:{HTTP_PORT}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"pod {ip} not ready; see {log_dir}")
-            time.sleep(0.1)
+        wait_for(f"http://{ip}:{HTTP_PORT}/readyz", lambda _body: True, log_dir)
     return [p.pid for p in PODS]
 
 
-def bench(bin_dir, pids, label, extra, raw):
-    """Runs herald-bench once; returns its JSON report and the command."""
+def target_args(server):
+    """herald-bench's flags naming the cluster's users' and publisher's ends."""
+    if server == "nats":
+        ws = ",".join(f"ws://{ip}:{NATS_WS_PORT}/" for ip in IPS)
+        return [f"--ws={ws}", "--server=nats", f"--nats={IPS[0]}:{NATS_PORT}"]
     ws = ",".join(f"ws://{ip}:{HTTP_PORT}/ws" for ip in IPS)
+    return [f"--ws={ws}", f"--grpc=http://{IPS[0]}:{GRPC_PORT}"]
+
+
+def bench(bin_dir, pids, label, extra, raw, server="herald"):
+    """Runs herald-bench once; returns its JSON report and the command."""
     cmd = [
-        os.path.join(bin_dir, "herald-bench"), f"--ws={ws}",
-        f"--grpc=http://{IPS[0]}:{GRPC_PORT}", f"--pids={','.join(map(str, pids))}",
-        f"--label={label}", "--json=-",
+        os.path.join(bin_dir, "herald-bench"), *target_args(server),
+        f"--pids={','.join(map(str, pids))}", f"--label={label}", "--json=-",
     ] + extra
     print(f"\n== {label}: herald-bench {' '.join(extra)}", flush=True)
     out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
@@ -157,7 +200,20 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs and fewer S2 steps, to try the harness")
+    parser.add_argument("--server", choices=["herald", "nats"], default="herald",
+                        help="what to measure: herald's pods, or a NATS cluster for comparison")
+    parser.add_argument("--nats-server", default="nats-server",
+                        help="the nats-server binary, with --server=nats")
     args = parser.parse_args()
+    server = args.server
+
+    def start(name, flags=()):
+        if server == "nats":
+            return start_nats(args.nats_server, log_dir, name)
+        return start_pods(args.bin_dir, log_dir, name, flags=flags)
+
+    def run(pids, label, extra):
+        return bench(args.bin_dir, pids, label, extra, raw, server)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -167,7 +223,14 @@ def main():
     dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml",
                      "Cargo.lock"))
     now = datetime.datetime.now(datetime.timezone.utc)
-    stem = f"{now:%Y-%m-%d}-{commit}"
+    if server == "nats":
+        version = subprocess.run([args.nats_server, "--version"], stdout=subprocess.PIPE,
+                                 text=True, check=True).stdout.split()[-1]
+        name = f"NATS {version.lstrip('v')}"
+        stem = f"{now:%Y-%m-%d}-nats-{version}"
+    else:
+        name = "herald"
+        stem = f"{now:%Y-%m-%d}-{commit}"
     os.makedirs(args.out, exist_ok=True)
     log_dir = os.path.join(ROOT, "target", "bench")
     os.makedirs(log_dir, exist_ok=True)
@@ -185,24 +248,24 @@ def main():
 
     s1_args = common + ["--users=1000", "--topics=shared", "--rate=200", f"--duration={secs}"]
     s1 = {}  # pod flags -> [reports]
-    for flags in S1_VARIANTS:
-        pids = start_pods(args.bin_dir, log_dir, "s1", flags=flags)
+    for flags in S1_VARIANTS if server == "herald" else [()]:
+        pids = start("s1", flags)
         s1[flags] = []
         for n in range(repeats):
             label = f"S1{' ' + ' '.join(flags) if flags else ''} #{n + 1}"
-            r, c = bench(args.bin_dir, pids, label, s1_args, raw)
+            r, c = run(pids, label, s1_args)
             s1[flags].append(r)
         if not flags:
             commands.append(c + f"   # x{repeats}")
 
-    pids = start_pods(args.bin_dir, log_dir, "s2")
+    pids = start("s2")
     s2 = []  # (rate, [reports])
     for rate in s2_steps:
         runs = []
         for n in range(s2_runs):
-            r, c = bench(args.bin_dir, pids, f"S2 {rate}/s #{n + 1}",
-                         common + ["--users=1000", "--topics=shared", f"--rate={rate}",
-                                   f"--duration={s2_secs}"], raw)
+            r, c = run(pids, f"S2 {rate}/s #{n + 1}",
+                       common + ["--users=1000", "--topics=shared", f"--rate={rate}",
+                                 f"--duration={s2_secs}"])
             runs.append(r)
             if n == 0:
                 commands.append(c + f"   # x{s2_runs} per step")
@@ -210,18 +273,18 @@ def main():
         if not any(clean(r) for r in runs):
             break
 
-    pids = start_pods(args.bin_dir, log_dir, "s3")
-    r, c = bench(args.bin_dir, pids, "S3", ["--connect-rate=2000", f"--users={idle_users}",
-                                            "--idle", "--settle=5s"], raw)
+    pids = start("s3")
+    r, c = run(pids, "S3", ["--connect-rate=2000", f"--users={idle_users}", "--idle",
+                            "--settle=5s"])
     results["S3"] = r
     commands.append(c)
 
-    pids = start_pods(args.bin_dir, log_dir, "s4")
+    pids = start("s4")
     s4 = []
     for n in range(repeats):
-        r, c = bench(args.bin_dir, pids, f"S4 #{n + 1}",
-                     common + [f"--users={per_user}", "--topics=per-user", "--rate=2000",
-                               f"--duration={secs}"], raw)
+        r, c = run(pids, f"S4 #{n + 1}",
+                   common + [f"--users={per_user}", "--topics=per-user", "--rate=2000",
+                             f"--duration={secs}"])
         s4.append(r)
     commands.append(c + f"   # x{repeats}")
     stop_pods()
@@ -229,15 +292,21 @@ def main():
     clean_steps = [rate for rate, runs in s2 if all(clean(r) for r in runs)]
     best = max(clean_steps, default=None)
     md = []
-    md.append(f"# herald benchmark {now:%Y-%m-%d %H:%M} UTC, commit {commit}"
+    md.append(f"# {name} benchmark {now:%Y-%m-%d %H:%M} UTC, herald-bench at commit {commit}"
               f"{' (with uncommitted changes in src/)' if dirty else ''}\n")
     md.append(f"- Machine: {machine()}; the load generator shares the cores with both pods.")
-    md.append("- Cluster: 2 pods, static discovery, 127.0.0.1 and 127.0.0.2; users spread "
-              "round-robin over both, publishing through gRPC on 127.0.0.1; 128-byte payloads.")
+    if server == "nats":
+        md.append("- Cluster: 2 NATS nodes routed to each other, 127.0.0.1 and 127.0.0.2, "
+                  "WebSocket listeners; users spread round-robin over both, publishing over "
+                  "NATS's client port on 127.0.0.1; 128-byte payloads.")
+    else:
+        md.append("- Cluster: 2 pods, static discovery, 127.0.0.1 and 127.0.0.2; users spread "
+                  "round-robin over both, publishing through gRPC on 127.0.0.1; 128-byte "
+                  "payloads.")
     md.append(f"- Mode: {'quick (not comparable)' if args.quick else 'full'}; "
               "produced by `make bench` (`bench/run.py`).\n")
     md.append("## Headline\n")
-    md.append("| scenario | herald |")
+    md.append(f"| scenario | {name} |")
     md.append("|---|---|")
     for flags, rs in s1.items():
         how = f" (pods with `{' '.join(flags)}`)" if flags else ""
@@ -284,11 +353,21 @@ def main():
               f"{s3['connect']['time_ms']['p99']:.1f} ms; RSS "
               f"{s3['server']['rss_before_bytes']} → {s3['server']['rss_after_bytes']} bytes.\n")
     md.append("## Commands\n")
-    md.append("Each with `--ws=ws://127.0.0.1:28080/ws,ws://127.0.0.2:28080/ws "
-              "--grpc=http://127.0.0.1:29090 --pids=<both pods> --json=-`; pods run "
-              "`herald serve --http-addr=IP:28080 --grpc-addr=IP:29090 --peer-addr=IP:27070 "
-              "--discovery=static --peers=127.0.0.1:27070,127.0.0.2:27070` (plus the flags "
-              "named in a run's label), restarted before each S1 variant, S2, S3 and S4.\n")
+    if server == "nats":
+        md.append(f"Each with `{' '.join(target_args(server))} --pids=<both nodes> --json=-`; "
+                  "nodes run `nats-server -c` with this configuration (IP and the route "
+                  "to the other node filled in), restarted before S1, S2, S3 and S4:\n")
+        md.append("```")
+        md.append(NATS_CONFIG.format(ip="IP", client=NATS_PORT, http=NATS_HTTP_PORT,
+                                     ws=NATS_WS_PORT, route=NATS_ROUTE_PORT,
+                                     routes=f'"nats://OTHER_IP:{NATS_ROUTE_PORT}"').strip())
+        md.append("```\n")
+    else:
+        md.append(f"Each with `{' '.join(target_args(server))} --pids=<both pods> --json=-`; "
+                  "pods run `herald serve --http-addr=IP:28080 --grpc-addr=IP:29090 "
+                  "--peer-addr=IP:27070 --discovery=static "
+                  "--peers=127.0.0.1:27070,127.0.0.2:27070` (plus the flags named in a run's "
+                  "label), restarted before each S1 variant, S2, S3 and S4.\n")
     md.append("```sh")
     md.extend(commands)
     md.append("```")

@@ -20,3 +20,21 @@ bench-quick: ## A shorter `make bench` (fewer S2 steps, shorter runs), to try th
 
 bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup, loopback write
 	$(CARGO) bench --bench hot_paths
+
+# nats-server for `make bench-nats` and the harness's smoke test (tests/
+# bench_smoke.rs): Debian's package, unpacked under target/ (no system
+# install, no root needed once the package lists are there).
+NATS_SERVER := target/tools/nats/usr/sbin/nats-server
+
+.PHONY: nats-server bench-nats
+nats-server: $(NATS_SERVER) ## Fetch nats-server into target/tools (Debian's package)
+
+$(NATS_SERVER):
+	rm -rf target/tools/nats && mkdir -p target/tools/nats
+	cd target/tools/nats && { apt-get download nats-server 2>/dev/null || \
+		{ apt-get update -qq && apt-get download nats-server; }; } && dpkg -x nats-server_*.deb .
+	test -x $@
+
+bench-nats: $(NATS_SERVER) ## The same scenarios against a 2-node NATS cluster, for comparison
+	$(CARGO) build --release --bin herald-bench
+	$(PYTHON3) bench/run.py --server=nats --nats-server=$(NATS_SERVER)

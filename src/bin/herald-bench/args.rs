@@ -8,7 +8,8 @@ use clap::{Parser, ValueEnum};
 
 /// herald-bench: open N WebSocket users on one or more pods, publish through
 /// gRPC, and measure delivery (rate, loss, duplicates, latency) and the
-/// server's CPU and memory.
+/// server's CPU and memory. With `--server=nats`, the same load against a
+/// NATS cluster's WebSocket listeners, publishing over NATS's TCP port.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald-bench", version, about, long_about = None)]
 pub struct Args {
@@ -19,6 +20,13 @@ pub struct Args {
     /// gRPC address of the pod to publish to.
     #[arg(long, default_value = "http://127.0.0.1:9090")]
     pub grpc: String,
+    /// What the users and the publisher talk to.
+    #[arg(long, value_enum, default_value = "herald")]
+    pub server: ServerKind,
+    /// With `--server=nats`: the NATS client port (`host:port`) to publish
+    /// to.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    pub nats: String,
     /// Number of WebSocket users.
     #[arg(long, default_value_t = 100)]
     pub users: usize,
@@ -80,6 +88,17 @@ pub struct Args {
     /// human table then goes to standard error).
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// The kind of server under load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerKind {
+    /// herald: protocol v1 over WebSocket, publishing through gRPC.
+    Herald,
+    /// NATS: its protocol over its WebSocket listener, publishing over TCP;
+    /// topics are subjects.
+    Nats,
 }
 
 /// How users map to topics.

@@ -11,6 +11,10 @@
 //! of whatever is due at higher ones (the timer ticks at most every
 //! millisecond), with several calls in flight; users therefore track seen
 //! sequence numbers in a bitset rather than expecting them in order.
+//!
+//! Against NATS (`--server=nats`) users speak the NATS protocol over the
+//! same WebSocket client and the publisher writes the same documents as
+//! `PUB`s on one TCP connection, so both servers carry identical load.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +29,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::args::{Plan, Topics};
+use crate::args::{Plan, ServerKind, Topics};
 use crate::client::{Client, Frame};
-use crate::scan;
+use crate::nats;
+use crate::scan::{self, Seen};
 
 /// Latency histogram shards; users pick one by index so two tasks rarely
 /// meet on a lock.
@@ -129,6 +134,8 @@ pub struct User {
     pub target: Target,
     /// Source address to bind, if spreading.
     pub source: Option<IpAddr>,
+    /// What it talks to.
+    pub server: ServerKind,
     /// The topic it subscribes to.
     pub topic: String,
     /// Sequence numbers of its messages are `k * stride + offset`; the bitset
@@ -151,7 +158,7 @@ pub async fn run_user<P: Send>(user: User, shared: Arc<Shared>, connected: P) {
         () = shared.stop.cancelled() => None,
         client = connect_and_subscribe(&user) => client.ok(),
     };
-    let Some(mut client) = client else {
+    let Some((mut client, mut nats)) = client else {
         shared.failed.fetch_add(1, Ordering::Relaxed);
         drop(connected);
         return;
@@ -165,6 +172,7 @@ pub async fn run_user<P: Send>(user: User, shared: Arc<Shared>, connected: P) {
 
     let shard = &shared.latency[user.index % LATENCY_SHARDS];
     let mut seen = Bitset::default();
+    let mut found = Vec::new();
     let stop = shared.stop.cancelled();
     tokio::pin!(stop);
     loop {
@@ -173,19 +181,41 @@ pub async fn run_user<P: Send>(user: User, shared: Arc<Shared>, connected: P) {
             () = &mut stop => break,
             frame = client.next_frame() => frame,
         };
-        match frame {
-            Ok(Frame::Data(frame)) => receive(frame, &user, &shared, shard, &mut seen),
-            Ok(Frame::Close(_)) | Err(_) => {
-                shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
+        let pings = match frame {
+            Ok(Frame::Data(frame)) => match user.server {
+                ServerKind::Herald => {
+                    found.extend(scan::lines(frame).filter_map(scan::message));
+                    Ok(0)
+                }
+                ServerKind::Nats => {
+                    let mut pings = 0;
+                    nats.feed(frame, |op| match op {
+                        nats::Op::Msg(payload) => found.extend(scan::document(payload)),
+                        nats::Op::Ping => pings += 1,
+                        nats::Op::Pong | nats::Op::Other => {}
+                    })
+                    .map(|()| pings)
+                    .map_err(drop)
+                }
+            },
+            Ok(Frame::Close(_)) | Err(_) => Err(()),
+        };
+        receive(found.drain(..), &user, &shared, shard, &mut seen);
+        let answered = match pings {
+            Ok(0) => Ok(()),
+            Ok(n) => client.send_text(&b"PONG\r\n".repeat(n)).await.map_err(drop),
+            Err(()) => Err(()),
+        };
+        if answered.is_err() {
+            shared.disconnects.fetch_add(1, Ordering::Relaxed);
+            return;
         }
     }
 }
 
-/// Counts and times the bench messages in one frame.
+/// Counts and times the bench messages found in one frame.
 fn receive(
-    frame: &[u8],
+    found: impl Iterator<Item = Seen>,
     user: &User,
     shared: &Shared,
     shard: &Mutex<Histogram<u64>>,
@@ -195,7 +225,7 @@ fn receive(
     let mut fresh = 0;
     let mut dups = 0;
     let mut histogram = None;
-    for seen_msg in scan::lines(frame).filter_map(scan::message) {
+    for seen_msg in found {
         if !seen.insert(seen_msg.seq / user.stride) {
             dups += 1;
             continue;
@@ -219,7 +249,9 @@ fn receive(
     }
 }
 
-async fn connect_and_subscribe(user: &User) -> anyhow::Result<Client> {
+/// Connects, upgrades and subscribes; returns the client and, for NATS,
+/// the reader holding whatever followed the subscription's confirmation.
+async fn connect_and_subscribe(user: &User) -> anyhow::Result<(Client, nats::Reader)> {
     let socket = match user.target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -230,23 +262,44 @@ async fn connect_and_subscribe(user: &User) -> anyhow::Result<Client> {
     let stream: TcpStream = socket.connect(user.target.addr).await?;
     stream.set_nodelay(true)?;
     let mut client = Client::upgrade(stream, &user.target.host, &user.target.path).await?;
-    let request = format!(
-        r#"{{"op":"subscribe","topic":"{}","ref":"bench"}}"#,
-        user.topic
-    );
-    client.send_text(request.as_bytes()).await?;
+    let mut reader = nats::Reader::default();
+    match user.server {
+        ServerKind::Herald => {
+            let request = format!(
+                r#"{{"op":"subscribe","topic":"{}","ref":"bench"}}"#,
+                user.topic
+            );
+            client.send_text(request.as_bytes()).await?;
+        }
+        ServerKind::Nats => {
+            client
+                .send_text(nats::subscribe(&user.topic).as_bytes())
+                .await?
+        }
+    }
     loop {
         let Frame::Data(frame) = client.next_frame().await? else {
-            anyhow::bail!("connection closed before the subscribe reply");
+            anyhow::bail!("connection closed before the subscription was confirmed");
         };
-        let reply = scan::lines(frame).find(|line| line.starts_with(br#"{"op":"reply""#));
-        if let Some(line) = reply {
-            anyhow::ensure!(
-                line.windows(9).any(|w| w == br#""ok":true"#),
-                "subscribe refused: {}",
-                String::from_utf8_lossy(line)
-            );
-            return Ok(client);
+        match user.server {
+            ServerKind::Herald => {
+                let reply = scan::lines(frame).find(|line| line.starts_with(br#"{"op":"reply""#));
+                if let Some(line) = reply {
+                    anyhow::ensure!(
+                        line.windows(9).any(|w| w == br#""ok":true"#),
+                        "subscribe refused: {}",
+                        String::from_utf8_lossy(line)
+                    );
+                    return Ok((client, reader));
+                }
+            }
+            ServerKind::Nats => {
+                let mut confirmed = false;
+                reader.feed(frame, |op| confirmed |= op == nats::Op::Pong)?;
+                if confirmed {
+                    return Ok((client, reader));
+                }
+            }
         }
     }
 }
@@ -302,10 +355,19 @@ impl Published {
     }
 }
 
+/// Where publishes go.
+#[derive(Clone)]
+pub enum Sink {
+    /// A herald pod's gRPC Publisher service.
+    Grpc(PublisherClient<Channel>),
+    /// A NATS server's client port, shared by the calls in flight.
+    Nats(Arc<tokio::sync::Mutex<nats::Publisher>>),
+}
+
 /// Where and what to publish.
 pub struct Publisher {
-    /// The gRPC client.
-    pub client: PublisherClient<Channel>,
+    /// Where to.
+    pub sink: Sink,
     /// The shared topic, or the prefix of per-user topics.
     pub topic: String,
     /// Topic layout.
@@ -363,6 +425,13 @@ impl Publisher {
         while let Some(done) = calls.join_next().await {
             collect(Some(done), &mut out);
         }
+        if let Sink::Nats(publisher) = &self.sink {
+            // NATS does not answer a PUB: a PING's PONG says every one of
+            // them was taken.
+            if let Err(e) = publisher.lock().await.flush().await {
+                out.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
         out.elapsed = start.elapsed();
         out
     }
@@ -377,18 +446,29 @@ impl Publisher {
                 data: scan::payload(now, seq, self.payload_bytes),
             })
             .collect();
-        let mut client = self.client.clone();
+        let sink = self.sink.clone();
         async move {
-            let outcome = match requests.pop() {
-                Some(request) if requests.is_empty() => client.publish(request).await.map(drop),
-                Some(last) => {
-                    requests.push(last);
-                    client
-                        .publish_batch(PublishBatchRequest { messages: requests })
-                        .await
-                        .map(drop)
+            let outcome = match sink {
+                Sink::Grpc(mut client) => match requests.pop() {
+                    Some(request) if requests.is_empty() => client.publish(request).await.map(drop),
+                    Some(last) => {
+                        requests.push(last);
+                        client
+                            .publish_batch(PublishBatchRequest { messages: requests })
+                            .await
+                            .map(drop)
+                    }
+                    None => Ok(()),
                 }
-                None => Ok(()),
+                .map_err(|status| status.to_string()),
+                Sink::Nats(publisher) => {
+                    let mut operations = Vec::new();
+                    for request in &requests {
+                        nats::publish(&mut operations, &request.topic, &request.data);
+                    }
+                    let result = publisher.lock().await.write(&operations).await;
+                    result.map_err(|e| e.to_string())
+                }
             };
             ((from, from + count), outcome)
         }
@@ -396,15 +476,15 @@ impl Publisher {
 }
 
 /// What one publish call resolves to: its sequence range and outcome.
-type CallOutcome = ((u64, u64), Result<(), tonic::Status>);
+type CallOutcome = ((u64, u64), Result<(), String>);
 
 /// Books one finished call.
 fn collect(done: Option<Result<CallOutcome, tokio::task::JoinError>>, out: &mut Published) {
     match done {
         Some(Ok((_, Ok(())))) | None => {}
-        Some(Ok((range, Err(status)))) => {
+        Some(Ok((range, Err(error)))) => {
             out.failed.push(range);
-            out.first_error.get_or_insert_with(|| status.to_string());
+            out.first_error.get_or_insert(error);
         }
         Some(Err(e)) => {
             out.first_error.get_or_insert_with(|| e.to_string());

@@ -15,12 +15,14 @@
 //!
 //! Modules: [`args`] (the flags), [`client`] (the users' WebSocket
 //! client), [`load`] (users and publisher), [`scan`]
-//! (the payload and the frame scanner), [`procstat`] (`/proc` sampling),
-//! [`report`] (JSON line and table).
+//! (the payload and the frame scanner), [`nats`] (the NATS protocol, to
+//! measure NATS the same way), [`procstat`] (`/proc` sampling), [`report`]
+//! (JSON line and table).
 
 mod args;
 mod client;
 mod load;
+mod nats;
 mod procstat;
 mod report;
 mod scan;
@@ -38,8 +40,8 @@ use herald::proto::v1::publisher_client::PublisherClient;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::args::{Args, Topics};
-use crate::load::{Publisher, Shared, Target, User};
+use crate::args::{Args, ServerKind, Topics};
+use crate::load::{Publisher, Shared, Sink, Target, User};
 use crate::report::{Connect, Latency, Report, Server};
 
 /// How long users get to close after the run, before they are abandoned.
@@ -84,14 +86,18 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     };
 
     // The publisher connects first so a bad --grpc fails before the users.
-    let client = if args.idle {
-        None
-    } else {
-        Some(
+    let sink = match (args.idle, args.server) {
+        (true, _) => None,
+        (false, ServerKind::Herald) => Some(Sink::Grpc(
             PublisherClient::connect(args.grpc.clone())
                 .await
                 .with_context(|| format!("connecting to {}", args.grpc))?,
-        )
+        )),
+        (false, ServerKind::Nats) => Some(Sink::Nats(Arc::new(tokio::sync::Mutex::new(
+            nats::Publisher::connect(&args.nats)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", args.nats))?,
+        )))),
     };
 
     let before_connect = procstat::sample_all(&args.pids);
@@ -108,6 +114,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
             index,
             source: load::source_for(&target.addr, index, args.source_ips),
             target,
+            server: args.server,
             topic: load::user_topic(&run_id, args.topics, index),
             stride,
         };
@@ -125,12 +132,12 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let mut published = load::Published::default();
     let mut expected = 0;
     let mut deliveries_per_sec = 0.0;
-    match client {
+    match sink {
         None => tokio::time::sleep(args.settle).await,
-        Some(client) => {
+        Some(sink) => {
             let publish_start = shared.start.elapsed();
             let publisher = Publisher {
-                client,
+                sink,
                 topic: run_id.clone(),
                 topics: args.topics,
                 users: args.users,
@@ -172,6 +179,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     let publish_seconds = published.elapsed.as_secs_f64();
     Ok(Report {
         label: args.label,
+        server_kind: args.server,
         mode: if args.idle { "idle" } else { "publish" },
         users: args.users,
         pods: targets.len(),

@@ -5,13 +5,15 @@ use std::io::{self, Write};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::args::Topics;
+use crate::args::{ServerKind, Topics};
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The `--label` given.
     pub label: String,
+    /// The kind of server measured.
+    pub server_kind: ServerKind,
     /// `publish` or `idle`.
     pub mode: &'static str,
     /// Users asked for.
@@ -26,7 +28,7 @@ pub struct Report {
     pub target_rate: Option<f64>,
     /// Connection figures.
     pub connect: Connect,
-    /// Messages sent through gRPC.
+    /// Messages published.
     pub published: u64,
     /// Messages in calls the pod refused or that failed.
     pub publish_errors: u64,

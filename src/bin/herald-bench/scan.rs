@@ -5,7 +5,8 @@
 //! protocol v1 objects separated by `\n`; for each `message` object the
 //! scanner pulls out `t` and `s` by looking for the literal keys, without
 //! building a JSON tree or allocating. Topics and ids never contain `"`, so
-//! the first `"data":{"t":` in a line is the payload's. The searches use
+//! the first `"data":` in a line is the payload's. [`document`] reads a
+//! bare payload, as NATS delivers it. The searches use
 //! `memchr`'s vectorised routines: at a million deliveries a second the
 //! scanner is on the load generator's hot path, and every cycle it spends
 //! is taken from the pods sharing its cores.
@@ -39,15 +40,21 @@ pub struct Seen {
 /// anything else.
 pub fn message(line: &[u8]) -> Option<Seen> {
     const OP: &[u8] = br#"{"op":"message""#;
-    const DATA: &[u8] = br#""data":{"t":"#;
-    const SEQ: &[u8] = br#","s":"#;
+    const DATA: &[u8] = br#""data":"#;
     static FIND_DATA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(DATA));
     if !line.starts_with(OP) {
         return None;
     }
     let at = OP.len() + FIND_DATA.find(&line[OP.len()..])? + DATA.len();
-    let (sent_nanos, rest) = number(&line[at..])?;
-    let rest = rest.strip_prefix(SEQ)?;
+    document(&line[at..])
+}
+
+/// The time and sequence number at the start of a bench document (what
+/// [`payload`] made), or `None` if `bytes` does not start with one.
+pub fn document(bytes: &[u8]) -> Option<Seen> {
+    let rest = bytes.strip_prefix(br#"{"t":"#)?;
+    let (sent_nanos, rest) = number(rest)?;
+    let rest = rest.strip_prefix(br#","s":"#)?;
     let (seq, _) = number(rest)?;
     Some(Seen { sent_nanos, seq })
 }
