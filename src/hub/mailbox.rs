@@ -10,11 +10,13 @@
 //! wire once it has offered the message to every subscriber: no task
 //! wake-up, no copy. While it writes, messages offered by other threads
 //! queue behind the claim and leave together in one frame, so a busy pod
-//! writes fewer, larger frames. The session's own task takes its turn only
+//! writes fewer, larger frames. With a write delay, a session that wrote
+//! less than the delay ago is claimed too, but *deferred*: the hub writes it
+//! out when the delay has passed, with everything queued meanwhile, on one
+//! timer for all sessions. The session's own task takes its turn only
 //! when the wire cannot take a frame now (the client's socket buffer is
-//! full), when the write delay holds messages back, or when the session has
-//! no wire at all; it then writes, waiting as it must, and hands the turn
-//! back once the queue is empty.
+//! full), or when the session has no wire at all; it then writes, waiting
+//! as it must, and hands the turn back once the queue is empty.
 //!
 //! Delivery never waits. When a queue is full, the session is behind by a
 //! whole queue and is marked *slow*: the message is dropped for it, its
@@ -72,6 +74,9 @@ pub enum Offer {
     Queued,
     /// Queued and claimed: the caller must [`Sender::write_claimed`].
     Claimed,
+    /// Queued and claimed, but the write delay holds the session until the
+    /// given instant: the caller must [`Sender::write_claimed`] then.
+    Deferred(Instant),
     /// The queue was full: the session has just been marked slow.
     MarkedSlow,
     /// The session is already slow or gone; the message was dropped.
@@ -173,12 +178,12 @@ impl Sender {
         state.queue.push_back(message.clone());
         match state.writer {
             Writer::Delivery => Offer::Queued,
-            Writer::Idle
-                if shared.wire.is_some()
-                    && state.hold_until.is_none_or(|t| Instant::now() >= t) =>
-            {
+            Writer::Idle if shared.wire.is_some() => {
                 state.writer = Writer::Delivery;
-                Offer::Claimed
+                match state.hold_until {
+                    Some(until) if Instant::now() < until => Offer::Deferred(until),
+                    _ => Offer::Claimed,
+                }
             }
             Writer::Idle | Writer::Session => {
                 state.writer = Writer::Session;
@@ -192,11 +197,14 @@ impl Sender {
     /// Writes a claimed session's queue to its wire, in frames of up to
     /// [`COALESCE_BYTES`], until the queue is empty, then gives the claim
     /// up. If the wire is busy, the turn passes to the session, which waits
-    /// for its socket. `batch` is scratch space, left empty.
-    pub fn write_claimed(&self, batch: &mut Vec<Arc<Message>>) {
+    /// for its socket. If more was queued during the write and the write
+    /// delay now holds the session, it stays claimed and the instant it may
+    /// write again is returned: call again then. `batch` is scratch space,
+    /// left empty.
+    pub fn write_claimed(&self, batch: &mut Vec<Arc<Message>>) -> Option<Instant> {
         let shared = &*self.shared;
         let Some(wire) = &shared.wire else {
-            return;
+            return None;
         };
         loop {
             {
@@ -205,7 +213,7 @@ impl Sender {
                 state.take(batch);
                 if batch.is_empty() {
                     state.writer = Writer::Idle;
-                    return;
+                    return None;
                 }
             }
             let written = wire.write_now(batch);
@@ -214,11 +222,10 @@ impl Sender {
                 Written::All => {
                     shared.hold_after_write(&mut state);
                     batch.clear();
-                    if state.hold_until.is_some() && !state.queue.is_empty() {
+                    if let Some(until) = state.hold_until.filter(|_| !state.queue.is_empty()) {
                         // More arrived during the write: it waits out the
-                        // delay, on the session's turn.
-                        state.writer = Writer::Session;
-                        break;
+                        // delay, still claimed.
+                        return Some(until);
                     }
                 }
                 Written::Partly => {
@@ -237,6 +244,7 @@ impl Sender {
             }
         }
         shared.turn.notify_one();
+        None
     }
 }
 
@@ -520,16 +528,27 @@ mod tests {
         assert!(mailbox.turn().await);
     }
 
-    #[tokio::test]
-    async fn with_a_write_delay_a_message_soon_after_a_write_waits_its_turn() {
-        let (wire, tx, mut mailbox) = wired(8, Duration::from_secs(60));
+    #[test]
+    fn with_a_write_delay_messages_soon_after_a_write_are_deferred_together() {
+        let (wire, tx, _mailbox) = wired(8, Duration::from_secs(60));
         assert_eq!(tx.offer(&message()), Offer::Claimed);
-        tx.write_claimed(&mut Vec::new());
-        assert_eq!(tx.offer(&message()), Offer::Queued);
-        assert!(mailbox.turn().await);
-        assert!(mailbox.held_until().is_some());
-        assert_eq!(frames(&wire), [1]);
-        assert!(!mailbox.release(), "still queued");
+        assert_eq!(tx.write_claimed(&mut Vec::new()), None);
+        let Offer::Deferred(until) = tx.offer(&message()) else {
+            panic!("a message right after a write is deferred");
+        };
+        assert!(until > Instant::now() + Duration::from_secs(59));
+        assert_eq!(
+            tx.offer(&message()),
+            Offer::Queued,
+            "joins the deferred claim"
+        );
+        assert_eq!(frames(&wire), [1], "nothing more written yet");
+        assert_eq!(
+            tx.write_claimed(&mut Vec::new()),
+            None,
+            "the queue is empty after"
+        );
+        assert_eq!(frames(&wire), [1, 2]);
     }
 
     #[test]

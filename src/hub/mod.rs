@@ -11,11 +11,14 @@
 //! parallel; subscribe and unsubscribe take the write lock of one shard for
 //! one map operation. The sessions a delivery claimed are written to after
 //! the lock is released, without waiting for any socket, split over tasks
-//! of [`WRITES_PER_TASK`] when there are many.
+//! of [`WRITES_PER_TASK`] when there are many; those the write delay holds
+//! back are written by the hub's one flusher task when it lets them go.
 
+mod flusher;
 mod mailbox;
 mod membership;
 
+pub use flusher::WRITES_PER_TASK;
 pub use mailbox::{COALESCE_BYTES, Mailbox, Offer, Sender, SessionId, Wire, Written};
 pub use membership::{Membership, TooManySubscriptions};
 
@@ -27,6 +30,7 @@ use std::time::Duration;
 
 use crate::message::Message;
 use crate::topic::Topic;
+use flusher::Flusher;
 
 /// Number of registry shards. A power of two well above the core count keeps
 /// two publishes to different topics from meeting on one lock.
@@ -45,6 +49,13 @@ struct Inner {
     hasher: RandomState,
     sessions: mailbox::SessionIds,
     stats: HubStats,
+    flusher: Arc<Flusher>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.flusher.close();
+    }
 }
 
 /// Counters the hub keeps on its hot path; read by metrics at scrape time.
@@ -85,33 +96,6 @@ impl HubStats {
     }
 }
 
-/// Most claimed sessions one task writes out. Beyond that, the writes are
-/// split over tasks, so every runtime worker takes part in a big fan-out.
-pub const WRITES_PER_TASK: usize = 64;
-
-/// Writes the claimed sessions out: the first [`WRITES_PER_TASK`] here, the
-/// rest in tasks of that many each (inline when there is no runtime).
-fn write_out(mut claimed: Vec<Sender>) {
-    if claimed.len() > WRITES_PER_TASK
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        let mut rest = claimed.split_off(WRITES_PER_TASK);
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(WRITES_PER_TASK));
-            let chunk = std::mem::replace(&mut rest, tail);
-            runtime.spawn(async move { write_claimed(&chunk) });
-        }
-    }
-    write_claimed(&claimed);
-}
-
-fn write_claimed(claimed: &[Sender]) {
-    let mut batch = Vec::new();
-    for sender in claimed {
-        sender.write_claimed(&mut batch);
-    }
-}
-
 /// The outcome of delivering one message on this pod.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
@@ -139,6 +123,7 @@ impl Hub {
                 hasher: RandomState::new(),
                 sessions: mailbox::SessionIds::default(),
                 stats: HubStats::default(),
+                flusher: Arc::default(),
             }),
         }
     }
@@ -192,6 +177,7 @@ impl Hub {
     pub fn deliver_all(&self, messages: &[Arc<Message>]) -> Delivery {
         let mut delivery = Delivery::default();
         let mut claimed = Vec::new();
+        let mut held = Vec::new();
         for message in messages {
             let shard = self.read(message.topic());
             let Some(subscribers) = shard.get(message.topic()) else {
@@ -204,12 +190,17 @@ impl Hub {
                         delivery.queued += 1;
                         claimed.push(sender.clone());
                     }
+                    Offer::Deferred(until) => {
+                        delivery.queued += 1;
+                        held.push((until, sender.clone()));
+                    }
                     Offer::MarkedSlow => delivery.marked_slow += 1,
                     Offer::Dropped => delivery.dropped += 1,
                 }
             }
         }
-        write_out(claimed);
+        self.inner.flusher.write_out(claimed);
+        self.inner.flusher.hold(held);
         let stats = &self.inner.stats;
         stats
             .delivered
