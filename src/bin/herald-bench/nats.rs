@@ -10,7 +10,7 @@
 
 use std::io;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The CONNECT a bench client sends: no `+OK` per operation, and a
@@ -133,7 +133,9 @@ pub fn publish(out: &mut Vec<u8>, subject: &str, payload: &[u8]) {
 
 /// A publisher's TCP connection.
 pub struct Publisher {
-    stream: BufReader<TcpStream>,
+    stream: TcpStream,
+    /// What the server sends back, read by the same parser as users use.
+    reader: Reader,
 }
 
 impl Publisher {
@@ -142,41 +144,40 @@ impl Publisher {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let mut publisher = Self {
-            stream: BufReader::new(stream),
+            stream,
+            reader: Reader::default(),
         };
-        publisher
-            .stream
-            .get_mut()
-            .write_all(CONNECT.as_bytes())
-            .await?;
+        publisher.write(CONNECT.as_bytes()).await?;
         publisher.flush().await?;
         Ok(publisher)
     }
 
     /// Writes publish operations made by [`publish`].
     pub async fn write(&mut self, operations: &[u8]) -> Result<(), Error> {
-        Ok(self.stream.get_mut().write_all(operations).await?)
+        Ok(self.stream.write_all(operations).await?)
     }
 
     /// Waits until the server has processed everything written so far (a
     /// `PING` answered by `PONG`); fails on `-ERR`.
     pub async fn flush(&mut self) -> Result<(), Error> {
-        self.stream.get_mut().write_all(b"PING\r\n").await?;
-        let mut line = Vec::new();
+        self.write(b"PING\r\n").await?;
+        let mut bytes = [0; 4096];
         loop {
-            line.clear();
-            if self.stream.read_until(b'\n', &mut line).await? == 0 {
+            let read = self.stream.read(&mut bytes).await?;
+            if read == 0 {
                 return Err(Error::Io(io::ErrorKind::UnexpectedEof.into()));
             }
-            match line.trim_ascii_end() {
-                b"PONG" => return Ok(()),
-                b"PING" => self.stream.get_mut().write_all(b"PONG\r\n").await?,
-                other if other.starts_with(b"-ERR") => {
-                    return Err(Error::Server(
-                        String::from_utf8_lossy(&other[4..]).trim().into(),
-                    ));
-                }
-                _ => {}
+            let (mut pong, mut pings) = (false, 0);
+            self.reader.feed(&bytes[..read], |op| match op {
+                Op::Pong => pong = true,
+                Op::Ping => pings += 1,
+                Op::Msg(_) | Op::Other => {}
+            })?;
+            for _ in 0..pings {
+                self.write(b"PONG\r\n").await?;
+            }
+            if pong {
+                return Ok(());
             }
         }
     }
