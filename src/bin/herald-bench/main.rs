@@ -56,7 +56,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let report = runtime.block_on(run(args.clone()))?;
+    // The publisher has a thread of its own, as a backend would: the users'
+    // reads never delay a publish call or its send timestamp.
+    let publishing = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("publisher")
+        .enable_all()
+        .build()
+        .context("starting the publisher's runtime")?;
+    let report = runtime.block_on(run(args.clone(), publishing.handle().clone()))?;
     match args.json.as_deref() {
         Some(path) if path.as_os_str() == "-" => {
             report.write_table(io::stderr().lock())?;
@@ -75,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args) -> anyhow::Result<Report> {
+async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<Report> {
     let plan = args.plan()?;
     let targets = resolve(&args.ws).await?;
     let shared = Arc::new(Shared::new(args.users)?);
@@ -86,19 +94,11 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     };
 
     // The publisher connects first so a bad --grpc fails before the users.
-    let sink = match (args.idle, args.server) {
-        (true, _) => None,
-        (false, ServerKind::Herald) => Some(Sink::Grpc(
-            PublisherClient::connect(args.grpc.clone())
-                .await
-                .with_context(|| format!("connecting to {}", args.grpc))?,
-        )),
-        (false, ServerKind::Nats) => Some(Sink::Nats(Arc::new(tokio::sync::Mutex::new(
-            nats::Publisher::connect(&args.nats)
-                .await
-                .with_context(|| format!("connecting to NATS at {}", args.nats))?,
-        )))),
-    };
+    // Its connection's tasks run where it connects: on its own runtime.
+    let sink = publishing
+        .spawn(connect_publisher(args.clone()))
+        .await
+        .context("the publisher's runtime stopped")??;
 
     let before_connect = procstat::sample_all(&args.pids);
     let connect_started = Instant::now();
@@ -144,7 +144,10 @@ async fn run(args: Args) -> anyhow::Result<Report> {
                 payload_bytes: args.payload_bytes,
                 batch: args.batch as u64,
             };
-            published = publisher.run(plan).await;
+            published = publishing
+                .spawn(publisher.run(plan))
+                .await
+                .context("the publisher's runtime stopped")?;
             expected = expected_deliveries(&published, &shared, args.topics, args.users);
             drain(&shared, expected, args.drain_timeout).await;
             let last = Duration::from_nanos(shared.last_rx_nanos.load(Ordering::Relaxed));
@@ -219,6 +222,23 @@ async fn run(args: Args) -> anyhow::Result<Report> {
                 .then(|| (rss_after as f64 - rss_before as f64) / subscribed as f64),
         },
         bench_cpu_seconds: bench_end.cpu_seconds - bench_start.cpu_seconds,
+    })
+}
+
+/// Connects the publisher (none for an idle run).
+async fn connect_publisher(args: Args) -> anyhow::Result<Option<Sink>> {
+    Ok(match (args.idle, args.server) {
+        (true, _) => None,
+        (false, ServerKind::Herald) => Some(Sink::Grpc(
+            PublisherClient::connect(args.grpc.clone())
+                .await
+                .with_context(|| format!("connecting to {}", args.grpc))?,
+        )),
+        (false, ServerKind::Nats) => Some(Sink::Nats(Arc::new(tokio::sync::Mutex::new(
+            nats::Publisher::connect(&args.nats)
+                .await
+                .with_context(|| format!("connecting to NATS at {}", args.nats))?,
+        )))),
     })
 }
 
