@@ -130,7 +130,7 @@ pub async fn run(
     let peer_tls = tls::peer(&tls)?;
     let tracker = TaskTracker::new();
     let counters = Arc::new(Counters::default());
-    let hub = Hub::new();
+    let hub = Hub::with_write_delay(limits.write_delay);
     let mesh = Mesh::new(
         MeshSettings {
             cluster: cluster_identity(&cluster),
@@ -181,7 +181,6 @@ pub async fn run(
         max_subscriptions: limits.max_subscriptions,
         max_frame_bytes: limits.max_frame_bytes,
         heartbeat_interval: limits.heartbeat_interval,
-        write_delay: limits.write_delay,
         meters: session::Meters {
             counters: counters.clone(),
             latency: metrics.delivery_latency.clone(),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::hub::WriteDelay;
+
 /// herald: real-time message publishing for Kubernetes. Backends publish over
 /// gRPC; users receive over WebSocket; the pods are the broker.
 #[derive(Debug, Parser)]
@@ -130,8 +132,11 @@ pub struct LimitArgs {
     /// Shortest time between two writes of messages to one connection:
     /// messages arriving sooner wait and go out together in one frame. Only
     /// busy connections wait; one idle for longer is written to at once.
-    #[arg(long, env = "HERALD_WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
-    pub write_delay: Duration,
+    /// A duration (`0ms`: never wait), or `auto[:MAX]`: wait in proportion
+    /// to how late the pod's writes start, up to MAX (default 20ms), so
+    /// nothing waits while the pod keeps up.
+    #[arg(long, env = "HERALD_WRITE_DELAY", default_value = "auto")]
+    pub write_delay: WriteDelay,
     /// Most WebSocket connections this pod holds; more are refused with
     /// HTTP 503.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]

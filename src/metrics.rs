@@ -175,6 +175,15 @@ fn register(meter: &Meter, sources: Sources) {
         "Topics with at least one subscriber on this pod.",
         |s| s.hub.stats().topics(),
     );
+    let pacing = sources.clone();
+    meter
+        .f64_observable_gauge("herald_write_delay_seconds")
+        .with_description(
+            "How long a busy connection waits between two writes now (fixed, or following load with --write-delay=auto).",
+        )
+        .with_unit("s")
+        .with_callback(move |o| o.observe(pacing.hub.pacing().delay().as_secs_f64(), &[]))
+        .build();
     let published = sources.clone();
     meter
         .u64_observable_counter("herald_messages_published_total")

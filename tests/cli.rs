@@ -141,10 +141,18 @@ fn check_config_accepts_real_flags_and_refuses_unknown_ones() {
 }
 
 #[test]
-fn a_write_delay_that_is_not_a_duration_is_refused_at_start() {
-    let ok = herald(&["serve", "--write-delay=20ms", "--check-config"], None);
-    assert!(ok.status.success());
-    let bad = herald(&["serve", "--write-delay=soon", "--check-config"], None);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("--write-delay"));
+fn a_write_delay_that_is_neither_a_duration_nor_auto_is_refused_at_start() {
+    for good in [
+        "--write-delay=20ms",
+        "--write-delay=auto",
+        "--write-delay=auto:50ms",
+    ] {
+        let ok = herald(&["serve", good, "--check-config"], None);
+        assert!(ok.status.success(), "{good} was refused");
+    }
+    for bad in ["--write-delay=soon", "--write-delay=auto:soon"] {
+        let refused = herald(&["serve", bad, "--check-config"], None);
+        assert!(!refused.status.success(), "{bad} was accepted");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--write-delay"));
+    }
 }

@@ -83,6 +83,11 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
         1.0
     );
     assert_eq!(sample(&during, "herald_peers_known"), 0.0);
+    let delay = sample(&during, "herald_write_delay_seconds");
+    assert!(
+        (0.0..=0.02).contains(&delay),
+        "`auto` holds busy users for 0 to 20 ms, not {delay} s"
+    );
 
     drop(user);
     let deadline = Instant::now() + PATIENCE;

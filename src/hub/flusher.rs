@@ -16,14 +16,16 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::mailbox::Sender;
+use super::pacing::Pacing;
 
 /// Most claimed sessions one task writes out. Beyond that, the writes are
 /// split over tasks, so every runtime worker takes part in a big fan-out.
 pub const WRITES_PER_TASK: usize = 64;
 
 /// Writes claimed sessions out, now or when their write delay has passed.
-#[derive(Default)]
 pub(super) struct Flusher {
+    /// The hub's write delay, told how late each batch of writes starts.
+    pacing: Arc<Pacing>,
     held: Mutex<BinaryHeap<Held>>,
     /// Woken when a session is held, and when the hub goes away.
     changed: Notify,
@@ -59,6 +61,17 @@ impl PartialEq for Held {
 impl Eq for Held {}
 
 impl Flusher {
+    /// A flusher reporting to `pacing`.
+    pub(super) fn new(pacing: Arc<Pacing>) -> Self {
+        Self {
+            pacing,
+            held: Mutex::default(),
+            changed: Notify::new(),
+            started: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
     // NB: a poisoned lock only means a thread panicked while holding it;
     // every change under it is one heap operation.
     fn lock(&self) -> MutexGuard<'_, BinaryHeap<Held>> {
@@ -84,6 +97,15 @@ impl Flusher {
     }
 
     fn write(self: &Arc<Self>, claimed: &[Sender]) {
+        let pacing = &self.pacing;
+        // How long this work waited to start is the pod's lateness: the
+        // first write of a batch, not the ones after it, which wait for
+        // its own earlier writes.
+        if pacing.follows_lateness()
+            && let Some((ready, held)) = claimed.first().and_then(Sender::ready_since)
+        {
+            pacing.record(ready.elapsed(), held);
+        }
         let mut batch = Vec::new();
         let held = claimed
             .iter()

@@ -27,11 +27,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::pacing::Pacing;
 use crate::message::Message;
 
 /// Identifies one session within a hub.
@@ -92,7 +93,7 @@ pub struct Mailbox {
 struct Shared {
     id: SessionId,
     capacity: usize,
-    write_delay: Duration,
+    pacing: Arc<Pacing>,
     wire: Option<Arc<dyn Wire>>,
     state: Mutex<State>,
     /// Woken when the turn passes to the session, or more is queued in it.
@@ -133,9 +134,11 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Starts the write delay after a write.
     fn hold_after_write(&self, state: &mut State) {
-        if !self.write_delay.is_zero() {
-            state.hold_until = Some(Instant::now() + self.write_delay);
+        let delay = self.pacing.delay();
+        if !delay.is_zero() {
+            state.hold_until = Some(Instant::now() + delay);
         }
     }
 }
@@ -192,6 +195,19 @@ impl Sender {
                 Offer::Queued
             }
         }
+    }
+
+    /// Since when the first queued message could have been written: its
+    /// arrival, or the instant the write delay lets the session go if that
+    /// is later (then `true`: the write was held). `None` with nothing
+    /// queued.
+    pub fn ready_since(&self) -> Option<(Instant, bool)> {
+        let state = self.shared.lock();
+        let arrived = state.queue.front()?.received();
+        Some(match state.hold_until {
+            Some(until) if until > arrived => (until, true),
+            _ => (arrived, false),
+        })
     }
 
     /// Writes a claimed session's queue to its wire, in frames of up to
@@ -352,17 +368,17 @@ impl Drop for Mailbox {
 }
 
 /// Makes a mailbox holding at most `capacity` messages for session `id`,
-/// written to `wire` (if any) no more often than `write_delay`.
+/// written to `wire` (if any) as `pacing` lets it.
 pub(super) fn channel(
     id: SessionId,
     capacity: usize,
     wire: Option<Arc<dyn Wire>>,
-    write_delay: Duration,
+    pacing: Arc<Pacing>,
 ) -> (Sender, Mailbox) {
     let shared = Arc::new(Shared {
         id,
         capacity: capacity.max(1),
-        write_delay,
+        pacing,
         wire,
         state: Mutex::new(State {
             queue: VecDeque::new(),
@@ -394,9 +410,12 @@ impl SessionIds {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use super::*;
+    use crate::hub::WriteDelay;
     use crate::message::{IdGenerator, NodeId};
     use crate::topic::Topic;
 
@@ -436,7 +455,8 @@ mod tests {
 
     fn wired(capacity: usize, delay: Duration) -> (Arc<Recorder>, Sender, Mailbox) {
         let wire = Arc::new(Recorder::default());
-        let (tx, rx) = channel(1, capacity, Some(wire.clone()), delay);
+        let pacing = Arc::new(Pacing::new(WriteDelay::Fixed(delay)));
+        let (tx, rx) = channel(1, capacity, Some(wire.clone()), pacing);
         (wire, tx, rx)
     }
 
@@ -447,7 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_mailbox_marks_the_session_slow_once_and_drops_the_rest() {
-        let (tx, mut mailbox) = channel(7, 2, None, Duration::ZERO);
+        let (tx, mut mailbox) = channel(7, 2, None, Arc::default());
         let frame = message();
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert_eq!(tx.offer(&frame), Offer::Queued);
@@ -465,7 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_wire_every_message_is_the_sessions_to_write() {
-        let (tx, mut mailbox) = channel(1, 8, None, Duration::ZERO);
+        let (tx, mut mailbox) = channel(1, 8, None, Arc::default());
         let (a, b) = (message(), message());
         assert_eq!(tx.offer(&a), Offer::Queued);
         assert!(mailbox.recv().await.is_some_and(|m| Arc::ptr_eq(&m, &a)));
@@ -553,7 +573,7 @@ mod tests {
 
     #[test]
     fn offering_to_a_closed_mailbox_drops_quietly() {
-        let (tx, mailbox) = channel(1, 4, None, Duration::ZERO);
+        let (tx, mailbox) = channel(1, 4, None, Arc::default());
         drop(mailbox);
         assert_eq!(tx.offer(&message()), Offer::Dropped);
     }

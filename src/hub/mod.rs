@@ -13,20 +13,23 @@
 //! the lock is released, without waiting for any socket, split over tasks
 //! of [`WRITES_PER_TASK`] when there are many; those the write delay holds
 //! back are written by the hub's one flusher task when it lets them go.
+//! How long the delay is — fixed, or following how late batches of writes
+//! start — is the hub's [`Pacing`].
 
 mod flusher;
 mod mailbox;
 mod membership;
+mod pacing;
 
 pub use flusher::WRITES_PER_TASK;
 pub use mailbox::{COALESCE_BYTES, Mailbox, Offer, Sender, SessionId, Wire, Written};
 pub use membership::{Membership, TooManySubscriptions};
+pub use pacing::{AUTO_MAX, BadWriteDelay, Pacing, WriteDelay};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
 
 use crate::message::Message;
 use crate::topic::Topic;
@@ -50,6 +53,7 @@ struct Inner {
     sessions: mailbox::SessionIds,
     stats: HubStats,
     flusher: Arc<Flusher>,
+    pacing: Arc<Pacing>,
 }
 
 impl Drop for Inner {
@@ -114,16 +118,23 @@ impl Default for Hub {
 }
 
 impl Hub {
-    /// An empty registry.
+    /// An empty registry whose sessions write without delay.
     pub fn new() -> Self {
+        Self::with_write_delay(WriteDelay::default())
+    }
+
+    /// An empty registry whose wired sessions are paced by `write_delay`.
+    pub fn with_write_delay(write_delay: WriteDelay) -> Self {
         let shards = (0..SHARDS).map(|_| RwLock::default()).collect();
+        let pacing = Arc::new(Pacing::new(write_delay));
         Self {
             inner: Arc::new(Inner {
                 shards,
                 hasher: RandomState::new(),
                 sessions: mailbox::SessionIds::default(),
                 stats: HubStats::default(),
-                flusher: Arc::default(),
+                flusher: Arc::new(Flusher::new(Arc::clone(&pacing))),
+                pacing,
             }),
         }
     }
@@ -132,20 +143,24 @@ impl Hub {
     /// (what it subscribes to, at most `max_subscriptions` topics) and its
     /// mailbox of `queue_capacity` messages.
     pub fn join(&self, queue_capacity: usize, max_subscriptions: usize) -> (Membership, Mailbox) {
-        self.open(None, queue_capacity, max_subscriptions, Duration::ZERO)
+        self.open(None, queue_capacity, max_subscriptions)
     }
 
     /// Opens a session whose messages delivering threads write straight to
-    /// `wire` while it keeps up (see [`mailbox`](Mailbox)), no more often
-    /// than every `write_delay`.
+    /// `wire` while it keeps up (see [`mailbox`](Mailbox)), as the hub's
+    /// [`pacing`](Self::pacing) lets them.
     pub fn join_wired(
         &self,
         wire: Arc<dyn Wire>,
         queue_capacity: usize,
         max_subscriptions: usize,
-        write_delay: Duration,
     ) -> (Membership, Mailbox) {
-        self.open(Some(wire), queue_capacity, max_subscriptions, write_delay)
+        self.open(Some(wire), queue_capacity, max_subscriptions)
+    }
+
+    /// The write delay of this hub's wired sessions, and what it is now.
+    pub fn pacing(&self) -> &Pacing {
+        &self.inner.pacing
     }
 
     fn open(
@@ -153,10 +168,10 @@ impl Hub {
         wire: Option<Arc<dyn Wire>>,
         queue_capacity: usize,
         max_subscriptions: usize,
-        write_delay: Duration,
     ) -> (Membership, Mailbox) {
         let id = self.inner.sessions.next();
-        let (sender, mailbox) = mailbox::channel(id, queue_capacity, wire, write_delay);
+        let pacing = Arc::clone(&self.inner.pacing);
+        let (sender, mailbox) = mailbox::channel(id, queue_capacity, wire, pacing);
         (
             Membership::new(self.clone(), sender, max_subscriptions),
             mailbox,
@@ -282,6 +297,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use super::*;
@@ -390,7 +407,7 @@ mod tests {
         let hub = Hub::new();
         let ids = IdGenerator::new(NodeId::random());
         let wire = Arc::new(Frames::default());
-        let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10, Duration::ZERO);
+        let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10);
         a.subscribe(topic("x")).expect("under limit");
         a.subscribe(topic("y")).expect("under limit");
 
@@ -398,6 +415,39 @@ mod tests {
         let together = [message(&ids, "x", "2"), message(&ids, "y", "3")];
         assert_eq!(hub.deliver_all(&together).queued, 2);
         assert_eq!(*wire.0.lock().expect("lock"), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn auto_pacing_follows_how_late_deliveries_start() {
+        let hub = Hub::with_write_delay(WriteDelay::Auto {
+            max: Duration::from_secs(60),
+        });
+        let ids = IdGenerator::new(NodeId::random());
+        let wire = Arc::new(Frames::default());
+        let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10);
+        a.subscribe(topic("x")).expect("under limit");
+        assert_eq!(hub.pacing().delay(), Duration::ZERO);
+
+        // A message that waited before its delivery started: the pod is
+        // behind, and busy sessions are held.
+        let waited = message(&ids, "x", "1");
+        std::thread::sleep(Duration::from_millis(5));
+        let mut deliveries = 0;
+        while hub.pacing().delay().is_zero() {
+            hub.deliver(&waited);
+            deliveries += 1;
+            assert!(deliveries < 100, "no delay after {deliveries} late ones");
+        }
+
+        // Held writes that go out when the delay lets them: it has caught
+        // up, and the delay falls back to nothing.
+        let mut deliveries = 0;
+        while !hub.pacing().delay().is_zero() {
+            hub.deliver(&message(&ids, "x", "2"));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            deliveries += 1;
+            assert!(deliveries < 2_000, "still held after {deliveries}");
+        }
     }
 
     #[test]

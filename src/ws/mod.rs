@@ -73,8 +73,6 @@ pub struct Gateway {
     pub max_frame_bytes: usize,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
-    /// Shortest time between two message writes to one connection.
-    pub write_delay: Duration,
     /// Where sessions count what they do.
     pub meters: session::Meters,
     /// Token checks; `None` with `--auth none`.
@@ -234,7 +232,6 @@ pub async fn upgrade(
             outlet.clone(),
             gateway.queue_capacity,
             gateway.max_subscriptions,
-            gateway.write_delay,
         );
         let publishing = gateway
             .publisher

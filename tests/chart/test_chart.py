@@ -42,6 +42,7 @@ HERALD_METRICS = {
     "herald_messages_dropped_total",
     "herald_bytes_out_total",
     "herald_delivery_latency_seconds",
+    "herald_write_delay_seconds",
     "herald_peers_known",
     "herald_peers_connected",
     "herald_discovery_errors_total",
