@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Run herald's standard benchmark scenarios S1-S4 on a local 2-pod cluster.
 
+Besides the issue's four, L (100 users on one topic, 100 msg/s: every user
+busy, the pods mostly idle) shows what the write delay costs where there is
+nothing to gain; S1 and L run with the default and with `--write-delay=0ms`.
+
 Starts two `herald serve` processes with static discovery on 127.0.0.1 and
 127.0.0.2, runs `herald-bench` for each scenario (users spread over both
 pods, publishing on the first), and writes a markdown report to
@@ -30,9 +34,9 @@ import sys
 import time
 import urllib.request
 
-# S1 runs on pods started with each of these extra flag sets: the default,
-# and the write delay that trades a bounded wait for fewer system calls.
-S1_VARIANTS = [(), ("--write-delay=20ms",)]
+# S1 and L run on pods started with each of these extra flag sets: the
+# default (`--write-delay=auto`), and no write delay at all.
+VARIANTS = [(), ("--write-delay=0ms",)]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IPS = ["127.0.0.1", "127.0.0.2"]
@@ -246,17 +250,23 @@ def main():
     common = ["--connect-rate=2000", "--payload-bytes=128"]
     results, commands = {}, []
 
-    s1_args = common + ["--users=1000", "--topics=shared", "--rate=200", f"--duration={secs}"]
-    s1 = {}  # pod flags -> [reports]
-    for flags in S1_VARIANTS if server == "herald" else [()]:
-        pids = start("s1", flags)
-        s1[flags] = []
-        for n in range(repeats):
-            label = f"S1{' ' + ' '.join(flags) if flags else ''} #{n + 1}"
-            r, c = run(pids, label, s1_args)
-            s1[flags].append(r)
-        if not flags:
-            commands.append(c + f"   # x{repeats}")
+    def per_variant(scenario, extra, duration):
+        """Runs a scenario `repeats` times on fresh pods for each of
+        VARIANTS; returns {pod flags: [reports]}."""
+        reports = {}
+        for flags in VARIANTS if server == "herald" else [()]:
+            pids = start(scenario.lower(), flags)
+            reports[flags] = []
+            for n in range(repeats):
+                label = f"{scenario}{' ' + ' '.join(flags) if flags else ''} #{n + 1}"
+                r, c = run(pids, label, common + extra + [f"--duration={duration}"])
+                reports[flags].append(r)
+            if not flags:
+                commands.append(c + f"   # x{repeats}")
+        return reports
+
+    s1 = per_variant("S1", ["--users=1000", "--topics=shared", "--rate=200"], secs)
+    light = per_variant("L", ["--users=100", "--topics=shared", "--rate=100"], s2_secs)
 
     pids = start("s2")
     s2 = []  # (rate, [reports])
@@ -308,14 +318,17 @@ def main():
     md.append("## Headline\n")
     md.append(f"| scenario | {name} |")
     md.append("|---|---|")
-    for flags, rs in s1.items():
-        how = f" (pods with `{' '.join(flags)}`)" if flags else ""
-        md.append(f"| S1: 200 msg/s to 1,000 users, one topic{how}; median of {len(rs)} | "
-                  f"{median(rs, lambda r: r['deliveries_per_sec']):.0f} deliveries/s, lost "
-                  f"{sum(r['lost'] for r in rs)}, p50 {median(rs, p50):.2f} ms, "
-                  f"p99 {median(rs, p99):.2f} ms, "
-                  f"{median(rs, lambda r: r['server']['cpu_us_per_delivery'] or 0):.2f} server "
-                  f"CPU-µs per delivery |")
+    for scenario, reports in [("S1: 200 msg/s to 1,000 users, one topic", s1),
+                              ("L: 100 msg/s to 100 users, one topic (busy users, idle pods)",
+                               light)]:
+        for flags, rs in reports.items():
+            how = f" (pods with `{' '.join(flags)}`)" if flags else ""
+            md.append(f"| {scenario}{how}; median of {len(rs)} | "
+                      f"{median(rs, lambda r: r['deliveries_per_sec']):.0f} deliveries/s, lost "
+                      f"{sum(r['lost'] for r in rs)}, p50 {median(rs, p50):.2f} ms, "
+                      f"p99 {median(rs, p99):.2f} ms, "
+                      f"{median(rs, lambda r: r['server']['cpu_us_per_delivery'] or 0):.2f} "
+                      f"server CPU-µs per delivery |")
     if best is None:
         md.append("| S2: highest clean rate (3 of 3 runs) | none of the steps was clean |")
     else:
@@ -340,7 +353,7 @@ def main():
     md.append("| run | publish msg/s | deliveries/s | received/expected | dup | p50 | p90 | "
               "p99 | p99.9 | max | server CPU s | CPU-µs/deliv | bench CPU s |")
     md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for rs in s1.values():
+    for rs in [*s1.values(), *light.values()]:
         for r in rs:
             md.append(row(r["label"], r))
     for rate, runs in s2:
@@ -367,7 +380,7 @@ def main():
                   "pods run `herald serve --http-addr=IP:28080 --grpc-addr=IP:29090 "
                   "--peer-addr=IP:27070 --discovery=static "
                   "--peers=127.0.0.1:27070,127.0.0.2:27070` (plus the flags named in a run's "
-                  "label), restarted before each S1 variant, S2, S3 and S4.\n")
+                  "label), restarted before each S1 and L variant, S2, S3 and S4.\n")
     md.append("```sh")
     md.extend(commands)
     md.append("```")
