@@ -15,7 +15,7 @@ whatever the exit path (normal, exception, SIGINT, SIGTERM).
 With `--server=nats` the same scenarios run against a 2-node NATS cluster
 (routes between 127.0.0.1 and 127.0.0.2, WebSocket listeners, publishing
 over NATS's TCP port on the first) driven by the same herald-bench, and the
-report is bench/results/<UTC date>-nats-<version>.md.
+report is bench/results/<UTC date>-nats-<version>-<short commit>.md.
 
 Python 3 standard library only. `make bench` builds the binaries first.
 """
@@ -231,7 +231,7 @@ def main():
         version = subprocess.run([args.nats_server, "--version"], stdout=subprocess.PIPE,
                                  text=True, check=True).stdout.split()[-1]
         name = f"NATS {version.lstrip('v')}"
-        stem = f"{now:%Y-%m-%d}-nats-{version}"
+        stem = f"{now:%Y-%m-%d}-nats-{version}-{commit}"
     else:
         name = "herald"
         stem = f"{now:%Y-%m-%d}-{commit}"
@@ -369,7 +369,7 @@ def main():
     if server == "nats":
         md.append(f"Each with `{' '.join(target_args(server))} --pids=<both nodes> --json=-`; "
                   "nodes run `nats-server -c` with this configuration (IP and the route "
-                  "to the other node filled in), restarted before S1, S2, S3 and S4:\n")
+                  "to the other node filled in), restarted before S1, L, S2, S3 and S4:\n")
         md.append("```")
         md.append(NATS_CONFIG.format(ip="IP", client=NATS_PORT, http=NATS_HTTP_PORT,
                                      ws=NATS_WS_PORT, route=NATS_ROUTE_PORT,
