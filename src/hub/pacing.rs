@@ -163,6 +163,13 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// Records enough writes `late` for the average to settle there.
+    fn steady(pacing: &Pacing, late: Duration, held: bool) {
+        for _ in 0..10_000 {
+            pacing.record(late, held);
+        }
+    }
+
     #[test]
     fn settings_parse_and_print_back() {
         for (text, setting) in [
@@ -184,9 +191,7 @@ mod tests {
     #[test]
     fn a_fixed_delay_ignores_lateness() {
         let pacing = Pacing::new(WriteDelay::Fixed(ms(20)));
-        for _ in 0..10_000 {
-            pacing.record(ms(100), false);
-        }
+        steady(&pacing, ms(100), false);
         assert_eq!(pacing.delay(), ms(20));
         assert_eq!(Pacing::default().delay(), Duration::ZERO);
     }
@@ -194,48 +199,36 @@ mod tests {
     #[test]
     fn auto_holds_nothing_while_writes_run_on_time() {
         let pacing = Pacing::new(WriteDelay::Auto { max: ms(20) });
-        for _ in 0..10_000 {
-            pacing.record(Duration::from_micros(20), false);
-        }
+        steady(&pacing, Duration::from_micros(20), false);
         assert_eq!(pacing.delay(), Duration::ZERO);
     }
 
     #[test]
     fn auto_holds_in_proportion_to_lateness_up_to_its_maximum() {
         let pacing = Pacing::new(WriteDelay::Auto { max: ms(20) });
-        for _ in 0..10_000 {
-            pacing.record(Duration::from_micros(100), false);
-        }
+        steady(&pacing, Duration::from_micros(100), false);
         let delay = pacing.delay();
         assert!(
             delay > ms(3) && delay <= Duration::from_micros(3200),
             "100 µs late gave {delay:?}"
         );
-        for _ in 0..10_000 {
-            pacing.record(ms(50), false);
-        }
+        steady(&pacing, ms(50), false);
         assert_eq!(pacing.delay(), ms(20));
     }
 
     #[test]
     fn auto_lets_go_once_the_pod_catches_up() {
         let pacing = Pacing::new(WriteDelay::Auto { max: ms(20) });
-        for _ in 0..10_000 {
-            pacing.record(ms(10), false);
-        }
+        steady(&pacing, ms(10), false);
         assert_eq!(pacing.delay(), ms(20));
-        for _ in 0..10_000 {
-            pacing.record(Duration::from_micros(20), false);
-        }
+        steady(&pacing, Duration::from_micros(20), false);
         assert_eq!(pacing.delay(), Duration::ZERO);
     }
 
     #[test]
     fn a_held_write_is_not_blamed_for_the_timers_slack() {
         let pacing = Pacing::new(WriteDelay::Auto { max: ms(20) });
-        for _ in 0..10_000 {
-            pacing.record(Duration::from_micros(900), true);
-        }
+        steady(&pacing, Duration::from_micros(900), true);
         assert_eq!(pacing.delay(), Duration::ZERO);
     }
 }
