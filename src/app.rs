@@ -221,6 +221,7 @@ pub async fn run(
         peer = ?peer_local,
         admin = ?listeners.admin.as_ref().and_then(|l| l.local_addr().ok()),
         discovery = ?cluster.discovery,
+        write_delay = %limits.write_delay,
         "herald serving"
     );
     let admin_router = http::admin(health.clone(), metrics.clone());

@@ -201,7 +201,7 @@ impl Sender {
     /// arrival, or the instant the write delay lets the session go if that
     /// is later (then `true`: the write was held). `None` with nothing
     /// queued.
-    pub fn ready_since(&self) -> Option<(Instant, bool)> {
+    pub(super) fn ready_since(&self) -> Option<(Instant, bool)> {
         let state = self.shared.lock();
         let arrived = state.queue.front()?.received();
         Some(match state.hold_until {

@@ -102,11 +102,6 @@ impl Pacing {
         }
     }
 
-    /// The setting it follows.
-    pub fn setting(&self) -> WriteDelay {
-        self.setting
-    }
-
     /// How long a session that has just written waits before its next
     /// write, now.
     pub fn delay(&self) -> Duration {
@@ -125,7 +120,8 @@ impl Pacing {
         }
     }
 
-    /// Whether writes report their lateness (only `auto` uses it).
+    /// Whether writes should [`record`](Self::record) their lateness
+    /// (only `auto` uses it; a fixed delay needs no measuring).
     pub fn follows_lateness(&self) -> bool {
         matches!(self.setting, WriteDelay::Auto { .. })
     }
@@ -134,9 +130,6 @@ impl Pacing {
     /// have been written; `held` if the delay had held it (then the
     /// timer's slack is not counted against the pod).
     pub fn record(&self, late: Duration, held: bool) {
-        if !self.follows_lateness() {
-            return;
-        }
         let late = if held {
             late.saturating_sub(TIMER_SLACK)
         } else {

@@ -276,27 +276,16 @@ mod tests {
 
     #[test]
     fn refuses_what_a_server_must_not_send() {
-        assert!(
-            matches!(parse(&[0x01, 0]), Err(Error::Frame(_))),
-            "not final"
-        );
-        assert!(
-            matches!(parse(&[0x80, 0]), Err(Error::Frame(_))),
-            "continuation"
-        );
-        assert!(
-            matches!(parse(&[0x81, 0x80]), Err(Error::Frame(_))),
-            "masked"
-        );
-        assert!(
-            matches!(parse(&[0x83, 0]), Err(Error::Frame(_))),
-            "reserved opcode"
-        );
-        let huge = [0x81, 127, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert!(
-            matches!(parse(&huge), Err(Error::Frame(_))),
-            "over the limit"
-        );
+        let huge: &[u8] = &[0x81, 127, 0, 0, 0, 1, 0, 0, 0, 0];
+        for (bytes, what) in [
+            (&[0x01, 0][..], "not final"),
+            (&[0x80, 0], "continuation"),
+            (&[0x81, 0x80], "masked"),
+            (&[0x83, 0], "reserved opcode"),
+            (huge, "over the limit"),
+        ] {
+            assert!(matches!(parse(bytes), Err(Error::Frame(_))), "{what}");
+        }
     }
 
     #[test]
