@@ -80,6 +80,9 @@ async fn bench(
     assert_eq!(report["publish_errors"], 0, "{line}");
     assert_eq!(report["received"], report["expected"], "{line}");
     assert_eq!(report["duplicates"], 0, "{line}");
+    // The wake-up probe ran over the publish window.
+    let wakeups = report["wakeup_late_ms"]["count"].as_u64();
+    assert!(wakeups.is_some_and(|n| n >= 1), "{line}");
     report
 }
 

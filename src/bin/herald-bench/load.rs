@@ -89,9 +89,8 @@ pub struct Shared {
 
 impl Shared {
     /// Fresh state for `users` users.
-    pub fn new(users: usize) -> anyhow::Result<Self> {
-        let histogram = || Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3);
-        Ok(Self {
+    pub fn new(users: usize) -> Self {
+        Self {
             start: Instant::now(),
             received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
@@ -101,23 +100,28 @@ impl Shared {
             last_rx_nanos: AtomicU64::new(0),
             ok: (0..users).map(|_| AtomicBool::new(false)).collect(),
             latency: (0..LATENCY_SHARDS)
-                .map(|_| histogram().map(Mutex::new))
-                .collect::<Result<_, _>>()?,
-            connect: Mutex::new(histogram()?),
+                .map(|_| Mutex::new(micros_histogram()))
+                .collect(),
+            connect: Mutex::new(micros_histogram()),
             stop: CancellationToken::new(),
-        })
+        }
     }
 
     /// All latency shards merged.
     pub fn latency(&self) -> Histogram<u64> {
-        let mut all =
-            Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3).expect("static bounds are valid");
+        let mut all = micros_histogram();
         for shard in &self.latency {
             // Merging histograms of identical bounds cannot fail.
             let _ = all.add(&*lock(shard));
         }
         all
     }
+}
+
+/// An empty histogram of microseconds, up to a minute at 3 significant
+/// digits.
+pub fn micros_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3).expect("static bounds are valid")
 }
 
 /// Locks a histogram, ignoring poisoning (a panicked user only loses its

@@ -16,8 +16,9 @@
 //! Modules: [`args`] (the flags), [`client`] (the users' WebSocket
 //! client), [`load`] (users and publisher), [`scan`]
 //! (the payload and the frame scanner), [`nats`] (the NATS protocol, to
-//! measure NATS the same way), [`procstat`] (`/proc` sampling), [`report`]
-//! (JSON line and table).
+//! measure NATS the same way), [`procstat`] (`/proc` sampling), [`wakeup`]
+//! (the machine's scheduling noise over the run), [`report`] (JSON line and
+//! table).
 
 mod args;
 mod client;
@@ -26,6 +27,7 @@ mod nats;
 mod procstat;
 mod report;
 mod scan;
+mod wakeup;
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -86,7 +88,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<Report> {
     let plan = args.plan()?;
     let targets = resolve(&args.ws).await?;
-    let shared = Arc::new(Shared::new(args.users)?);
+    let shared = Arc::new(Shared::new(args.users));
     let run_id = format!("bench.{:08x}", rand::random::<u32>());
     let stride = match args.topics {
         Topics::Shared => 1,
@@ -129,6 +131,7 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
 
     let window_start = procstat::sample_all(&args.pids);
     let bench_start = procstat::sample("self").unwrap_or_default();
+    let probe = wakeup::Probe::start().context("starting the wake-up probe")?;
     let mut published = load::Published::default();
     let mut expected = 0;
     let mut deliveries_per_sec = 0.0;
@@ -159,6 +162,7 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
     }
     let window_end = procstat::sample_all(&args.pids);
     let bench_end = procstat::sample("self").unwrap_or_default();
+    let wakeup_late = probe.finish();
 
     shared.stop.cancel();
     let _ = tokio::time::timeout(STOP_GRACE, async {
@@ -211,6 +215,7 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
         disconnects: shared.disconnects.load(Ordering::Relaxed),
         deliveries_per_sec,
         latency_ms: Latency::of(&shared.latency()),
+        wakeup_late_ms: Latency::of(&wakeup_late),
         server: Server {
             pids: args.pids.clone(),
             cpu_seconds,

@@ -55,6 +55,9 @@ pub struct Report {
     pub deliveries_per_sec: f64,
     /// Publish→delivery latency.
     pub latency_ms: Latency,
+    /// How late a thread sleeping 5 ms at a time woke over the same window:
+    /// the machine's scheduling noise, which every hop is exposed to.
+    pub wakeup_late_ms: Latency,
     /// The sampled server processes.
     pub server: Server,
     /// CPU seconds the bench itself used over the same window.
@@ -197,6 +200,13 @@ impl Report {
                     self.latency_ms.p99,
                     self.latency_ms.p999,
                     self.latency_ms.max
+                ),
+            ),
+            (
+                "wake-ups",
+                format!(
+                    "a sleeping thread woke late by p50 {:.2} ms, p99 {:.2}, max {:.2}",
+                    self.wakeup_late_ms.p50, self.wakeup_late_ms.p99, self.wakeup_late_ms.max
                 ),
             ),
             (
