@@ -2,9 +2,10 @@
 //! fixed or following how late the pod's writes run.
 //!
 //! A fixed delay holds every busy session for the same time, whatever the
-//! load. The adaptive one (`auto`) watches the *lateness* of every write
-//! the hub makes — how long after a message could first have been written
-//! it actually was — and holds busy sessions in proportion to it: on a
+//! load. The adaptive one (`auto`) watches the *lateness* of each batch of
+//! writes the hub makes (a fan-out chunk, or the flusher's turn) — how long
+//! after its first message could have been written the batch started —
+//! and holds busy sessions in proportion to it: on a
 //! pod with cores to spare writes are a few microseconds late and nothing
 //! is held; on one that is behind, each frame already waits for the CPU,
 //! and holding a session a little longer packs more messages into its next
@@ -27,9 +28,9 @@ const GAIN: u64 = 32;
 /// 30 µs of when they could mean the pod keeps up.
 const MIN_DELAY: Duration = Duration::from_millis(1);
 
-/// Each write moves the average lateness by 1/2^`SMOOTHING` of the way to
-/// its own: at a hundred thousand writes a second, the average follows
-/// within a few milliseconds.
+/// Each batch moves the average lateness by 1/2^`SMOOTHING` of the way to
+/// its own: at thousands of batches a second, the average follows within
+/// a fraction of a second.
 const SMOOTHING: u32 = 8;
 
 /// A held write waits on the runtime's timer, which fires up to a
@@ -120,15 +121,15 @@ impl Pacing {
         }
     }
 
-    /// Whether writes should [`record`](Self::record) their lateness
+    /// Whether batches of writes should [`record`](Self::record) their lateness
     /// (only `auto` uses it; a fixed delay needs no measuring).
     pub fn follows_lateness(&self) -> bool {
         matches!(self.setting, WriteDelay::Auto { .. })
     }
 
-    /// Records one write that started `late` after its first message could
-    /// have been written; `held` if the delay had held it (then the
-    /// timer's slack is not counted against the pod).
+    /// Records one batch of writes that started `late` after its first
+    /// message could have been written; `held` if the delay had held that
+    /// session (then the timer's slack is not counted against the pod).
     pub fn record(&self, late: Duration, held: bool) {
         let late = if held {
             late.saturating_sub(TIMER_SLACK)
