@@ -24,7 +24,7 @@ use crate::cluster::discovery::fixed::Fixed;
 use crate::cluster::discovery::index::Filter;
 use crate::cluster::discovery::kubernetes::Kubernetes;
 use crate::cluster::discovery::{Discovery as DiscoverySource, PeerSet};
-use crate::cluster::inbound::PeerService;
+use crate::cluster::inbound::{self, PeerService};
 use crate::cluster::{Mesh, MeshSettings};
 use crate::config::{AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, ListenArgs, ServeArgs};
 use crate::error::{Error, Result};
@@ -139,7 +139,7 @@ pub async fn run(
             peer_queue: cluster.peer_queue,
             max_message_bytes: limits.max_message_bytes,
             ready_timeout: cluster.peer_ready_timeout,
-            tls: peer_tls.as_ref().map(|(_, client)| client.clone()),
+            tls: peer_tls.clone(),
         },
         hub.clone(),
         tracker.clone(),
@@ -251,15 +251,29 @@ pub async fn run(
     let mut peer_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)));
-    if let Some((config, _)) = peer_tls {
-        peer_server = peer_server.tls_config(config).map_err(Error::TlsConfig)?;
-    }
     let grpc = grpc_server
         .add_routes(grpc_routes)
         .serve_with_incoming_shutdown(incoming(listeners.grpc), stop.clone().cancelled_owned());
-    let peer = peer_server
-        .add_service(peer_service)
-        .serve_with_incoming_shutdown(incoming(listeners.peer), stop.clone().cancelled_owned());
+    // The peer wire is served beside the gRPC service, on the same port;
+    // this pod does the TLS for both.
+    let accepted = inbound::Accepted::new(mesh.clone(), tracker.clone(), stop.clone());
+    let peer_server = peer_server.add_service(peer_service);
+    let peer = async {
+        match peer_tls {
+            None => {
+                let grpc = accepted.split(listeners.peer);
+                peer_server
+                    .serve_with_incoming_shutdown(grpc, stop.clone().cancelled_owned())
+                    .await
+            }
+            Some(tls) => {
+                let grpc = accepted.split_tls(listeners.peer, tls.acceptor);
+                peer_server
+                    .serve_with_incoming_shutdown(grpc, stop.clone().cancelled_owned())
+                    .await
+            }
+        }
+    };
     health.set_serving();
     let served = tokio::try_join!(
         async { http.await.map_err(|e| serve_error("http", e)) },

@@ -117,11 +117,16 @@ pub async fn peers(args: PeersArgs) -> Result<String, ClientError> {
         reply.cluster,
         reply.peers.len()
     );
-    out.push_str("ADDRESS\tCONNECTED\tCONNECTS\tDROPPED\tLAST ERROR\n");
+    out.push_str("ADDRESS\tCONNECTED\tCONNECTS\tDROPPED\tLAST ERROR\tTRANSPORT\n");
     for peer in reply.peers {
         out.push_str(&format!(
-            "{}\t{}\t{}\t{}\t{}\n",
-            peer.address, peer.connected, peer.connects, peer.dropped, peer.last_error
+            "{}\t{}\t{}\t{}\t{}\t{}\n",
+            peer.address,
+            peer.connected,
+            peer.connects,
+            peer.dropped,
+            peer.last_error,
+            peer.transport
         ));
     }
     Ok(out)

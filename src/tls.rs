@@ -1,24 +1,48 @@
 //! Reading TLS material for the gRPC API and the peer port into tonic's
-//! configurations. Certificates are read once, at start.
+//! and rustls's configurations. Certificates are read once, at start.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+use crate::cluster::wire;
 use crate::config::{ClientTlsArgs, TlsArgs};
 
-/// A TLS file that could not be read.
+/// TLS material that could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("reading TLS file {path}: {source}")]
-pub struct TlsError {
-    /// The file.
-    pub path: PathBuf,
-    /// Why.
-    pub source: std::io::Error,
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("reading TLS file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM certificate or key.
+    #[error("TLS file {path} holds no usable PEM {what}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for.
+        what: &'static str,
+        /// Why none was found.
+        reason: String,
+    },
+    /// rustls refused the material (a key that does not match the
+    /// certificate, a CA that is not a CA, a bad server name).
+    #[error("peer TLS: {0}")]
+    Config(String),
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
     })
@@ -41,9 +65,32 @@ pub fn grpc_server(args: &TlsArgs) -> Result<Option<ServerTlsConfig>, TlsError> 
     Ok(Some(config))
 }
 
-/// Mutual TLS between pods: the server side and the client side, both from
-/// the same certificate and CA, when `--peer-tls-cert-file` is set.
-pub fn peer(args: &TlsArgs) -> Result<Option<(ServerTlsConfig, ClientTlsConfig)>, TlsError> {
+/// Mutual TLS between pods, when `--peer-tls-cert-file` is set: every pod
+/// presents the same certificate as server and as client, and accepts only
+/// peers whose certificate the CA signed.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// Accepts peer connections, on the wire or (from pods of an earlier
+    /// release) HTTP/2, told apart by ALPN.
+    pub acceptor: TlsAcceptor,
+    /// Dials the peer wire.
+    pub connector: TlsConnector,
+    /// The name peers' certificates must carry.
+    pub server_name: ServerName<'static>,
+    /// Dials the gRPC `Peer` service of a pod of an earlier release.
+    pub grpc: ClientTlsConfig,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The peer port's mutual TLS, when `--peer-tls-cert-file` is set.
+pub fn peer(args: &TlsArgs) -> Result<Option<PeerTls>, TlsError> {
     let (Some(cert), Some(key), Some(ca)) = (
         &args.peer_tls_cert_file,
         &args.peer_tls_key_file,
@@ -51,16 +98,76 @@ pub fn peer(args: &TlsArgs) -> Result<Option<(ServerTlsConfig, ClientTlsConfig)>
     ) else {
         return Ok(None);
     };
-    let identity = identity(cert, key)?;
-    let ca = Certificate::from_pem(read(ca)?);
-    let server = ServerTlsConfig::new()
-        .identity(identity.clone())
-        .client_ca_root(ca.clone());
-    let client = ClientTlsConfig::new()
-        .identity(identity)
-        .ca_certificate(ca)
+    let (cert_pem, key_pem, ca_pem) = (read(cert)?, read(key)?, read(ca)?);
+    let chain = certificates(&cert_pem, cert)?;
+    let roots = roots(&ca_pem, ca)?;
+    let private_key = || {
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+            path: key.clone(),
+            what: "private key",
+            reason: e.to_string(),
+        })
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config_error = |e: rustls::Error| TlsError::Config(e.to_string());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), private_key()?)
+        .map_err(config_error)?;
+    server.alpn_protocols = vec![wire::ALPN.to_vec(), b"h2".to_vec()];
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, private_key()?)
+        .map_err(config_error)?;
+    client.alpn_protocols = vec![wire::ALPN.to_vec()];
+    let server_name = ServerName::try_from(args.peer_tls_server_name.clone())
+        .map_err(|e| TlsError::Config(format!("--peer-tls-server-name: {e}")))?;
+    let grpc = ClientTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .ca_certificate(Certificate::from_pem(ca_pem))
         .domain_name(args.peer_tls_server_name.clone());
-    Ok(Some((server, client)))
+    Ok(Some(PeerTls {
+        acceptor: TlsAcceptor::from(Arc::new(server)),
+        connector: TlsConnector::from(Arc::new(client)),
+        server_name,
+        grpc,
+    }))
+}
+
+/// Every certificate in a PEM file, in order; at least one.
+fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let found: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    match found {
+        Ok(chain) if !chain.is_empty() => Ok(chain),
+        Ok(_) => Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "certificate",
+            reason: "none found".into(),
+        }),
+        Err(e) => Err(TlsError::Pem {
+            path: path.to_owned(),
+            what: "certificate",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The CA certificates of a PEM file as trust roots.
+fn roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certificates(pem, path)? {
+        roots
+            .add(ca)
+            .map_err(|e| TlsError::Config(format!("CA {}: {e}", path.display())))?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// The client TLS `herald publish` and `herald peers` use, when a CA or a

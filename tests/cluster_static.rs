@@ -133,6 +133,8 @@ async fn herald_peers_lists_each_peer_and_its_stream_state() {
             .find(|l| l.starts_with(&format!("{ip}:{}", ports.peer)))
             .unwrap_or_else(|| panic!("{ip} missing from:\n{text}"));
         assert!(line.contains("\ttrue\t"), "{line}");
+        // Pods of this release stream to each other on the peer wire.
+        assert!(line.ends_with("\twire"), "{line}");
     }
 }
 

@@ -1,26 +1,31 @@
 //! One outgoing stream to one peer, kept up for as long as the peer is in
 //! the peer set: connect, handshake, send what the queue holds; on any
-//! failure, back off (capped, jittered) and connect again.
+//! failure, back off (capped, jittered) and connect again. The stream is a
+//! peer-wire connection ([`wire`]), or a gRPC stream to a pod of an
+//! earlier release that does not speak the wire.
 //!
 //! The queue outlives each stream, so messages published while a peer is
 //! briefly away are sent when it returns, up to the queue's bound; beyond it
 //! they are dropped for that peer, counted and logged.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures_util::{StreamExt, stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use super::backoff::Backoff;
-use super::handshake;
 use super::mesh::{Mesh, PeerInfo};
+use super::{handshake, wire};
 use crate::message::{Message, NodeId};
 use crate::proto::v1::peer_client::PeerClient;
-use crate::proto::v1::{Envelope, PeerFrame, peer_frame};
+use crate::proto::v1::{Envelope, Hello, PeerFrame, peer_frame};
 use crate::stats::{self, Counters};
 use crate::telemetry::trace;
 
@@ -32,6 +37,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most bytes of queued messages put in one write on the peer wire.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
+/// How a link's stream travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The peer wire ([`wire`]).
+    Wire,
+    /// The gRPC `Peer` service, to a pod of an earlier release.
+    Grpc,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Wire => "wire",
+            Self::Grpc => "grpc",
+        })
+    }
+}
+
 /// One peer: its queue and what is known of its stream.
 #[derive(Debug)]
 pub struct Link {
@@ -39,6 +65,8 @@ pub struct Link {
     queue: mpsc::Sender<Arc<Message>>,
     stop: CancellationToken,
     connected: AtomicBool,
+    /// Whether the stream, while up, is a gRPC one.
+    grpc: AtomicBool,
     is_self: AtomicBool,
     dropped: AtomicU64,
     connects: AtomicU64,
@@ -58,6 +86,7 @@ impl Link {
             queue,
             stop: CancellationToken::new(),
             connected: AtomicBool::new(false),
+            grpc: AtomicBool::new(false),
             is_self: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -114,6 +143,13 @@ impl Link {
             connected: self.is_connected(),
             dropped: self.dropped.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
+            transport: self.is_connected().then(|| {
+                if self.grpc.load(Ordering::Acquire) {
+                    Transport::Grpc
+                } else {
+                    Transport::Wire
+                }
+            }),
             last_error: self
                 .last_error
                 .lock()
@@ -147,24 +183,54 @@ enum LinkError {
     Stream(String),
     #[error("the address is this pod itself")]
     ItsMe,
+    #[error("no peer wire: {0}")]
+    NoWire(&'static str),
+}
+
+impl From<wire::DialError> for LinkError {
+    fn from(error: wire::DialError) -> Self {
+        match error {
+            wire::DialError::NoWire(why) => Self::NoWire(why),
+            wire::DialError::Refused(why) => Self::Refused(why),
+            wire::DialError::Wire(e) => Self::Connect(e.to_string()),
+        }
+    }
 }
 
 /// Keeps the link's stream up until the link is stopped or the pod shuts
-/// down.
+/// down. Each connection tries the peer wire first; a peer that does not
+/// answer its preface (an earlier release) gets a gRPC stream instead, and
+/// the wire again after that stream ends, in case it was upgraded.
 pub async fn run(link: Arc<Link>, queue: Queue, mesh: Mesh, shutdown: CancellationToken) {
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut wire = true;
     loop {
+        let attempt = async {
+            if wire {
+                stream_wire(&link, &queue, &mesh, &mut backoff).await
+            } else {
+                stream_grpc(&link, &queue, &mesh, &mut backoff).await
+            }
+        };
         let ended = tokio::select! {
             () = link.stop.cancelled() => return,
             () = shutdown.cancelled() => return,
-            ended = stream_once(&link, &queue, &mesh, &mut backoff) => ended,
+            ended = attempt => ended,
         };
         link.connected.store(false, Ordering::Release);
-        if let LinkError::ItsMe = ended {
-            link.is_self.store(true, Ordering::Release);
-            tracing::debug!(peer = %link.address, "peer address is this pod; not streaming to it");
-            return;
+        match ended {
+            LinkError::ItsMe => {
+                link.is_self.store(true, Ordering::Release);
+                tracing::debug!(peer = %link.address, "peer address is this pod; not streaming to it");
+                return;
+            }
+            LinkError::NoWire(why) if wire => {
+                tracing::debug!(peer = %link.address, %why, "peer does not speak the peer wire; using gRPC");
+                wire = false;
+                continue;
+            }
+            _ => wire = true,
         }
         link.record_error(&ended);
         tokio::select! {
@@ -175,8 +241,67 @@ pub async fn run(link: Arc<Link>, queue: Queue, mesh: Mesh, shutdown: Cancellati
     }
 }
 
-/// One stream's life: connect, handshake, then send until it breaks.
-async fn stream_once(
+/// One peer-wire connection's life: connect, exchange prefaces and hellos,
+/// then write what the queue holds until the connection breaks.
+async fn stream_wire(
+    link: &Link,
+    queue: &Arc<tokio::sync::Mutex<Queue>>,
+    mesh: &Mesh,
+    backoff: &mut Backoff,
+) -> LinkError {
+    let settings = mesh.settings();
+    let hello = PeerFrame {
+        kind: Some(peer_frame::Kind::Hello(handshake::hello(
+            &settings.cluster,
+            settings.node,
+            &settings.address,
+        ))),
+    };
+    let dialled = wire::dial(&link.address, settings.tls.as_ref(), &hello);
+    let (mut stream, theirs) = match tokio::time::timeout(CONNECT_TIMEOUT, dialled).await {
+        Err(_) => return LinkError::Connect("handshake timed out".into()),
+        Ok(Err(e)) => return e.into(),
+        Ok(Ok(pair)) => pair,
+    };
+    if let Err(e) = accept_hello(&theirs, &settings.cluster, settings.node) {
+        return e;
+    }
+    // NB: the previous stream may still hold the queue for a moment after
+    // it broke; this waits for it to be given back.
+    let mut queue = queue.clone().lock_owned().await;
+    up(link, backoff, Transport::Wire);
+    let mut out = BytesMut::new();
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            read = stream.read(&mut probe) => match read {
+                // The peer sends nothing after its hello; the connection
+                // ends when it goes.
+                Ok(0) => return LinkError::Stream("closed by the peer".into()),
+                Ok(_) => {}
+                Err(e) => return LinkError::Stream(e.to_string()),
+            },
+            message = queue.recv() => {
+                let Some(message) = message else {
+                    return LinkError::Stream("queue closed".into());
+                };
+                wire::encode(&envelope(&message, &link.address), &mut out);
+                // Whatever else is queued goes in the same write.
+                while out.len() < WRITE_BATCH_BYTES {
+                    let Ok(message) = queue.try_recv() else { break };
+                    wire::encode(&envelope(&message, &link.address), &mut out);
+                }
+                if let Err(e) = stream.write_all(&out).await {
+                    return LinkError::Stream(e.to_string());
+                }
+                out.clear();
+            }
+        }
+    }
+}
+
+/// One gRPC stream's life: connect, handshake, then send until it breaks.
+async fn stream_grpc(
     link: &Link,
     queue: &Arc<tokio::sync::Mutex<Queue>>,
     mesh: &Mesh,
@@ -191,7 +316,7 @@ async fn stream_once(
     let endpoint =
         Endpoint::from_shared(format!("{scheme}://{}", link.address)).and_then(|endpoint| {
             match &settings.tls {
-                Some(tls) => endpoint.tls_config(tls.clone()),
+                Some(tls) => endpoint.tls_config(tls.grpc.clone()),
                 None => Ok(endpoint),
             }
         });
@@ -247,28 +372,10 @@ async fn stream_once(
     else {
         return LinkError::Refused(handshake::Refusal::NoHello.to_string());
     };
-    if theirs.node.parse::<NodeId>().ok() == Some(settings.node) {
-        return LinkError::ItsMe;
+    if let Err(e) = accept_hello(&theirs, &settings.cluster, settings.node) {
+        return e;
     }
-    if let Err(refusal) = handshake::check(&theirs, &settings.cluster) {
-        return LinkError::Refused(refusal.to_string());
-    }
-    link.connected.store(true, Ordering::Release);
-    if link.connects.fetch_add(1, Ordering::Relaxed) > 0 {
-        stats::add(&link.counters.peer_reconnects, 1);
-    }
-    backoff.reset();
-    if link
-        .last_error
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .is_some()
-    {
-        tracing::info!(peer = %link.address, "peer stream up again");
-    } else {
-        tracing::info!(peer = %link.address, "peer stream up");
-    }
+    up(link, backoff, Transport::Grpc);
     // The peer sends nothing after its hello; the stream ends when it goes.
     loop {
         match inbound.message().await {
@@ -276,6 +383,37 @@ async fn stream_once(
             Ok(None) => return LinkError::Stream("closed by the peer".into()),
             Err(status) => return LinkError::Stream(status.message().to_owned()),
         }
+    }
+}
+
+/// Checks the peer's hello: not this pod itself, same cluster, a protocol
+/// version in common.
+fn accept_hello(theirs: &Hello, cluster: &str, node: NodeId) -> Result<(), LinkError> {
+    if theirs.node.parse::<NodeId>().ok() == Some(node) {
+        return Err(LinkError::ItsMe);
+    }
+    handshake::check(theirs, cluster).map_err(|refusal| LinkError::Refused(refusal.to_string()))
+}
+
+/// Books a stream that came up.
+fn up(link: &Link, backoff: &mut Backoff, transport: Transport) {
+    link.grpc
+        .store(transport == Transport::Grpc, Ordering::Release);
+    link.connected.store(true, Ordering::Release);
+    if link.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+        stats::add(&link.counters.peer_reconnects, 1);
+    }
+    backoff.reset();
+    let was_down = link
+        .last_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .is_some();
+    if was_down {
+        tracing::info!(peer = %link.address, %transport, "peer stream up again");
+    } else {
+        tracing::info!(peer = %link.address, %transport, "peer stream up");
     }
 }
 

@@ -15,18 +15,18 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::ClientTlsConfig;
 use tracing::Instrument;
 
 use super::PeerSet;
 use super::dedup::Dedup;
-use super::link::{self, Link};
+use super::link::{self, Link, Transport};
 use crate::hub::Hub;
 use crate::message::{Message, MessageId, NodeId, TraceContext};
 use crate::proto::v1::Envelope;
 use crate::publish::{Relay, validate};
 use crate::stats::Counters;
 use crate::telemetry::trace;
+use crate::tls::PeerTls;
 
 /// How this pod presents itself to its peers.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub struct MeshSettings {
     /// Longest wait for streams to all peers before reporting ready anyway.
     pub ready_timeout: Duration,
     /// Mutual TLS towards peers, when the peer port uses it.
-    pub tls: Option<ClientTlsConfig>,
+    pub tls: Option<PeerTls>,
 }
 
 /// What this pod knows of one peer, for `herald peers`.
@@ -60,6 +60,8 @@ pub struct PeerInfo {
     pub connects: u64,
     /// The last stream error, if any.
     pub last_error: Option<String>,
+    /// How the stream travels, while it is up.
+    pub transport: Option<Transport>,
 }
 
 /// A handle to this pod's side of the broadcast group. Clones share it.

@@ -95,6 +95,7 @@ impl PublisherApi for PublisherService {
                 dropped: p.dropped,
                 connects: p.connects,
                 last_error: p.last_error.unwrap_or_default(),
+                transport: p.transport.map(|t| t.to_string()).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(ListPeersResponse {

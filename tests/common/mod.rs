@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kube_api;
+pub mod old_pod;
 pub mod otlp;
 pub mod pod;
 pub mod process;
