@@ -89,6 +89,11 @@ impl Socket {
         &self.stream
     }
 
+    /// Whether nothing is kept unsent.
+    pub fn is_drained(&self) -> bool {
+        self.lock().rest.is_empty()
+    }
+
     /// Stops frames from [`write_now`](Self::write_now): from now on only
     /// [`Conn`] writes (a WebSocket's close frame is the last thing out).
     pub fn close_frames(&self) {
