@@ -44,7 +44,6 @@ pub mod hub;
 pub mod limit;
 pub mod message;
 pub mod metrics;
-pub mod net;
 pub mod proto;
 pub mod publish;
 pub mod shutdown;

@@ -7,22 +7,16 @@
 //! The queue outlives each stream, so messages published while a peer is
 //! briefly away are sent when it returns, up to the queue's bound; beyond it
 //! they are dropped for that peer, counted and logged.
-//!
-//! On a plain-TCP wire connection the publishing thread writes a message
-//! to the peer itself when nothing is queued before it ([`net::Socket`]):
-//! no task wake-up on the way out. What the socket cannot take at once,
-//! and everything offered while messages wait in the queue, is written by
-//! the link's task, in order.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{StreamExt, stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -30,7 +24,6 @@ use super::backoff::Backoff;
 use super::mesh::{Mesh, PeerInfo};
 use super::{handshake, wire};
 use crate::message::{Message, NodeId};
-use crate::net::{Socket, Written};
 use crate::proto::v1::peer_client::PeerClient;
 use crate::proto::v1::{Envelope, Hello, PeerFrame, peer_frame};
 use crate::stats::{self, Counters};
@@ -66,14 +59,10 @@ impl fmt::Display for Transport {
 }
 
 /// One peer: its queue and what is known of its stream.
+#[derive(Debug)]
 pub struct Link {
     address: String,
     queue: mpsc::Sender<Arc<Message>>,
-    /// The publish path's own way onto the connection, and what the queue
-    /// holds.
-    direct: Mutex<Direct>,
-    /// Tells the task that a message written directly left a rest to send.
-    flush: Notify,
     stop: CancellationToken,
     connected: AtomicBool,
     /// Whether the stream, while up, is a gRPC one.
@@ -87,16 +76,6 @@ pub struct Link {
 
 type Queue = mpsc::Receiver<Arc<Message>>;
 
-/// What decides whether the publish path may write to the peer itself.
-#[derive(Default)]
-struct Direct {
-    /// The socket of the current plain-TCP wire connection.
-    socket: Option<Arc<Socket>>,
-    /// Messages in the queue or being written by the link's task: while
-    /// there are any, new ones queue behind them.
-    queued: usize,
-}
-
 impl Link {
     /// A link to `address` with a queue of `capacity` messages, counting
     /// drops and reconnects into `counters`.
@@ -105,8 +84,6 @@ impl Link {
         let link = Arc::new(Self {
             address,
             queue,
-            direct: Mutex::default(),
-            flush: Notify::new(),
             stop: CancellationToken::new(),
             connected: AtomicBool::new(false),
             grpc: AtomicBool::new(false),
@@ -129,21 +106,9 @@ impl Link {
         self.connected.load(Ordering::Acquire)
     }
 
-    /// Whether nothing is queued for the peer, being written by its task,
-    /// or kept unsent by its socket.
+    /// Whether nothing is queued for the peer.
     pub fn is_idle(&self) -> bool {
-        let direct = self.lock_direct();
-        direct.queued == 0 && direct.socket.as_ref().is_none_or(|s| s.is_drained())
-    }
-
-    fn lock_direct(&self) -> MutexGuard<'_, Direct> {
-        self.direct.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Books `count` messages the task has taken from the queue and sent.
-    fn sent(&self, count: usize) {
-        let mut direct = self.lock_direct();
-        direct.queued = direct.queued.saturating_sub(count);
+        self.queue.capacity() == self.queue.max_capacity()
     }
 
     /// Whether this address turned out to be this pod itself.
@@ -151,44 +116,18 @@ impl Link {
         self.is_self.load(Ordering::Acquire)
     }
 
-    /// Sends `message` to the peer without waiting: written at once when
-    /// the connection can take it and nothing waits before it, else
-    /// queued; dropped (counted, logged at powers of two) when the queue is
-    /// full.
+    /// Queues `message` for the peer without waiting; drops it (counted,
+    /// logged at powers of two) when the queue is full.
     pub fn offer(&self, message: &Arc<Message>) {
         if self.is_self() {
             return;
         }
-        let mut direct = self.lock_direct();
-        if direct.queued == 0
-            && let Some(socket) = &direct.socket
-        {
-            let mut frame = BytesMut::new();
-            wire::encode(&envelope(message, &self.address), &mut frame);
-            match socket.write_now(&[], &frame) {
-                Ok(Written::All) => return,
-                Ok(Written::Partly) => {
-                    self.flush.notify_one();
-                    return;
-                }
-                Ok(Written::Busy) => {}
-                // The connection is gone: the task reconnects, and sends
-                // this one then.
-                Err(_) => direct.socket = None,
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message.clone()) {
+            stats::add(&self.counters.peer_queue_drops, 1);
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(peer = %self.address, dropped, "peer queue full: dropping messages for this peer");
             }
-        }
-        match self.queue.try_send(message.clone()) {
-            Ok(()) => direct.queued += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                drop(direct);
-                stats::add(&self.counters.peer_queue_drops, 1);
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if dropped.is_power_of_two() {
-                    tracing::warn!(peer = %self.address, dropped, "peer queue full: dropping messages for this peer");
-                }
-            }
-            // The link has stopped: the peer left.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -319,10 +258,10 @@ async fn stream_wire(
         ))),
     };
     let dialled = wire::dial(&link.address, settings.tls.as_ref(), &hello);
-    let (mut stream, socket, theirs) = match tokio::time::timeout(CONNECT_TIMEOUT, dialled).await {
+    let (mut stream, theirs) = match tokio::time::timeout(CONNECT_TIMEOUT, dialled).await {
         Err(_) => return LinkError::Connect("handshake timed out".into()),
         Ok(Err(e)) => return e.into(),
-        Ok(Ok(dialled)) => dialled,
+        Ok(Ok(pair)) => pair,
     };
     if let Err(e) = accept_hello(&theirs, &settings.cluster, settings.node) {
         return e;
@@ -331,16 +270,10 @@ async fn stream_wire(
     // it broke; this waits for it to be given back.
     let mut queue = queue.clone().lock_owned().await;
     up(link, backoff, Transport::Wire);
-    let _direct = DirectWhileUp::start(link, socket);
     let mut out = BytesMut::new();
     let mut probe = [0u8; 64];
     loop {
         tokio::select! {
-            () = link.flush.notified() => {
-                if let Err(e) = stream.flush().await {
-                    return LinkError::Stream(e.to_string());
-                }
-            }
             read = stream.read(&mut probe) => match read {
                 // The peer sends nothing after its hello; the connection
                 // ends when it goes.
@@ -353,20 +286,12 @@ async fn stream_wire(
                     return LinkError::Stream("queue closed".into());
                 };
                 wire::encode(&envelope(&message, &link.address), &mut out);
-                let mut taken = 1;
                 // Whatever else is queued goes in the same write.
                 while out.len() < WRITE_BATCH_BYTES {
                     let Ok(message) = queue.try_recv() else { break };
                     wire::encode(&envelope(&message, &link.address), &mut out);
-                    taken += 1;
                 }
-                let written = match stream.write_all(&out).await {
-                    Ok(()) => stream.flush().await,
-                    Err(e) => Err(e),
-                };
-                // Sent or lost with the connection, they left the queue.
-                link.sent(taken);
-                if let Err(e) = written {
+                if let Err(e) = stream.write_all(&out).await {
                     return LinkError::Stream(e.to_string());
                 }
                 out.clear();
@@ -375,26 +300,9 @@ async fn stream_wire(
     }
 }
 
-/// Opens the publish path's direct writes to a plain-TCP connection for as
-/// long as its stream lasts.
-struct DirectWhileUp<'a>(&'a Link);
-
-impl<'a> DirectWhileUp<'a> {
-    fn start(link: &'a Link, socket: Option<Arc<Socket>>) -> Self {
-        link.lock_direct().socket = socket;
-        Self(link)
-    }
-}
-
-impl Drop for DirectWhileUp<'_> {
-    fn drop(&mut self) {
-        self.0.lock_direct().socket = None;
-    }
-}
-
 /// One gRPC stream's life: connect, handshake, then send until it breaks.
 async fn stream_grpc(
-    link: &Arc<Link>,
+    link: &Link,
     queue: &Arc<tokio::sync::Mutex<Queue>>,
     mesh: &Mesh,
     backoff: &mut Backoff,
@@ -435,13 +343,12 @@ async fn stream_grpc(
     let first = PeerFrame {
         kind: Some(peer_frame::Kind::Hello(hello)),
     };
-    let sender = Arc::clone(link);
+    let peer = link.address.clone();
     let envelopes = stream::unfold(queue, move |mut queue| {
-        let link = sender.clone();
+        let peer = peer.clone();
         async move {
             let message = queue.recv().await?;
-            link.sent(1);
-            Some((envelope(&message, &link.address), queue))
+            Some((envelope(&message, &peer), queue))
         }
     });
     let outbound = stream::once(async { first }).chain(envelopes);
@@ -586,7 +493,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn messages_written_directly_and_queued_behind_a_full_socket_arrive_whole_and_in_order() {
+    async fn messages_queued_behind_a_full_socket_arrive_whole_and_in_order() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let address = listener.local_addr().expect("bound").to_string();
         let counters = Arc::new(Counters::default());
@@ -608,8 +515,7 @@ mod tests {
 
         // The peer reads nothing until half the messages are offered: the
         // socket fills and the rest queue. Then it reads while the other
-        // half is offered, so the task drains the queue and direct writes
-        // resume between offers.
+        // half is offered, so the queue drains and fills by turns.
         let sent = messages(400, 60 * 1024);
         let (start, started) = tokio::sync::oneshot::channel();
         let expected = sent.clone();

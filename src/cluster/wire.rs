@@ -15,7 +15,6 @@
 //! the link then streams to it over gRPC.
 
 use std::io;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -25,7 +24,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 use super::handshake::Refusal as Refused;
-use crate::net::{Conn, Socket};
 use crate::proto::v1::{Hello, PeerFrame, Refusal, peer_frame};
 use crate::tls::PeerTls;
 
@@ -168,27 +166,19 @@ impl From<io::Error> for DialError {
     }
 }
 
-/// A dialled connection: the stream its task reads and writes, the socket
-/// the publish path may write to directly (plain TCP only), and the peer's
-/// hello.
-pub type Dialled = (Box<dyn PeerIo>, Option<Arc<Socket>>, Hello);
-
 /// Connects to a peer (under TLS when `tls` is given), sends the preface
 /// and `hello`, and waits for the peer's preface and hello.
 pub async fn dial(
     address: &str,
     tls: Option<&PeerTls>,
     hello: &PeerFrame,
-) -> Result<Dialled, DialError> {
+) -> Result<(Box<dyn PeerIo>, Hello), DialError> {
     let tcp = TcpStream::connect(address).await?;
     tune(&tcp);
-    let (mut io, socket): (Box<dyn PeerIo>, _) = match tls {
-        None => {
-            let (conn, socket) = Conn::new(tcp);
-            (Box::new(conn), Some(socket))
-        }
+    let mut io: Box<dyn PeerIo> = match tls {
+        None => Box::new(tcp),
         Some(tls) => match tls.connector.connect(tls.server_name.clone(), tcp).await {
-            Ok(stream) => (Box::new(stream), None),
+            Ok(stream) => Box::new(stream),
             Err(e) if knows_no_wire(&e) => {
                 return Err(DialError::NoWire(
                     "the peer's TLS does not offer the peer wire",
@@ -225,7 +215,7 @@ pub async fn dial(
     match read_frame(&mut io, &mut buf, MAX_HANDSHAKE_BYTES).await? {
         Some(PeerFrame {
             kind: Some(peer_frame::Kind::Hello(theirs)),
-        }) => Ok((io, socket, theirs)),
+        }) => Ok((io, theirs)),
         Some(PeerFrame {
             kind: Some(peer_frame::Kind::Refusal(Refusal { reason })),
         }) => Err(DialError::Refused(reason)),

@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::pacing::Pacing;
 use crate::message::Message;
-pub use crate::net::Written;
 
 /// Identifies one session within a hub.
 pub type SessionId = u64;
@@ -48,6 +47,18 @@ pub trait Wire: Send + Sync {
     /// Writes `batch`, in order, as one frame if the transport takes it now,
     /// without waiting.
     fn write_now(&self, batch: &[Arc<Message>]) -> Written;
+}
+
+/// What a [`Wire`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// All of it is out (or the connection is closing and it was dropped).
+    All,
+    /// Part of it is out; the wire keeps the rest and sends it before
+    /// anything else once the session flushes.
+    Partly,
+    /// Nothing was taken: the transport cannot take more now.
+    Busy,
 }
 
 /// The hub's end of a mailbox. Cheap to clone.

@@ -170,7 +170,7 @@ where
         }
     };
     drop(requests);
-    outlet.socket().close_frames();
+    outlet.socket().close_messages();
     let closed = &meters.counters.connections_closed;
     stats::add(
         match end {

@@ -1,25 +1,41 @@
-//! The public listener's TCP connections, shared by their two writers
-//! ([`crate::net`]): hyper, and after the upgrade tungstenite (requests in;
-//! replies, pings and close frames out), write through the [`Conn`]; the
-//! hub's delivering threads put message frames straight on the socket
-//! ([`Outlet`], the session's [`Wire`]). A delivering thread that finds the
-//! socket busy leaves the frame to the session, which waits for it.
+//! The public listener's TCP connections, shared by their two writers.
+//!
+//! A connection is read and written by hyper, and after the upgrade by
+//! tungstenite (requests in; replies, pings and close frames out), and it
+//! is also written by the hub's delivering threads, which put message frames
+//! straight on the socket ([`Outlet`], the session's [`Wire`]). Every write
+//! goes through one lock per connection, so frames never interleave.
+//!
+//! Nothing here waits while holding the lock: a write takes what the kernel
+//! accepts now, and keeps the rest of a frame to send before anything else.
+//! hyper's and tungstenite's writes are accepted into that rest (a bounded
+//! amount) and sent when they flush; a delivering thread that finds a rest
+//! leaves the frame to the session ([`Written::Busy`]), which waits for the
+//! socket.
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::session::Meters;
 use crate::hub::{Wire, Written};
 use crate::message::Message;
-use crate::net::{Conn, Socket};
 use crate::stats;
+
+/// Most bytes of hyper's and tungstenite's writes kept unsent before they
+/// have to wait for the socket: room for a frame of coalesced messages and
+/// a few replies.
+const REST_LIMIT: usize = 128 * 1024;
 
 /// Accepts TCP connections for the public router, with `TCP_NODELAY` set,
 /// as [`Conn`]s whose sockets the gateway can hand to the hub.
@@ -43,13 +59,16 @@ impl Listener for SharedListener {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        (Conn::new(stream).0, addr)
+        (Conn(Arc::new(Socket::new(stream))), addr)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.0.local_addr()
     }
 }
+
+/// One accepted connection as hyper sees it.
+pub struct Conn(Arc<Socket>);
 
 /// The connection a request arrived on: the extension through which the
 /// WebSocket gateway reaches the socket under an upgrade.
@@ -58,7 +77,108 @@ pub struct Connection(pub Arc<Socket>);
 
 impl Connected<IncomingStream<'_, SharedListener>> for Connection {
     fn connect_info(stream: IncomingStream<'_, SharedListener>) -> Self {
-        Self(stream.io().socket().clone())
+        Self(stream.io().0.clone())
+    }
+}
+
+/// A TCP socket and what is waiting to be written to it.
+pub struct Socket {
+    stream: TcpStream,
+    out: Mutex<Out>,
+}
+
+struct Out {
+    /// Bytes accepted but not yet written; they go before anything else.
+    rest: Vec<u8>,
+    /// The session is closing: no more message frames.
+    closed: bool,
+}
+
+impl Socket {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            out: Mutex::new(Out {
+                rest: Vec::new(),
+                closed: false,
+            }),
+        }
+    }
+
+    // NB: a poisoned lock only means a thread panicked while holding it;
+    // the buffer is still whole, so writing carries on.
+    fn lock(&self) -> MutexGuard<'_, Out> {
+        self.out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops message frames: from now on the session's close frame is the
+    /// last thing written.
+    pub fn close_messages(&self) {
+        self.lock().closed = true;
+    }
+
+    /// Writes what is kept unsent, waiting for the socket as needed.
+    pub async fn flush(&self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Waits until the socket can take more bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.stream.writable().await
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let mut out = self.lock();
+            match self.send_rest(&mut out) {
+                Ok(true) => return Poll::Ready(Ok(())),
+                Ok(false) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            drop(out);
+            ready!(self.stream.poll_write_ready(cx))?;
+        }
+    }
+
+    /// Writes as much of the rest as the socket takes now. Ok(true) once
+    /// nothing is left.
+    fn send_rest(&self, out: &mut Out) -> io::Result<bool> {
+        while !out.rest.is_empty() {
+            match self.stream.try_write(&out.rest) {
+                Ok(n) => {
+                    out.rest.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        // Frees a slow client's buffer once it has caught up.
+        out.rest = Vec::new();
+        Ok(true)
+    }
+
+    /// Writes `head` then `body` now, keeping whatever the socket does not
+    /// take. `None` if it took nothing (the socket is full).
+    fn write_frame(&self, out: &mut Out, head: &[u8], body: &[u8]) -> io::Result<Option<Written>> {
+        let bufs = [head, body];
+        let total = head.len() + body.len();
+        let slices = [IoSlice::new(head), IoSlice::new(body)];
+        let mut sent = match self.stream.try_write_vectored(&slices) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if sent == total {
+            return Ok(Some(Written::All));
+        }
+        for buf in bufs {
+            let skip = sent.min(buf.len());
+            out.rest.extend_from_slice(&buf[skip..]);
+            sent -= skip;
+        }
+        Ok(Some(Written::Partly))
     }
 }
 
@@ -91,6 +211,13 @@ impl Wire for Outlet {
         let Some(first) = batch.first() else {
             return Written::All;
         };
+        let mut out = self.socket.lock();
+        if out.closed {
+            return Written::All;
+        }
+        if !out.rest.is_empty() {
+            return Written::Busy;
+        }
         let joined;
         let payload: &[u8] = match batch {
             [one] => one.frame().as_bytes(),
@@ -101,21 +228,20 @@ impl Wire for Outlet {
         };
         let mut header = [0u8; 10];
         let header = text_header(payload.len(), &mut header);
-        match self.socket.write_now(header, payload) {
-            Ok(Written::Busy) => Written::Busy,
-            Ok(written) => {
+        match self.socket.write_frame(&mut out, header, payload) {
+            Ok(Some(written)) => {
+                drop(out);
                 stats::add(&self.meters.counters.bytes_out, payload.len() as u64);
                 let waited = first.received().elapsed().as_secs_f64();
                 self.meters.latency.record(waited, &[]);
                 written
             }
+            Ok(None) => Written::Busy,
             Err(e) => {
-                // The session is closing, or the connection is gone (its
-                // session sees that on its next read and ends): the frame
-                // is dropped.
-                if e.kind() != io::ErrorKind::NotConnected {
-                    tracing::debug!(error = %e, "message write failed");
-                }
+                // The connection is gone; its session sees that on its next
+                // read and ends. Nothing more is written to it.
+                tracing::debug!(error = %e, "message write failed");
+                out.closed = true;
                 Written::All
             }
         }
@@ -150,12 +276,62 @@ fn text_header(len: usize, buf: &mut [u8; 10]) -> &[u8] {
     &buf[..used]
 }
 
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let stream = &self.0.stream;
+        loop {
+            ready!(stream.poll_read_ready(cx))?;
+            match stream.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let socket = &*self.0;
+        loop {
+            let mut out = socket.lock();
+            if socket.send_rest(&mut out)? && socket.write_frame(&mut out, &[], buf)?.is_some() {
+                return Poll::Ready(Ok(buf.len()));
+            }
+            if out.rest.len() + buf.len() <= REST_LIMIT {
+                out.rest.extend_from_slice(buf);
+                return Poll::Ready(Ok(buf.len()));
+            }
+            drop(out);
+            ready!(socket.stream.poll_write_ready(cx))?;
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.0.poll_flush(cx))?;
+        Poll::Ready(socket2::SockRef::from(&self.0.stream).shutdown(Shutdown::Write))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use tokio::io::AsyncReadExt;
-
-    use tokio::net::TcpStream;
 
     use super::*;
     use crate::message::{IdGenerator, NodeId};
@@ -168,9 +344,8 @@ mod tests {
         Arc::new(Message::new(ids.next_id(), topic, data, NodeId::random()))
     }
 
-    /// An outlet on one end of a loopback connection (and the connection
-    /// as hyper would hold it), and the other end.
-    async fn pair() -> (Outlet, Conn, TcpStream, Arc<Counters>) {
+    /// An outlet on one end of a loopback connection, and the other end.
+    async fn pair() -> (Outlet, TcpStream, Arc<Counters>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"));
         let (client, accepted) = tokio::join!(client, listener.accept());
@@ -182,13 +357,8 @@ mod tests {
                 .f64_histogram("latency")
                 .build(),
         };
-        let (conn, socket) = Conn::new(server);
-        (
-            Outlet::new(socket, meters),
-            conn,
-            client.expect("connect"),
-            counters,
-        )
+        let outlet = Outlet::new(Arc::new(Socket::new(server)), meters);
+        (outlet, client.expect("connect"), counters)
     }
 
     /// Reads one unmasked frame: its first byte and its payload.
@@ -218,7 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_goes_out_as_one_text_frame_of_newline_separated_messages() {
-        let (outlet, _, mut client, counters) = pair().await;
+        let (outlet, mut client, counters) = pair().await;
         let ids = IdGenerator::new(NodeId::random());
         let batch = [message(&ids, "1"), message(&ids, "2")];
         assert_eq!(outlet.write_now(&batch[..1]), Written::All);
@@ -242,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_socket_keeps_the_rest_of_a_frame_and_sends_it_first() {
-        let (outlet, mut conn, mut client, _) = pair().await;
+        let (outlet, mut client, _) = pair().await;
         let ids = IdGenerator::new(NodeId::random());
         let big = message(&ids, &format!("\"{}\"", "x".repeat(60_000)));
         // The client reads nothing until the socket is full.
@@ -262,6 +432,7 @@ mod tests {
             );
         }
         // What hyper or tungstenite write now queues behind the rest.
+        let mut conn = Conn(outlet.socket.clone());
         let pong = [0x8a, 0];
         let reader = tokio::spawn(async move {
             for _ in 0..sent {
@@ -279,9 +450,9 @@ mod tests {
 
     #[tokio::test]
     async fn after_close_no_message_frame_is_written() {
-        let (outlet, _, mut client, _) = pair().await;
+        let (outlet, mut client, _) = pair().await;
         let ids = IdGenerator::new(NodeId::random());
-        outlet.socket().close_frames();
+        outlet.socket().close_messages();
         assert_eq!(outlet.write_now(&[message(&ids, "1")]), Written::All);
         drop(outlet);
         let mut rest = Vec::new();
