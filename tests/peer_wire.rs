@@ -23,12 +23,7 @@ async fn join(pod_peer: u16) -> (TcpStream, BytesMut) {
     let mut out = BytesMut::new();
     out.put_slice(wire::PREFACE);
     let hello = handshake::hello("herald", NodeId::random(), "127.0.0.9:7070");
-    wire::encode(
-        &PeerFrame {
-            kind: Some(peer_frame::Kind::Hello(hello)),
-        },
-        &mut out,
-    );
+    wire::encode(&PeerFrame::from(hello), &mut out);
     stream.write_all(&out).await.expect("sent");
     let mut preface = [0; 16];
     stream.read_exact(&mut preface).await.expect("a preface");

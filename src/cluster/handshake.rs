@@ -2,7 +2,7 @@
 //! to and which protocol versions it speaks, and refuses a mismatch.
 
 use crate::message::NodeId;
-use crate::proto::v1::Hello;
+use crate::proto::v1::{Hello, PeerFrame, peer_frame};
 
 /// The peer protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -46,6 +46,15 @@ pub fn hello(cluster: &str, node: NodeId, address: &str) -> Hello {
         min_protocol_version: MIN_PROTOCOL_VERSION,
         node: node.to_string(),
         address: address.to_owned(),
+    }
+}
+
+/// A hello as the first frame of a stream.
+impl From<Hello> for PeerFrame {
+    fn from(hello: Hello) -> Self {
+        Self {
+            kind: Some(peer_frame::Kind::Hello(hello)),
+        }
     }
 }
 

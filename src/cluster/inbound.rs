@@ -89,13 +89,10 @@ impl Peer for PeerService {
             tracing::warn!(?remote, peer = %theirs.address, %refusal, "refusing a peer stream");
             return Err(Status::failed_precondition(refusal.to_string()));
         }
-        let ours = handshake::hello(&settings.cluster, settings.node, &settings.address);
         // The reply stream carries our hello, then stays open for as long as
         // the receiving task holds `reply`.
         let (reply, replies) = mpsc::channel(1);
-        let _ = reply.try_send(Ok(PeerFrame {
-            kind: Some(peer_frame::Kind::Hello(ours)),
-        }));
+        let _ = reply.try_send(Ok(PeerFrame::from(settings.hello())));
         let mesh = self.mesh.clone();
         let shutdown = self.shutdown.clone();
         let span = tracing::debug_span!("peer_inbound", peer = %theirs.address);
@@ -291,13 +288,7 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
         let _ = wire::answer(&mut stream, &refused).await;
         return;
     }
-    let ours = PeerFrame {
-        kind: Some(peer_frame::Kind::Hello(handshake::hello(
-            &settings.cluster,
-            settings.node,
-            &settings.address,
-        ))),
-    };
+    let ours = PeerFrame::from(settings.hello());
     if wire::answer(&mut stream, &ours).await.is_err() {
         return;
     }

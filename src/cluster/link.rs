@@ -250,13 +250,7 @@ async fn stream_wire(
     backoff: &mut Backoff,
 ) -> LinkError {
     let settings = mesh.settings();
-    let hello = PeerFrame {
-        kind: Some(peer_frame::Kind::Hello(handshake::hello(
-            &settings.cluster,
-            settings.node,
-            &settings.address,
-        ))),
-    };
+    let hello = PeerFrame::from(settings.hello());
     let dialled = wire::dial(&link.address, settings.tls.as_ref(), &hello);
     let (mut stream, theirs) = match tokio::time::timeout(CONNECT_TIMEOUT, dialled).await {
         Err(_) => return LinkError::Connect("handshake timed out".into()),
@@ -339,10 +333,7 @@ async fn stream_grpc(
     // NB: the previous stream's body may still hold the queue for a moment
     // after it broke; this waits for it to be dropped.
     let queue = queue.clone().lock_owned().await;
-    let hello = handshake::hello(&settings.cluster, settings.node, &settings.address);
-    let first = PeerFrame {
-        kind: Some(peer_frame::Kind::Hello(hello)),
-    };
+    let first = PeerFrame::from(settings.hello());
     let peer = link.address.clone();
     let envelopes = stream::unfold(queue, move |mut queue| {
         let peer = peer.clone();
@@ -504,10 +495,7 @@ mod tests {
         let (mut peer, _) = listener.accept().await.expect("accepts");
         let mut buf = BytesMut::new();
         wire::read_hello(&mut peer, &mut buf).await.expect("hello");
-        let hello = handshake::hello("test", NodeId::random(), "127.0.0.1:7071");
-        let answer = PeerFrame {
-            kind: Some(peer_frame::Kind::Hello(hello)),
-        };
+        let answer = PeerFrame::from(handshake::hello("test", NodeId::random(), "127.0.0.1:7071"));
         wire::answer(&mut peer, &answer).await.expect("answers");
         while !link.is_connected() {
             tokio::time::sleep(Duration::from_millis(5)).await;

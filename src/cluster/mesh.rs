@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::PeerSet;
 use super::dedup::Dedup;
 use super::link::{self, Link, Transport};
+use super::{PeerSet, handshake};
 use crate::hub::Hub;
 use crate::message::{Message, MessageId, NodeId, TraceContext};
-use crate::proto::v1::Envelope;
+use crate::proto::v1::{Envelope, Hello};
 use crate::publish::{Relay, validate};
 use crate::stats::Counters;
 use crate::telemetry::trace;
@@ -45,6 +45,13 @@ pub struct MeshSettings {
     pub ready_timeout: Duration,
     /// Mutual TLS towards peers, when the peer port uses it.
     pub tls: Option<PeerTls>,
+}
+
+impl MeshSettings {
+    /// This pod's hello.
+    pub fn hello(&self) -> Hello {
+        handshake::hello(&self.cluster, self.node, &self.address)
+    }
 }
 
 /// What this pod knows of one peer, for `herald peers`.
