@@ -8,7 +8,7 @@
 PYTHON3 ?= python3
 CARGO   ?= cargo
 
-.PHONY: bench bench-quick bench-micro
+.PHONY: bench bench-quick bench-micro bench-floor
 
 bench: ## Run S1-S4 on a local 2-pod cluster (127.0.0.1-2); results to bench/results/
 	$(CARGO) build --release --bin herald --bin herald-bench
@@ -20,6 +20,19 @@ bench-quick: ## A shorter `make bench` (fewer S2 steps, shorter runs), to try th
 
 bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup, loopback write
 	$(CARGO) bench --bench hot_paths
+
+# The floor: S1's and S4's load shapes served by an ideal server (threads
+# copying prepared frames to sockets), so herald's figures can be read
+# against what this machine allows. About five minutes.
+FLOOR_REPORT = bench/results/$(shell date -u +%Y-%m-%d)-floor-$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown).md
+
+bench-floor: ## What an ideal server reaches on S1's and S4's load shapes on this machine; report to bench/results/
+	@mkdir -p bench/results
+	{ echo "# Machine floor (benches/floor.rs), $$(date -u '+%Y-%m-%d %H:%M') UTC"; echo; \
+	  echo "- Machine: $$(nproc) CPUs, $$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), Linux $$(uname -r)"; \
+	  echo "- Medians of 3 runs of 10 s per case, cases interleaved; latencies from the publish tick"; echo; \
+	  $(CARGO) bench --bench floor; } > $(FLOOR_REPORT)
+	@cat $(FLOOR_REPORT)
 
 # nats-server for `make bench-nats` and the harness's smoke test (tests/
 # bench_smoke.rs): Debian's package, unpacked under target/ (no system
