@@ -24,7 +24,9 @@
 //!
 //! Every case runs three times, interleaved with the others; the table
 //! gives medians. Run with `make bench-floor` (or
-//! `cargo bench --bench floor`); a run takes about five minutes.
+//! `cargo bench --bench floor`); a run takes about five minutes. Under
+//! `cargo test` and `cargo nextest` (as the test `smoke`) each case runs
+//! once, small and short, and fails if a message is missing.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,14 +43,34 @@ const MESSAGE: usize = 200;
 /// Digits of the send time at the start of each message.
 const STAMP: usize = 20;
 
-/// How long each run publishes.
-const RUN: Duration = Duration::from_secs(10);
-
 /// How long a run waits for missing deliveries while none arrive.
 const PATIENCE: Duration = Duration::from_secs(3);
 
-/// Runs of each case.
-const ROUNDS: usize = 3;
+/// How long and how big the runs are.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// How long each run publishes.
+    run: Duration,
+    /// Runs of each case.
+    rounds: usize,
+    /// Each case's users are divided by this.
+    shrink: usize,
+}
+
+/// `cargo bench`: the cases at full size.
+const FULL: Mode = Mode {
+    run: Duration::from_secs(10),
+    rounds: 3,
+    shrink: 1,
+};
+
+/// `cargo test`: every case once, small and short, checking that every
+/// message arrives, so the bench cannot rot unnoticed.
+const SMOKE: Mode = Mode {
+    run: Duration::from_millis(200),
+    rounds: 1,
+    shrink: 50,
+};
 
 /// One load shape with its parameters.
 #[derive(Clone, Copy)]
@@ -82,6 +104,21 @@ impl Case {
             Case::Fanout { users, .. } | Case::Chain { users, .. } => users,
         }
     }
+
+    fn shrunk(self, by: usize) -> Self {
+        match self {
+            Case::Fanout { users, rate, batch } => Case::Fanout {
+                users: users / by,
+                rate,
+                batch,
+            },
+            Case::Chain { users, rate, hops } => Case::Chain {
+                users: users / by,
+                rate,
+                hops,
+            },
+        }
+    }
 }
 
 /// What one run measured.
@@ -107,6 +144,20 @@ struct Users {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--list") {
+        // A test runner (cargo nextest) asks what to run: the smoke, which
+        // is not an ignored test.
+        if !args.iter().any(|arg| arg == "--ignored") {
+            println!("smoke: test");
+        }
+        return;
+    }
+    let mode = if args.iter().any(|arg| arg == "--bench") {
+        FULL
+    } else {
+        SMOKE
+    };
     let cases = [
         Case::Fanout {
             users: 1000,
@@ -144,10 +195,11 @@ fn main() {
             hops: 2,
         },
     ];
+    let cases = cases.map(|case| case.shrunk(mode.shrink));
     let mut outcomes: Vec<Vec<Outcome>> = cases.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
+    for round in 1..=mode.rounds {
         for (case, runs) in cases.iter().zip(&mut outcomes) {
-            let outcome = run(*case);
+            let outcome = run(*case, mode.run);
             eprintln!(
                 "round {round}: {}: p50 {:.2} ms, p99 {:.2} ms, {}/{} delivered",
                 case.name(),
@@ -155,6 +207,12 @@ fn main() {
                 ms(percentile(&outcome.latency, 0.99)),
                 outcome.received,
                 outcome.expected,
+            );
+            assert_eq!(
+                outcome.received,
+                outcome.expected,
+                "{}: every message reaches every user",
+                case.name()
             );
             runs.push(outcome);
         }
@@ -178,9 +236,9 @@ fn main() {
     }
 }
 
-/// Connects the case's users, runs its load for [`RUN`], waits for the
+/// Connects the case's users, runs its load for `length`, waits for the
 /// deliveries and measures.
-fn run(case: Case) -> Outcome {
+fn run(case: Case, length: Duration) -> Outcome {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -207,8 +265,8 @@ fn run(case: Case) -> Outcome {
     let probe = Probe::start();
     let cpu_before = process_cpu_seconds();
     let expected = match case {
-        Case::Fanout { rate, batch, .. } => fanout(&users, sockets, rate, batch),
-        Case::Chain { rate, hops, .. } => chain(&users, sockets, rate, hops),
+        Case::Fanout { rate, batch, .. } => fanout(&users, sockets, rate, length, batch),
+        Case::Chain { rate, hops, .. } => chain(&users, sockets, rate, length, hops),
     };
     let mut last = (users.received.load(Ordering::Relaxed), Instant::now());
     while last.0 < expected && last.1.elapsed() < PATIENCE {
@@ -280,8 +338,14 @@ async fn read_user(addr: SocketAddr, users: Arc<Users>) {
 }
 
 /// The S1 shape; returns the deliveries to expect.
-fn fanout(users: &Users, sockets: Vec<TcpStream>, rate: u32, batch: usize) -> u64 {
-    let messages = (f64::from(rate) * RUN.as_secs_f64()) as usize;
+fn fanout(
+    users: &Users,
+    sockets: Vec<TcpStream>,
+    rate: u32,
+    length: Duration,
+    batch: usize,
+) -> u64 {
+    let messages = (f64::from(rate) * length.as_secs_f64()) as usize;
     let tick = Duration::from_secs(1) / rate;
     let start = users.base.elapsed() + Duration::from_millis(10);
     let count = sockets.len() as u64;
@@ -312,8 +376,8 @@ fn fanout(users: &Users, sockets: Vec<TcpStream>, rate: u32, batch: usize) -> u6
 }
 
 /// The S4 shape; returns the deliveries to expect.
-fn chain(users: &Users, sockets: Vec<TcpStream>, rate: u32, hops: u8) -> u64 {
-    let messages = (f64::from(rate) * RUN.as_secs_f64()) as usize;
+fn chain(users: &Users, sockets: Vec<TcpStream>, rate: u32, length: Duration, hops: u8) -> u64 {
+    let messages = (f64::from(rate) * length.as_secs_f64()) as usize;
     let tick = Duration::from_secs(1) / rate;
     let start = users.base.elapsed() + Duration::from_millis(10);
     let sockets = &sockets;
