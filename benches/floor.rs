@@ -35,7 +35,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use tokio::io::AsyncReadExt;
+
+// herald-bench's own measures, shared by file: the same histogram, the same
+// wake-up probe and the same /proc reading as `make bench` reports. Their
+// unit tests run with herald-bench's; here, without a test harness, their
+// imports would be unused.
+#[path = "../src/bin/herald-bench/micros.rs"]
+mod micros;
+#[path = "../src/bin/herald-bench/procstat.rs"]
+#[allow(dead_code)] // herald-bench also samples other processes; this bench only itself
+#[cfg_attr(test, allow(unused_imports))]
+mod procstat;
+#[path = "../src/bin/herald-bench/wakeup.rs"]
+#[cfg_attr(test, allow(unused_imports))]
+mod wakeup;
+
+use micros::micros_histogram;
 
 /// Bytes per message: a 20-digit send time in microseconds, then padding.
 const MESSAGE: usize = 200;
@@ -126,11 +143,11 @@ struct Outcome {
     expected: u64,
     received: u64,
     /// Latencies in microseconds, sorted.
-    latency: Vec<u64>,
+    latency: Histogram<u64>,
     cpu_seconds: f64,
     /// How late a thread sleeping 5 ms at a time woke, in microseconds,
     /// sorted.
-    wakeup_late: Vec<u64>,
+    wakeup_late: Histogram<u64>,
 }
 
 /// The readers' side: counters and the latencies each user hands in when
@@ -140,7 +157,7 @@ struct Users {
     received: AtomicU64,
     /// Users whose connection has ended and who handed in their latencies.
     finished: AtomicU64,
-    latency: Mutex<Vec<u64>>,
+    latency: Mutex<Histogram<u64>>,
 }
 
 fn main() {
@@ -203,8 +220,8 @@ fn main() {
             eprintln!(
                 "round {round}: {}: p50 {:.2} ms, p99 {:.2} ms, {}/{} delivered",
                 case.name(),
-                ms(percentile(&outcome.latency, 0.5)),
-                ms(percentile(&outcome.latency, 0.99)),
+                ms(quantile(&outcome.latency, 0.5)),
+                ms(quantile(&outcome.latency, 0.99)),
                 outcome.received,
                 outcome.expected,
             );
@@ -227,11 +244,11 @@ fn main() {
         println!(
             "| {} | {delivered}/{expected} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             case.name(),
-            median(runs, |o| ms(percentile(&o.latency, 0.5))),
-            median(runs, |o| ms(percentile(&o.latency, 0.99))),
-            median(runs, |o| ms(percentile(&o.latency, 1.0))),
+            median(runs, |o| ms(quantile(&o.latency, 0.5))),
+            median(runs, |o| ms(quantile(&o.latency, 0.99))),
+            median(runs, |o| ms(quantile(&o.latency, 1.0))),
             median(runs, |o| o.cpu_seconds * 1e6 / o.received.max(1) as f64),
-            median(runs, |o| ms(percentile(&o.wakeup_late, 0.99))),
+            median(runs, |o| ms(quantile(&o.wakeup_late, 0.99))),
         );
     }
     println!("\n## Every run\n");
@@ -247,11 +264,11 @@ fn main() {
                 n + 1,
                 o.received,
                 o.expected,
-                ms(percentile(&o.latency, 0.5)),
-                ms(percentile(&o.latency, 0.99)),
-                ms(percentile(&o.latency, 1.0)),
+                ms(quantile(&o.latency, 0.5)),
+                ms(quantile(&o.latency, 0.99)),
+                ms(quantile(&o.latency, 1.0)),
                 o.cpu_seconds * 1e6 / o.received.max(1) as f64,
-                ms(percentile(&o.wakeup_late, 0.99)),
+                ms(quantile(&o.wakeup_late, 0.99)),
             );
         }
     }
@@ -271,7 +288,7 @@ fn run(case: Case, length: Duration) -> Outcome {
         base: Instant::now(),
         received: AtomicU64::new(0),
         finished: AtomicU64::new(0),
-        latency: Mutex::new(Vec::new()),
+        latency: Mutex::new(micros_histogram()),
     });
     let sockets: Vec<TcpStream> = (0..case.users())
         .map(|_| {
@@ -283,8 +300,8 @@ fn run(case: Case, length: Duration) -> Outcome {
         .collect();
     thread::sleep(Duration::from_millis(200));
 
-    let probe = Probe::start();
-    let cpu_before = process_cpu_seconds();
+    let probe = wakeup::Probe::start().expect("starting the wake-up probe");
+    let cpu_before = cpu_seconds();
     let expected = match case {
         Case::Fanout { rate, batch, .. } => fanout(&users, sockets, rate, length, batch),
         Case::Chain { rate, hops, .. } => chain(&users, sockets, rate, length, hops),
@@ -297,7 +314,7 @@ fn run(case: Case, length: Duration) -> Outcome {
             last = (now, Instant::now());
         }
     }
-    let cpu_seconds = process_cpu_seconds() - cpu_before;
+    let cpu_seconds = cpu_seconds() - cpu_before;
     let wakeup_late = probe.finish();
     // The server ends are closed by now, so every user hands in its
     // latencies and ends.
@@ -307,9 +324,10 @@ fn run(case: Case, length: Duration) -> Outcome {
         thread::sleep(Duration::from_millis(20));
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let mut latency =
-        std::mem::take(&mut *users.latency.lock().unwrap_or_else(PoisonError::into_inner));
-    latency.sort_unstable();
+    let latency = std::mem::replace(
+        &mut *users.latency.lock().unwrap_or_else(PoisonError::into_inner),
+        micros_histogram(),
+    );
     Outcome {
         expected,
         received: users.received.load(Ordering::Relaxed),
@@ -328,7 +346,7 @@ async fn read_user(addr: SocketAddr, users: Arc<Users>) {
     socket.set_nodelay(true).expect("TCP_NODELAY");
     let mut buffer = vec![0u8; 64 * 1024];
     let mut filled = 0;
-    let mut latency = Vec::new();
+    let mut latency = micros_histogram();
     while let Ok(read) = socket.read(&mut buffer[filled..]).await {
         if read == 0 {
             break;
@@ -342,7 +360,7 @@ async fn read_user(addr: SocketAddr, users: Arc<Users>) {
                 break;
             }
             for message in buffer[at + 4..at + 4 + length].chunks(MESSAGE) {
-                latency.push(now.saturating_sub(stamp(message)));
+                latency.saturating_record(now.saturating_sub(stamp(message)));
                 users.received.fetch_add(1, Ordering::Relaxed);
             }
             at += 4 + length;
@@ -354,7 +372,8 @@ async fn read_user(addr: SocketAddr, users: Arc<Users>) {
         .latency
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .extend(latency);
+        .add(&latency)
+        .expect("histograms of the same bounds add");
     users.finished.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -498,61 +517,14 @@ fn sleep_until(base: Instant, due: Duration) {
     }
 }
 
-/// A thread that sleeps 5 ms at a time and records how late it woke: the
-/// machine's scheduling noise beside each run.
-struct Probe {
-    stop: Arc<AtomicU64>,
-    thread: thread::JoinHandle<Vec<u64>>,
+/// This process's CPU seconds so far (writers, readers and all).
+fn cpu_seconds() -> f64 {
+    procstat::sample("self").map_or(0.0, |s| s.cpu_seconds)
 }
 
-impl Probe {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicU64::new(0));
-        let flag = Arc::clone(&stop);
-        let thread = thread::spawn(move || {
-            let mut late = Vec::new();
-            while flag.load(Ordering::Relaxed) == 0 {
-                let asked = Instant::now();
-                thread::sleep(Duration::from_millis(5));
-                let over = asked.elapsed().saturating_sub(Duration::from_millis(5));
-                late.push(over.as_micros() as u64);
-            }
-            late
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> Vec<u64> {
-        self.stop.store(1, Ordering::Relaxed);
-        let mut late = self.thread.join().expect("the probe thread");
-        late.sort_unstable();
-        late
-    }
-}
-
-/// This process's user + system CPU seconds (from /proc/self/stat; clock
-/// ticks are 100 a second on Linux).
-fn process_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |at: usize| {
-        fields
-            .get(at)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+/// The value at quantile `q` of `histogram`, in microseconds.
+fn quantile(histogram: &Histogram<u64>, q: f64) -> u64 {
+    histogram.value_at_quantile(q)
 }
 
 fn ms(micros: u64) -> f64 {

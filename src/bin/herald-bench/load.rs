@@ -31,16 +31,13 @@ use tonic::transport::Channel;
 
 use crate::args::{Plan, ServerKind, Topics};
 use crate::client::{Client, Frame};
+use crate::micros::micros_histogram;
 use crate::nats;
 use crate::scan::{self, Seen};
 
 /// Latency histogram shards; users pick one by index so two tasks rarely
 /// meet on a lock.
 const LATENCY_SHARDS: usize = 16;
-
-/// Largest latency recorded exactly, in microseconds (a minute); slower
-/// deliveries are recorded as this.
-const MAX_LATENCY_MICROS: u64 = 60_000_000;
 
 /// Most messages in one PublishBatch call.
 const MAX_BATCH: u64 = 1000;
@@ -116,12 +113,6 @@ impl Shared {
         }
         all
     }
-}
-
-/// An empty histogram of microseconds, up to a minute at 3 significant
-/// digits.
-pub fn micros_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3).expect("static bounds are valid")
 }
 
 /// Locks a histogram, ignoring poisoning (a panicked user only loses its

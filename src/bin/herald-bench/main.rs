@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Modules: [`args`] (the flags), [`client`] (the users' WebSocket
-//! client), [`load`] (users and publisher), [`scan`]
+//! client), [`load`] (users and publisher), [`micros`] (the histogram
+//! every measure is kept in), [`scan`]
 //! (the payload and the frame scanner), [`nats`] (the NATS protocol, to
 //! measure NATS the same way), [`procstat`] (`/proc` sampling), [`wakeup`]
 //! (the machine's scheduling noise over the run), [`report`] (JSON line and
@@ -23,6 +24,7 @@
 mod args;
 mod client;
 mod load;
+mod micros;
 mod nats;
 mod procstat;
 mod report;

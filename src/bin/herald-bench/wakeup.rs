@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::load::micros_histogram;
+use crate::micros::micros_histogram;
 
 /// How long the probe sleeps each time: 200 wake-ups a second, little
 /// next to what a run does.
