@@ -15,8 +15,10 @@ use std::thread;
 
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use herald::history::{History, Limits};
 use herald::hub::{Hub, Mailbox, Membership};
-use herald::message::{IdGenerator, Message, NodeId, compact_json};
+use herald::local::Local;
+use herald::message::{Draft, Epoch, IdGenerator, Message, NodeId, Stamp, compact_json};
 use herald::topic::Topic;
 
 /// A 128-byte document, like the end-to-end bench's payload, with the
@@ -27,14 +29,18 @@ fn topic(name: &str) -> Topic {
     Topic::new(name).expect("bench topics are valid")
 }
 
-fn message(ids: &IdGenerator, topic: Topic) -> Arc<Message> {
+fn draft(ids: &IdGenerator, topic: Topic) -> Draft {
     let data = compact_json(DOCUMENT.as_bytes()).expect("valid JSON");
-    Arc::new(Message::new(
-        ids.next_id(),
-        topic,
-        Bytes::from(data),
-        NodeId::random(),
-    ))
+    Draft::new(ids.next_id(), topic, Bytes::from(data), NodeId::random())
+}
+
+fn message(ids: &IdGenerator, topic: Topic) -> Arc<Message> {
+    let stamp = Stamp {
+        epoch: Epoch::new_for(&topic),
+        offset: 1,
+        sequencer: NodeId::random(),
+    };
+    Arc::new(Message::new(draft(ids, topic), stamp))
 }
 
 fn topic_validation(c: &mut Criterion) {
@@ -60,14 +66,20 @@ fn frame_encoding(c: &mut Criterion) {
     let ids = IdGenerator::new(NodeId::random());
     let data = Bytes::from(compact_json(DOCUMENT.as_bytes()).expect("valid JSON"));
     let room = topic("room:1");
+    let stamp = Stamp {
+        epoch: Epoch::new_for(&room),
+        offset: 42,
+        sequencer: NodeId::random(),
+    };
     group.bench_function("new_frame/128B", |b| {
         b.iter(|| {
-            Message::new(
+            let draft = Draft::new(
                 ids.next_id(),
                 room.clone(),
                 black_box(data.clone()),
                 NodeId::random(),
-            )
+            );
+            Message::new(draft, stamp)
         })
     });
     group.finish();
@@ -156,6 +168,41 @@ fn many_topics(c: &mut Criterion) {
     group.finish();
 }
 
+/// Numbering, keeping and delivering one message to 100 subscribers, as
+/// the sequencer does, with history on (the default bounds) and off
+/// (`--history-messages 0`): the cost of keeping history on the publish
+/// path.
+fn sequencing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("local/sequence");
+    let node = NodeId::random();
+    let ids = IdGenerator::new(node);
+    for (name, max_messages) in [
+        ("history_on", Limits::default().max_messages),
+        ("history_off", 0),
+    ] {
+        let hub = Hub::new();
+        let room = topic("room:1");
+        let mut sessions = sessions(&hub, &room, 100);
+        let limits = Limits {
+            max_messages,
+            ..Limits::default()
+        };
+        let local = Local::new(hub, History::new(limits), node);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    drain(&mut sessions);
+                    vec![draft(&ids, room.clone())]
+                },
+                |drafts| local.sequence(black_box(drafts), &|_| {}),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 /// One blocking `write` of a 200-byte frame (an S1 delivery: the message
 /// object around a 128-byte payload, plus the WebSocket header) to a
 /// loopback TCP connection whose other end a thread drains. This is the
@@ -184,6 +231,7 @@ criterion_group!(
     frame_encoding,
     fan_out,
     many_topics,
+    sequencing,
     loopback_write
 );
 criterion_main!(benches);

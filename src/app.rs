@@ -18,19 +18,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::auth::TopicPatterns;
 use crate::auth::{ApiTokens, JwtSettings, Verifier};
 use crate::cluster::discovery::dns::Dns;
 use crate::cluster::discovery::fixed::Fixed;
 use crate::cluster::discovery::index::Filter;
 use crate::cluster::discovery::kubernetes::Kubernetes;
 use crate::cluster::discovery::{Discovery as DiscoverySource, PeerSet};
-use crate::cluster::inbound::{self, PeerService};
+use crate::cluster::inbound;
 use crate::cluster::{Mesh, MeshSettings};
-use crate::config::{AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, ListenArgs, ServeArgs};
+use crate::config::{
+    AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, HistoryArgs, ListenArgs, ServeArgs,
+};
 use crate::error::{Error, Result};
 use crate::health::Health;
+use crate::history::{History, Limits};
 use crate::hub::Hub;
 use crate::limit::TokenBucket;
+use crate::local::Local;
 use crate::message::NodeId;
 use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
@@ -48,6 +53,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// How long a stopping pod keeps sending what its peer queues still hold.
 const PEER_FLUSH: Duration = Duration::from_secs(2);
+
+/// How often history drops messages past their age.
+const HISTORY_SWEEP: Duration = Duration::from_secs(5);
 
 /// The pod's bound listeners.
 pub struct Listeners {
@@ -90,7 +98,9 @@ impl Listeners {
 ///    publishes and receiving from peers;
 /// 3. once no user is left (or the window and a short grace passed), the
 ///    servers stop, finishing in-flight calls;
-/// 4. what the peer queues still hold is sent (for up to 2 s), then the
+/// 4. the topics this pod numbers are handed to their successors, behind
+///    everything queued for each peer;
+/// 5. what the peer queues still hold is sent (for up to 2 s), then the
 ///    streams close.
 pub async fn run(
     args: ServeArgs,
@@ -104,6 +114,7 @@ pub async fn run(
         auth,
         tls,
         cluster,
+        history,
         telemetry: _,
         drain_window,
         check_config: _,
@@ -131,6 +142,8 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let counters = Arc::new(Counters::default());
     let hub = Hub::with_write_delay(limits.write_delay);
+    let history = History::new(history_limits(&history)?);
+    let local = Local::new(hub.clone(), history.clone(), node);
     let mesh = Mesh::new(
         MeshSettings {
             cluster: cluster_identity(&cluster),
@@ -141,7 +154,7 @@ pub async fn run(
             ready_timeout: cluster.peer_ready_timeout,
             tls: peer_tls.clone(),
         },
-        hub.clone(),
+        local.clone(),
         tracker.clone(),
         stop_links.clone(),
         counters.clone(),
@@ -152,12 +165,12 @@ pub async fn run(
         counters: counters.clone(),
     })?;
     let publisher = Publisher::new(
-        hub.clone(),
+        local.clone(),
         Arc::new(mesh.clone()),
-        node,
         limits.max_message_bytes,
         counters.clone(),
     );
+    tracker.spawn(sweep(history.clone(), stop.clone()));
     let health = Health::new(mesh.clone());
 
     let (peers_tx, peers_rx) = watch::channel(None);
@@ -176,7 +189,7 @@ pub async fn run(
     );
 
     let gateway = Gateway {
-        hub,
+        local: local.clone(),
         queue_capacity: limits.client_queue,
         max_subscriptions: limits.max_subscriptions,
         max_frame_bytes: limits.max_frame_bytes,
@@ -201,14 +214,13 @@ pub async fn run(
         drain: shutdown.clone(),
         drain_window,
     };
-    let grpc_routes = grpc::routes(publisher, mesh.clone(), api_tokens, counters.clone()).await?;
-    // Inbound peer streams end with `stop`, or the peer server would wait on
-    // them forever; outbound ones last until their queues are flushed.
-    let peer_service = PeerService::server(mesh.clone(), tracker.clone(), stop.clone());
+    let grpc_routes =
+        grpc::routes(publisher, local, mesh.clone(), api_tokens, counters.clone()).await?;
     tracker.spawn(drain(
         shutdown.clone(),
         stop.clone(),
         health.clone(),
+        mesh.clone(),
         counters,
         drain_window,
     ));
@@ -248,38 +260,25 @@ pub async fn run(
     if let Some(config) = grpc_tls {
         grpc_server = grpc_server.tls_config(config).map_err(Error::TlsConfig)?;
     }
-    let mut peer_server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
     let grpc = grpc_server
         .add_routes(grpc_routes)
         .serve_with_incoming_shutdown(incoming(listeners.grpc), stop.clone().cancelled_owned());
-    // The peer wire is served beside the gRPC service, on the same port;
-    // this pod does the TLS for both.
+    // Inbound peer streams end with `stop`; outbound ones last until their
+    // queues are flushed.
     let accepted = inbound::Accepted::new(mesh.clone(), tracker.clone(), stop.clone());
-    let peer_server = peer_server.add_service(peer_service);
     let peer = async {
         match peer_tls {
-            None => {
-                let grpc = accepted.split(listeners.peer);
-                peer_server
-                    .serve_with_incoming_shutdown(grpc, stop.clone().cancelled_owned())
-                    .await
-            }
-            Some(tls) => {
-                let grpc = accepted.split_tls(listeners.peer, tls.acceptor);
-                peer_server
-                    .serve_with_incoming_shutdown(grpc, stop.clone().cancelled_owned())
-                    .await
-            }
+            None => accepted.serve(listeners.peer).await,
+            Some(tls) => accepted.serve_tls(listeners.peer, tls.acceptor).await,
         }
+        Ok::<(), Error>(())
     };
     health.set_serving();
     let served = tokio::try_join!(
         async { http.await.map_err(|e| serve_error("http", e)) },
         async { admin.await.map_err(|e| serve_error("admin", e)) },
         async { grpc.await.map_err(|e| serve_error("grpc", e)) },
-        async { peer.await.map_err(|e| serve_error("peer", e)) },
+        peer,
     );
     health.set_draining();
     shutdown.cancel();
@@ -298,11 +297,13 @@ pub async fn run(
 }
 
 /// Waits for the drain signal, then for the users to be closed over the
-/// drain window, then stops the servers.
+/// drain window, hands the topics this pod numbers to their successors,
+/// then stops the servers.
 async fn drain(
     shutdown: CancellationToken,
     stop: CancellationToken,
     health: Health,
+    mesh: Mesh,
     counters: Arc<Counters>,
     window: Duration,
 ) {
@@ -317,8 +318,40 @@ async fn drain(
     while counters.connections_open() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tracing::info!(left = counters.connections_open(), "drain done; stopping");
+    tracing::info!(
+        left = counters.connections_open(),
+        "drain done; handing topics on"
+    );
+    mesh.leave(PEER_FLUSH).await;
     stop.cancel();
+}
+
+/// Drops history past its age now and then, until `stop`.
+async fn sweep(history: History, stop: CancellationToken) {
+    let mut every = tokio::time::interval(HISTORY_SWEEP);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => history.sweep(),
+        }
+    }
+}
+
+/// History's bounds from the command line.
+fn history_limits(args: &HistoryArgs) -> Result<Limits> {
+    let HistoryArgs {
+        history_messages,
+        history_age,
+        history_bytes,
+        history_off,
+    } = args;
+    Ok(Limits {
+        max_messages: *history_messages,
+        max_age: *history_age,
+        max_bytes: *history_bytes,
+        off: TopicPatterns::parse(history_off).map_err(Error::HistoryOff)?,
+        ..Limits::default()
+    })
 }
 
 /// The token checks `auth` asks for, with their file watchers running.

@@ -102,6 +102,7 @@ pub async fn publish(args: PublishArgs) -> Result<String, ClientError> {
         .publish(PublishRequest {
             topic: args.topic,
             data,
+            idempotency_key: args.idempotency_key.unwrap_or_default(),
         })
         .await?;
     Ok(reply.into_inner().id)

@@ -78,6 +78,9 @@ pub struct ServeArgs {
     /// How to find and talk to the other pods.
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// What each pod keeps of every topic for resumes and `history`.
+    #[command(flatten)]
+    pub history: HistoryArgs,
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -154,6 +157,28 @@ pub struct LimitArgs {
     /// always allowed.
     #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+}
+
+/// Per-topic history: every pod keeps each topic's recent messages, so a
+/// user who reconnects (to any pod) with `since` gets what they missed.
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    /// Most messages kept per topic (0 keeps none: resumes then recover
+    /// only a position that missed nothing).
+    #[arg(long, env = "HERALD_HISTORY_MESSAGES", default_value_t = 1000)]
+    pub history_messages: usize,
+    /// Longest a message is kept.
+    #[arg(long, env = "HERALD_HISTORY_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub history_age: Duration,
+    /// Most bytes of kept messages on this pod, over all topics; past it,
+    /// the oldest messages go first.
+    #[arg(long, env = "HERALD_HISTORY_BYTES", default_value_t = 256 << 20)]
+    pub history_bytes: usize,
+    /// Topics that keep no history, comma-separated names or `prefix*`
+    /// patterns (a ticker whose old values nobody wants). Their messages
+    /// still carry offsets.
+    #[arg(long, env = "HERALD_HISTORY_OFF", value_delimiter = ',')]
+    pub history_off: Vec<String>,
 }
 
 /// How WebSocket users authenticate.
@@ -377,6 +402,11 @@ pub struct PublishArgs {
     /// The JSON document to publish; read from standard input when absent.
     #[arg(long)]
     pub data: Option<String>,
+    /// A key that makes a retry of this publish (same topic, within 5
+    /// minutes, on any pod) return the first one's id instead of
+    /// publishing again.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
 }
 
 /// `herald peers`.

@@ -19,6 +19,9 @@ pub enum Error {
     /// `--peers` holds an entry that is not host:port.
     #[error("--peers: {0}")]
     Peers(#[from] crate::cluster::discovery::fixed::BadPeer),
+    /// `--history-off` holds an entry that is not a topic or `prefix*`.
+    #[error("--history-off: {0}")]
+    HistoryOff(crate::auth::PatternError),
     /// `--discovery dns` without `--dns-name`.
     #[error("--discovery dns needs --dns-name")]
     MissingDnsName,

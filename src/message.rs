@@ -1,13 +1,16 @@
-//! Messages and their ids: what a publish produces and every part passes on.
+//! Messages, their ids and their places: what a publish produces and every
+//! part passes on.
 //!
-//! A [`Message`] is built once, at publish time (or when it arrives from a
-//! peer), and then shared behind an `Arc`: its WebSocket frame is encoded once
-//! and the same bytes go to every subscriber, so fan-out does no per-subscriber
-//! JSON work.
+//! A publish first makes a [`Draft`]; the topic's sequencer gives it a
+//! [`Stamp`] (epoch and offset), and that makes the [`Message`], built once
+//! and then shared behind an `Arc`: its WebSocket frame is encoded once and
+//! the same bytes go to every subscriber, so fan-out does no per-subscriber
+//! JSON work. A [`Position`] is where a reader stands in a topic.
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +30,11 @@ impl NodeId {
     /// A fresh random node id.
     pub fn random() -> Self {
         Self(rand::random())
+    }
+
+    /// The id's bits.
+    pub fn as_u64(self) -> u64 {
+        self.0
     }
 }
 
@@ -168,76 +176,210 @@ pub fn compact_json(data: &[u8]) -> Result<String, DataError> {
 /// carried with a message so one trace follows it across pods.
 pub type TraceContext = HashMap<String, String>;
 
-/// One published message, shared by every part that handles it.
+/// One run of a topic's offsets. A topic's messages are numbered 1, 2, 3 …
+/// within an epoch; a new epoch starts only when the run that led up to it
+/// cannot be continued without risk (the pod that numbered it vanished, or
+/// the history is gone), so a position from an old epoch is never taken for
+/// one of the new.
+///
+/// 50 bits, shown to clients as 10 characters of Crockford base32: 30
+/// random ones, and 20 from the topic's name, so that a position of
+/// another topic is told from an old one of this topic.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(u64);
+
+const EPOCH_BITS: u32 = 50;
+const EPOCH_TOPIC_BITS: u32 = 20;
+const BASE32: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+impl Epoch {
+    /// A fresh epoch of `topic`.
+    pub fn new_for(topic: &Topic) -> Self {
+        let random = rand::random::<u64>() & ((1 << (EPOCH_BITS - EPOCH_TOPIC_BITS)) - 1);
+        Self((random | 1) << EPOCH_TOPIC_BITS | Self::topic_bits(topic))
+    }
+
+    /// Whether this epoch can be one of `topic`'s.
+    pub fn belongs_to(self, topic: &Topic) -> bool {
+        self.0 & ((1 << EPOCH_TOPIC_BITS) - 1) == Self::topic_bits(topic)
+    }
+
+    fn topic_bits(topic: &Topic) -> u64 {
+        topic.stable_hash() & ((1 << EPOCH_TOPIC_BITS) - 1)
+    }
+
+    /// The epoch's bits, as carried between pods.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The epoch with these bits, as carried between pods; `None` for 0
+    /// (no epoch).
+    pub fn from_u64(bits: u64) -> Option<Self> {
+        (bits != 0 && bits < (1 << EPOCH_BITS)).then_some(Self(bits))
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; 10];
+        for (i, c) in text.iter_mut().enumerate() {
+            *c = BASE32[((self.0 >> (45 - 5 * i)) & 31) as usize];
+        }
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({self})")
+    }
+}
+
+/// A string that is not an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an epoch is 10 characters of 0-9 and a-z (without i, l, o, u)")]
+pub struct BadEpoch;
+
+impl FromStr for Epoch {
+    type Err = BadEpoch;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 10 {
+            return Err(BadEpoch);
+        }
+        let mut bits = 0u64;
+        for b in s.bytes() {
+            let digit = BASE32.iter().position(|c| *c == b).ok_or(BadEpoch)?;
+            bits = bits << 5 | digit as u64;
+        }
+        Self::from_u64(bits).ok_or(BadEpoch)
+    }
+}
+
+/// Where a reader stands in a topic: the last offset it holds, in an
+/// epoch. `epoch: None` with offset 0 is the position before anything: a
+/// topic with no messages yet, or a reader that holds none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    /// The epoch, once the topic has one.
+    pub epoch: Option<Epoch>,
+    /// The last offset held; 0 before the first.
+    pub offset: u64,
+}
+
+impl Position {
+    /// The position at `offset` of `epoch`.
+    pub fn at(epoch: Epoch, offset: u64) -> Self {
+        Self {
+            epoch: Some(epoch),
+            offset,
+        }
+    }
+}
+
+/// The place one message got in its topic's order, and the pod that gave
+/// it that place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The epoch.
+    pub epoch: Epoch,
+    /// The offset within the epoch, from 1.
+    pub offset: u64,
+    /// The pod that numbered it (the topic's sequencer then).
+    pub sequencer: NodeId,
+}
+
+/// A published message before it has its place in the topic's order: what
+/// the publish path checked, and what a pod that does not number the
+/// topic sends to the one that does.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The message id.
+    pub id: MessageId,
+    /// The topic.
+    pub topic: Topic,
+    /// The compacted JSON document.
+    pub data: Bytes,
+    /// The pod where it was published.
+    pub origin: NodeId,
+    /// The publisher's idempotency key, if it gave one.
+    pub key: Option<Arc<str>>,
+    /// The trace context of the publish, when tracing is on.
+    pub trace: Option<Box<TraceContext>>,
+}
+
+/// One published message with its place in the topic's order, shared by
+/// every part that handles it.
 #[derive(Debug)]
 pub struct Message {
-    id: MessageId,
-    topic: Topic,
-    data: Bytes,
-    origin: NodeId,
+    draft: Draft,
+    stamp: Stamp,
     frame: Utf8Bytes,
     received: Instant,
-    trace: Option<Box<TraceContext>>,
 }
 
 impl Message {
-    /// Builds a message from a compacted JSON document (see
-    /// [`compact_json`]) and encodes its protocol v1 frame:
-    /// `{"op":"message","topic":T,"id":I,"data":D}`.
-    pub fn new(id: MessageId, topic: Topic, data: Bytes, origin: NodeId) -> Self {
+    /// Gives `draft` its place and encodes its protocol v1 frame:
+    /// `{"op":"message","topic":T,"id":I,"offset":N,"epoch":E,"data":D}`.
+    pub fn new(draft: Draft, stamp: Stamp) -> Self {
         // Compacted JSON is UTF-8 (see `compact_json`), so this is lossless.
-        let data_text = String::from_utf8_lossy(&data);
-        let id_text = id.to_string();
-        let mut frame =
-            String::with_capacity(48 + topic.as_str().len() + id_text.len() + data_text.len());
-        frame.push_str(r#"{"op":"message","topic":""#);
-        // Topic characters need no JSON escaping (see `Topic`).
-        frame.push_str(topic.as_str());
-        frame.push_str(r#"","id":""#);
-        frame.push_str(&id_text);
-        frame.push_str(r#"","data":"#);
-        frame.push_str(&data_text);
-        frame.push('}');
+        let data_text = String::from_utf8_lossy(&draft.data);
+        let topic = draft.topic.as_str();
+        let mut frame = String::with_capacity(96 + topic.len() + data_text.len());
+        // Topic characters need no JSON escaping (see `Topic`), nor do ids,
+        // offsets and epochs.
+        let _ = write!(
+            frame,
+            r#"{{"op":"message","topic":"{topic}","id":"{}","offset":{},"epoch":"{}","data":{data_text}}}"#,
+            draft.id, stamp.offset, stamp.epoch
+        );
         Self {
-            id,
-            topic,
-            data,
-            origin,
+            draft,
+            stamp,
             frame: Utf8Bytes::from(frame),
             received: Instant::now(),
-            trace: None,
         }
-    }
-
-    /// Attaches the trace context of the publish, when tracing is on.
-    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
-        self.trace = trace.map(Box::new);
-        self
     }
 
     /// The trace context of the publish, if it was traced.
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.trace.as_deref()
+        self.draft.trace.as_deref()
     }
 
     /// The message id.
     pub fn id(&self) -> MessageId {
-        self.id
+        self.draft.id
     }
 
     /// The topic.
     pub fn topic(&self) -> &Topic {
-        &self.topic
+        &self.draft.topic
     }
 
     /// The compacted JSON document.
     pub fn data(&self) -> &Bytes {
-        &self.data
+        &self.draft.data
     }
 
     /// The node where the message was published.
     pub fn origin(&self) -> NodeId {
-        self.origin
+        self.draft.origin
+    }
+
+    /// The publisher's idempotency key, if any.
+    pub fn key(&self) -> Option<&Arc<str>> {
+        self.draft.key.as_ref()
+    }
+
+    /// Its place in the topic's order.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// The position a reader holds once it has this message.
+    pub fn position(&self) -> Position {
+        Position::at(self.stamp.epoch, self.stamp.offset)
     }
 
     /// The encoded protocol v1 frame: JSON without a newline, kept as
@@ -251,6 +393,64 @@ impl Message {
     pub fn received(&self) -> Instant {
         self.received
     }
+
+    /// The size this message takes in memory, roughly: what history
+    /// budgets count.
+    pub fn footprint(&self) -> usize {
+        std::mem::size_of::<Self>() + self.frame.len() + self.draft.data.len()
+    }
+}
+
+/// The `gap` event: the topic's messages up to `at` may not all have
+/// reached this connection; its position is now `at`, and the next message
+/// follows it. `{"op":"gap","topic":T,"epoch":E,"offset":N}`.
+pub fn gap_frame(topic: &Topic, at: Position) -> String {
+    let epoch = at.epoch.map(|e| e.to_string()).unwrap_or_default();
+    format!(
+        r#"{{"op":"gap","topic":"{topic}","epoch":"{epoch}","offset":{}}}"#,
+        at.offset
+    )
+}
+
+impl Draft {
+    /// A draft of `data` for `topic`, published on `origin` as `id`.
+    pub fn new(id: MessageId, topic: Topic, data: Bytes, origin: NodeId) -> Self {
+        Self {
+            id,
+            topic,
+            data,
+            origin,
+            key: None,
+            trace: None,
+        }
+    }
+
+    /// Attaches the trace context of the publish, when tracing is on.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace.map(Box::new);
+        self
+    }
+
+    /// Attaches the publisher's idempotency key.
+    pub fn with_key(mut self, key: Option<Arc<str>>) -> Self {
+        self.key = key;
+        self
+    }
+}
+
+/// A message for tests: `data` on `topic` at `offset` of one fixed epoch.
+#[cfg(test)]
+pub fn sample(topic: &str, offset: u64, data: &str) -> Arc<Message> {
+    let node = NodeId(7);
+    let id = IdGenerator::new(node).next_id();
+    let topic = Topic::new(topic).expect("valid topic");
+    let draft = Draft::new(id, topic, Bytes::from(data.to_owned()), node);
+    let stamp = Stamp {
+        epoch: Epoch(1 << EPOCH_TOPIC_BITS),
+        offset,
+        sequencer: node,
+    };
+    Arc::new(Message::new(draft, stamp))
 }
 
 #[cfg(test)]
@@ -301,19 +501,12 @@ mod tests {
 
     #[test]
     fn frame_is_the_protocol_v1_message_object() {
-        let ids = IdGenerator::new(NodeId::random());
-        let id = ids.next_id();
-        let topic = Topic::new("room:1").expect("valid topic");
-        let msg = Message::new(
-            id,
-            topic,
-            Bytes::from_static(br#"{"k":1}"#),
-            NodeId::random(),
-        );
+        let msg = sample("room:1", 42, r#"{"k":1}"#);
         let value: serde_json::Value = serde_json::from_str(msg.frame()).expect("frame is JSON");
         assert_eq!(
             value,
-            serde_json::json!({"op":"message","topic":"room:1","id":id.to_string(),"data":{"k":1}})
+            serde_json::json!({"op":"message","topic":"room:1","id":msg.id().to_string(),
+                "offset":42,"epoch":msg.stamp().epoch.to_string(),"data":{"k":1}})
         );
     }
 
@@ -325,6 +518,27 @@ mod tests {
         assert!(a < b);
         assert_eq!(a.to_string().len(), 26);
         assert_eq!(a.to_string().parse::<MessageId>().ok(), Some(a));
+    }
+
+    #[test]
+    fn epochs_round_trip_as_ten_characters_and_reject_anything_else() {
+        let topic = Topic::new("room:1").expect("valid");
+        for _ in 0..100 {
+            let epoch = Epoch::new_for(&topic);
+            assert!(epoch.belongs_to(&topic));
+            assert!(!epoch.belongs_to(&Topic::new("room:2").expect("valid")));
+            let text = epoch.to_string();
+            assert_eq!(text.len(), 10);
+            assert_eq!(text.parse::<Epoch>(), Ok(epoch));
+        }
+        assert_eq!(
+            "0000000000".parse::<Epoch>(),
+            Err(BadEpoch),
+            "zero is no epoch"
+        );
+        assert_eq!("abc".parse::<Epoch>(), Err(BadEpoch));
+        assert_eq!("0000000o01".parse::<Epoch>(), Err(BadEpoch));
+        assert_eq!("ABCDEFGHJK".parse::<Epoch>(), Err(BadEpoch));
     }
 
     #[test]

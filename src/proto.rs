@@ -3,8 +3,8 @@
 
 /// The `herald` proto packages.
 pub mod herald {
-    /// Package `herald.v1`: the public `Publisher` API and the internal `Peer`
-    /// broadcast service.
+    /// Package `herald.v1`: the public `Publisher` API and the frames of the
+    /// peer wire.
     #[allow(missing_docs, clippy::all)]
     pub mod v1 {
         tonic::include_proto!("herald.v1");

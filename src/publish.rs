@@ -1,26 +1,51 @@
-//! The one publish path. Both front doors (gRPC today, client publish over
-//! WebSocket later) call [`Publisher`]: it validates once, gives the message
-//! its id, delivers it to this pod's subscribers and hands it to the
-//! [`Relay`] that carries it to the other pods.
+//! The one publish path. Both front doors (gRPC, and client publish over
+//! WebSocket) call [`Publisher`]: it validates once, gives the message its
+//! id, and has it numbered by its topic's sequencer: here, through
+//! [`Local`] (which keeps it, delivers it to this pod's subscribers and
+//! hands it to the [`Relay`] for the other pods), or on the pod the relay
+//! names, to which the draft is forwarded and from which the numbered
+//! message comes back like any other.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::hub::Hub;
-use crate::message::{DataError, IdGenerator, Message, MessageId, NodeId, compact_json};
+use crate::local::{Local, Receipt};
+use crate::message::{DataError, Draft, IdGenerator, Message, NodeId, compact_json};
 use crate::stats::{self, Counters};
 use crate::telemetry::trace;
 use crate::topic::{Topic, TopicError};
 
-/// Carries locally published messages to the other pods of the cluster.
-///
-/// This is the seam for broadcast backends: the peer mesh implements it
-/// today; a Redis or NATS adapter would too. `relay` must not wait: it is
-/// called on the publish path.
+/// How long a publish forwarded to its topic's sequencer waits for the
+/// numbered message to come back before it is refused as unavailable.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// Which pod numbers a topic's next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// This pod.
+    Here,
+    /// Another pod: forward the draft to it.
+    To(NodeId),
+}
+
+/// Carries messages between this pod and the others: the seam for
+/// broadcast backends (the peer mesh implements it).
 pub trait Relay: Send + Sync + 'static {
-    /// Hands `message` over for delivery on every other pod.
+    /// Hands `message`, numbered here, over for delivery on every other
+    /// pod. Called under the topic's lock: must not wait.
     fn relay(&self, message: &Arc<Message>);
+
+    /// Which pod numbers `topic` now.
+    fn route(&self, topic: &Topic) -> Route;
+
+    /// Sends `draft` to `to`, its topic's sequencer, without waiting.
+    /// False if there is no stream to it.
+    fn forward(&self, to: NodeId, draft: Draft) -> bool;
 }
 
 /// Why a publish was refused. Nothing is delivered when it is.
@@ -40,6 +65,9 @@ pub enum PublishError {
         /// The limit.
         limit: usize,
     },
+    /// The idempotency key is too long.
+    #[error("the idempotency key is {0} bytes; the limit is {MAX_KEY_BYTES}")]
+    KeyTooLong(usize),
     /// One message of a batch is invalid, so none of the batch was published.
     #[error("message {index} of the batch: {source}")]
     InBatch {
@@ -48,6 +76,11 @@ pub enum PublishError {
         /// What is wrong with it.
         source: Box<PublishError>,
     },
+    /// The topic's sequencer did not answer in time (it may have gone):
+    /// the message may or may not have been published; retry with the
+    /// same idempotency key to be sure it is published once.
+    #[error("the pod that orders topic {0} did not confirm the message in time; retry")]
+    Unconfirmed(Topic),
 }
 
 /// Checks a topic and its data against the limits and returns them ready to
@@ -68,6 +101,28 @@ pub fn validate(
     Ok((topic, Bytes::from(data)))
 }
 
+/// One message to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The JSON document.
+    pub data: &'a [u8],
+    /// The publisher's idempotency key; empty for none.
+    pub key: &'a str,
+}
+
+impl<'a> Request<'a> {
+    /// `data` for `topic`, without a key.
+    pub fn new(topic: &'a str, data: &'a [u8]) -> Self {
+        Self {
+            topic,
+            data,
+            key: "",
+        }
+    }
+}
+
 /// A handle to the publish path. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -75,62 +130,73 @@ pub struct Publisher {
 }
 
 struct Inner {
-    hub: Hub,
+    local: Local,
     relay: Arc<dyn Relay>,
-    node: NodeId,
     ids: IdGenerator,
     max_data_bytes: usize,
     counters: Arc<Counters>,
 }
 
 impl Publisher {
-    /// A publish path for `node` that delivers into `hub` and hands messages
-    /// to `relay`, refusing data over `max_data_bytes` and counting into
-    /// `counters`.
+    /// A publish path that orders and delivers through `local` and
+    /// reaches the other pods through `relay`, refusing data over
+    /// `max_data_bytes` and counting into `counters`.
     pub fn new(
-        hub: Hub,
+        local: Local,
         relay: Arc<dyn Relay>,
-        node: NodeId,
         max_data_bytes: usize,
         counters: Arc<Counters>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                hub,
+                ids: IdGenerator::new(local.node()),
+                local,
                 relay,
-                node,
-                ids: IdGenerator::new(node),
                 max_data_bytes,
                 counters,
             }),
         }
     }
 
-    /// Publishes one message and returns its id.
-    pub fn publish(&self, topic: &str, data: &[u8]) -> Result<MessageId, PublishError> {
-        let valid = self.counted(validate(topic, data, self.inner.max_data_bytes))?;
-        Ok(self.dispatch(vec![valid])[0])
+    /// Publishes one message and returns where it landed.
+    pub async fn publish(&self, request: Request<'_>) -> Result<Receipt, PublishError> {
+        let draft = self.counted(self.draft(request))?;
+        let mut receipts = self.dispatch(vec![draft]).await?;
+        Ok(receipts.remove(0))
     }
 
     /// Publishes several messages in order. The batch is validated as a
     /// whole first: if any message is invalid, none is published.
-    pub fn publish_batch<'a, I>(&self, messages: I) -> Result<Vec<MessageId>, PublishError>
+    pub async fn publish_batch<'a, I>(&self, requests: I) -> Result<Vec<Receipt>, PublishError>
     where
-        I: IntoIterator<Item = (&'a str, &'a [u8])>,
+        I: IntoIterator<Item = Request<'a>>,
     {
-        let valid = messages
+        let drafts = requests
             .into_iter()
             .enumerate()
-            .map(|(index, (topic, data))| {
-                validate(topic, data, self.inner.max_data_bytes).map_err(|source| {
-                    PublishError::InBatch {
-                        index,
-                        source: Box::new(source),
-                    }
+            .map(|(index, request)| {
+                self.draft(request).map_err(|source| PublishError::InBatch {
+                    index,
+                    source: Box::new(source),
                 })
             })
             .collect::<Result<Vec<_>, _>>();
-        Ok(self.dispatch(self.counted(valid)?))
+        self.dispatch(self.counted(drafts)?).await
+    }
+
+    fn draft(&self, request: Request<'_>) -> Result<Draft, PublishError> {
+        let (topic, data) = validate(request.topic, request.data, self.inner.max_data_bytes)?;
+        if request.key.len() > MAX_KEY_BYTES {
+            return Err(PublishError::KeyTooLong(request.key.len()));
+        }
+        let key = (!request.key.is_empty()).then(|| Arc::from(request.key));
+        let draft = Draft::new(
+            self.inner.ids.next_id(),
+            topic,
+            data,
+            self.inner.local.node(),
+        );
+        Ok(draft.with_key(key).with_trace(trace::inject_current()))
     }
 
     fn counted<T>(&self, result: Result<T, PublishError>) -> Result<T, PublishError> {
@@ -140,24 +206,62 @@ impl Publisher {
         result
     }
 
-    /// Sends valid messages to the peers, then to this pod's subscribers
-    /// (so the hop to other pods overlaps with local writes), and returns
-    /// their ids.
-    fn dispatch(&self, valid: Vec<(Topic, Bytes)>) -> Vec<MessageId> {
+    /// Numbers the drafts whose topics this pod orders (they reach the
+    /// peers, then this pod's subscribers, so the hop to other pods
+    /// overlaps with local writes), forwards the others to their
+    /// sequencers and waits for them to come back numbered. Receipts are in
+    /// request order.
+    async fn dispatch(&self, drafts: Vec<Draft>) -> Result<Vec<Receipt>, PublishError> {
         let inner = &self.inner;
-        let messages: Vec<Arc<Message>> = valid
-            .into_iter()
-            .map(|(topic, data)| {
-                let message = Message::new(inner.ids.next_id(), topic, data, inner.node);
-                Arc::new(message.with_trace(trace::inject_current()))
-            })
-            .collect();
-        for message in &messages {
-            inner.relay.relay(message);
+        let count = drafts.len();
+        let mut receipts: Vec<Option<Receipt>> = vec![None; count];
+        let mut here = Vec::new();
+        let mut waits = Vec::new();
+        for (index, draft) in drafts.into_iter().enumerate() {
+            if let Some(key) = &draft.key
+                && let Some(earlier) = inner.local.receipt_for(&draft.topic, key)
+            {
+                receipts[index] = Some(earlier);
+                continue;
+            }
+            match inner.relay.route(&draft.topic) {
+                Route::Here => here.push((index, draft)),
+                Route::To(node) => {
+                    let (id, topic) = (draft.id, draft.topic.clone());
+                    let wait = inner.local.expect(id);
+                    if inner.relay.forward(node, draft) {
+                        waits.push((index, id, topic, wait));
+                    } else {
+                        inner.local.forget(id);
+                        return Err(PublishError::Unconfirmed(topic));
+                    }
+                }
+            }
         }
-        trace::in_deliver_span(None, || inner.hub.deliver_all(&messages));
-        stats::add(&inner.counters.published, messages.len() as u64);
-        messages.iter().map(|m| m.id()).collect()
+        if !here.is_empty() {
+            let (indices, drafts): (Vec<_>, Vec<_>) = here.into_iter().unzip();
+            let relay = &inner.relay;
+            let numbered = trace::in_deliver_span(None, || {
+                inner
+                    .local
+                    .sequence(drafts, &|message| relay.relay(message))
+            });
+            for (index, receipt) in indices.into_iter().zip(numbered) {
+                receipts[index] = Some(receipt);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        for (index, id, topic, wait) in waits {
+            match tokio::time::timeout_at(deadline, wait).await {
+                Ok(Ok(receipt)) => receipts[index] = Some(receipt),
+                _ => {
+                    inner.local.forget(id);
+                    return Err(PublishError::Unconfirmed(topic));
+                }
+            }
+        }
+        stats::add(&inner.counters.published, count as u64);
+        Ok(receipts.into_iter().flatten().collect())
     }
 }
 
@@ -166,88 +270,184 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+    use crate::history::History;
+    use crate::hub::Hub;
 
+    /// A relay that records what it relays and routes as told: every
+    /// topic here, or every topic to one other pod (whose forwards it
+    /// records and never answers).
     #[derive(Default)]
-    struct Recorder(Mutex<Vec<Arc<Message>>>);
+    struct Recorder {
+        relayed: Mutex<Vec<Arc<Message>>>,
+        forwarded: Mutex<Vec<Draft>>,
+        elsewhere: Option<NodeId>,
+    }
 
     impl Relay for Recorder {
         fn relay(&self, message: &Arc<Message>) {
-            self.0.lock().expect("not poisoned").push(message.clone());
+            self.relayed.lock().expect("lock").push(message.clone());
+        }
+
+        fn route(&self, _: &Topic) -> Route {
+            self.elsewhere.map_or(Route::Here, Route::To)
+        }
+
+        fn forward(&self, _: NodeId, draft: Draft) -> bool {
+            self.forwarded.lock().expect("lock").push(draft);
+            true
         }
     }
 
-    fn publisher(limit: usize) -> (Publisher, Hub, Arc<Recorder>) {
-        let hub = Hub::new();
-        let recorder = Arc::new(Recorder::default());
-        let counters = Arc::new(Counters::default());
-        let publisher = Publisher::new(
-            hub.clone(),
-            recorder.clone(),
+    fn publisher(limit: usize, recorder: Recorder) -> (Publisher, Local, Arc<Recorder>) {
+        let local = Local::new(
+            Hub::new(),
+            History::new(Default::default()),
             NodeId::random(),
-            limit,
-            counters,
         );
-        (publisher, hub, recorder)
+        let recorder = Arc::new(recorder);
+        let counters = Arc::new(Counters::default());
+        let publisher = Publisher::new(local.clone(), recorder.clone(), limit, counters);
+        (publisher, local, recorder)
     }
 
-    #[test]
-    fn a_publish_is_delivered_locally_and_relayed_once() {
-        let (publisher, hub, recorder) = publisher(1024);
-        let (mut member, mut mailbox) = hub.join(8, 8);
+    fn relayed(recorder: &Recorder) -> Vec<Arc<Message>> {
+        recorder.relayed.lock().expect("lock").clone()
+    }
+
+    #[tokio::test]
+    async fn a_publish_is_numbered_delivered_locally_and_relayed_once() {
+        let (publisher, local, recorder) = publisher(1024, Recorder::default());
+        let (mut member, mut mailbox) = local.hub().join(8, 8);
         member
             .subscribe(Topic::new("t").expect("valid"))
             .expect("under limit");
-        let id = publisher
-            .publish("t", b" { \"k\" : 1 } ")
+        let receipt = publisher
+            .publish(Request::new("t", b" { \"k\" : 1 } "))
+            .await
             .expect("valid publish");
-        let relayed = recorder.0.lock().expect("not poisoned").clone();
+        let relayed = relayed(&recorder);
         assert_eq!(relayed.len(), 1);
-        assert_eq!(relayed[0].id(), id);
+        assert_eq!(relayed[0].id(), receipt.id);
+        assert_eq!(receipt.stamp.offset, 1);
         assert_eq!(&relayed[0].data()[..], br#"{"k":1}"#);
         assert!(
             mailbox
                 .try_recv()
+                .and_then(|m| m.message().cloned())
                 .is_some_and(|m| Arc::ptr_eq(&m, &relayed[0]))
         );
     }
 
-    #[test]
-    fn data_over_the_limit_is_refused_before_parsing() {
-        let (publisher, _, recorder) = publisher(4);
+    #[tokio::test]
+    async fn data_over_the_limit_is_refused_before_parsing() {
+        let (publisher, _, recorder) = publisher(4, Recorder::default());
         assert_eq!(
-            publisher.publish("t", b"12345"),
+            publisher.publish(Request::new("t", b"12345")).await,
             Err(PublishError::TooLarge { size: 5, limit: 4 })
         );
-        assert!(recorder.0.lock().expect("not poisoned").is_empty());
+        assert!(relayed(&recorder).is_empty());
     }
 
-    #[test]
-    fn one_bad_message_refuses_the_whole_batch() {
-        let (publisher, _, recorder) = publisher(1024);
-        let batch: [(&str, &[u8]); 3] = [("a", b"1"), ("b c", b"2"), ("d", b"3")];
+    #[tokio::test]
+    async fn one_bad_message_refuses_the_whole_batch() {
+        let (publisher, _, recorder) = publisher(1024, Recorder::default());
+        let batch = [("a", b"1"), ("b c", b"2"), ("d", b"3")].map(|(t, d)| Request::new(t, d));
         let err = publisher
             .publish_batch(batch)
+            .await
             .expect_err("second topic is invalid");
         assert!(
             matches!(err, PublishError::InBatch { index: 1, .. }),
             "{err:?}"
         );
-        assert!(recorder.0.lock().expect("not poisoned").is_empty());
+        assert!(relayed(&recorder).is_empty());
     }
 
-    #[test]
-    fn a_batch_is_published_in_order() {
-        let (publisher, _, recorder) = publisher(1024);
-        let batch: [(&str, &[u8]); 3] = [("a", b"1"), ("b", b"2"), ("a", b"3")];
-        let ids = publisher.publish_batch(batch).expect("valid batch");
-        let relayed: Vec<_> = recorder
-            .0
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|m| m.id())
-            .collect();
-        assert_eq!(relayed, ids);
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    #[tokio::test]
+    async fn a_batch_is_published_in_order_with_offsets_per_topic() {
+        let (publisher, _, recorder) = publisher(1024, Recorder::default());
+        let batch = [("a", b"1"), ("b", b"2"), ("a", b"3")].map(|(t, d)| Request::new(t, d));
+        let receipts = publisher.publish_batch(batch).await.expect("valid batch");
+        let ids: Vec<_> = relayed(&recorder).iter().map(|m| m.id()).collect();
+        assert_eq!(ids, receipts.iter().map(|r| r.id).collect::<Vec<_>>());
+        let offsets: Vec<_> = receipts.iter().map(|r| r.stamp.offset).collect();
+        assert_eq!(offsets, [1, 1, 2]);
+        assert_eq!(receipts[0].stamp.epoch, receipts[2].stamp.epoch);
+    }
+
+    #[tokio::test]
+    async fn a_retry_with_the_same_key_gets_the_first_receipt_and_is_not_published_again() {
+        let (publisher, _, recorder) = publisher(1024, Recorder::default());
+        let keyed = Request {
+            key: "order-17",
+            ..Request::new("t", b"1")
+        };
+        let first = publisher.publish(keyed).await.expect("published");
+        let again = publisher.publish(keyed).await.expect("answered");
+        assert_eq!(first, again);
+        assert_eq!(relayed(&recorder).len(), 1);
+        let other_topic = Request {
+            topic: "u",
+            ..keyed
+        };
+        assert_ne!(
+            publisher.publish(other_topic).await.expect("published").id,
+            first.id
+        );
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(
+            publisher
+                .publish(Request {
+                    key: &long,
+                    ..keyed
+                })
+                .await,
+            Err(PublishError::KeyTooLong(MAX_KEY_BYTES + 1))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forward_that_never_comes_back_numbered_is_unconfirmed() {
+        let elsewhere = NodeId::random();
+        let recorder = Recorder {
+            elsewhere: Some(elsewhere),
+            ..Recorder::default()
+        };
+        let (publisher, _, recorder) = publisher(1024, recorder);
+        let result = publisher.publish(Request::new("t", b"1")).await;
+        assert!(
+            matches!(result, Err(PublishError::Unconfirmed(_))),
+            "{result:?}"
+        );
+        assert_eq!(recorder.forwarded.lock().expect("lock").len(), 1);
+        assert!(relayed(&recorder).is_empty(), "nothing numbered here");
+    }
+
+    #[tokio::test]
+    async fn a_forward_is_answered_when_its_message_comes_back_numbered() {
+        let elsewhere = NodeId::random();
+        let recorder = Recorder {
+            elsewhere: Some(elsewhere),
+            ..Recorder::default()
+        };
+        let (publisher, local, recorder) = publisher(1024, recorder);
+        let publishing = tokio::spawn({
+            let publisher = publisher.clone();
+            async move { publisher.publish(Request::new("t", b"1")).await }
+        });
+        let draft = loop {
+            if let Some(draft) = recorder.forwarded.lock().expect("lock").pop() {
+                break draft;
+            }
+            tokio::task::yield_now().await;
+        };
+        let stamp = crate::message::Stamp {
+            epoch: crate::message::Epoch::new_for(&draft.topic),
+            offset: 1,
+            sequencer: elsewhere,
+        };
+        local.accept([Arc::new(Message::new(draft.clone(), stamp))]);
+        let receipt = publishing.await.expect("joined").expect("confirmed");
+        assert_eq!((receipt.id, receipt.stamp), (draft.id, stamp));
     }
 }

@@ -70,15 +70,12 @@ pub fn grpc_server(args: &TlsArgs) -> Result<Option<ServerTlsConfig>, TlsError> 
 /// peers whose certificate the CA signed.
 #[derive(Clone)]
 pub struct PeerTls {
-    /// Accepts peer connections, on the wire or (from pods of an earlier
-    /// release) HTTP/2, told apart by ALPN.
+    /// Accepts peer connections.
     pub acceptor: TlsAcceptor,
     /// Dials the peer wire.
     pub connector: TlsConnector,
     /// The name peers' certificates must carry.
     pub server_name: ServerName<'static>,
-    /// Dials the gRPC `Peer` service of a pod of an earlier release.
-    pub grpc: ClientTlsConfig,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -119,7 +116,7 @@ pub fn peer(args: &TlsArgs) -> Result<Option<PeerTls>, TlsError> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), private_key()?)
         .map_err(config_error)?;
-    server.alpn_protocols = vec![wire::ALPN.to_vec(), b"h2".to_vec()];
+    server.alpn_protocols = vec![wire::ALPN.to_vec()];
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(config_error)?
@@ -129,15 +126,10 @@ pub fn peer(args: &TlsArgs) -> Result<Option<PeerTls>, TlsError> {
     client.alpn_protocols = vec![wire::ALPN.to_vec()];
     let server_name = ServerName::try_from(args.peer_tls_server_name.clone())
         .map_err(|e| TlsError::Config(format!("--peer-tls-server-name: {e}")))?;
-    let grpc = ClientTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(args.peer_tls_server_name.clone());
     Ok(Some(PeerTls {
         acceptor: TlsAcceptor::from(Arc::new(server)),
         connector: TlsConnector::from(Arc::new(client)),
         server_name,
-        grpc,
     }))
 }
 

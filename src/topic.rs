@@ -37,6 +37,15 @@ pub enum TopicError {
     },
 }
 
+/// FNV-1a of `bytes`, continuing from `hash`.
+pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// Whether `b` may appear in a topic name.
 pub fn is_topic_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/' | b'@' | b'=')
@@ -47,6 +56,12 @@ impl Topic {
     pub fn new(name: &str) -> Result<Self, TopicError> {
         Self::validate(name)?;
         Ok(Self(Arc::from(name)))
+    }
+
+    /// A hash of the name that every pod and every build computes alike
+    /// (FNV-1a): what rendezvous ranks and epochs are made from.
+    pub fn stable_hash(&self) -> u64 {
+        fnv1a(0xcbf2_9ce4_8422_2325, self.0.as_bytes())
     }
 
     /// Checks `name` without allocating.

@@ -106,6 +106,7 @@ async fn messages_from_one_publisher_arrive_in_order_on_every_pod() {
             .publish(PublishRequest {
                 topic: "seq".into(),
                 data: n.to_string().into_bytes(),
+                ..PublishRequest::default()
             })
             .await
             .expect("publish accepted");

@@ -83,6 +83,7 @@ async fn a_thousand_messages_arrive_in_publish_order() {
             .publish(PublishRequest {
                 topic: "seq".into(),
                 data: n.to_string().into_bytes(),
+                ..PublishRequest::default()
             })
             .await
             .expect("publish accepted");
@@ -119,6 +120,7 @@ async fn a_batch_is_delivered_in_order_and_answered_with_one_id_per_message() {
         .map(|(topic, data)| PublishRequest {
             topic: topic.into(),
             data: data.into(),
+            ..PublishRequest::default()
         })
         .to_vec();
     let results = pod
@@ -148,10 +150,12 @@ async fn a_batch_with_one_bad_message_delivers_nothing() {
         PublishRequest {
             topic: "a".into(),
             data: b"1".to_vec(),
+            ..PublishRequest::default()
         },
         PublishRequest {
             topic: "a".into(),
             data: b"{oops".to_vec(),
+            ..PublishRequest::default()
         },
     ];
     let status = pod
@@ -178,6 +182,7 @@ async fn queued_messages_for_one_client_may_share_a_frame_as_newline_separated_o
         .map(|n| PublishRequest {
             topic: "burst".into(),
             data: n.to_string().into_bytes(),
+            ..PublishRequest::default()
         })
         .collect();
     pod.publisher()

@@ -253,6 +253,7 @@ async fn grpc_calls_need_a_token_from_the_api_tokens_file() {
         let mut request = tonic::Request::new(PublishRequest {
             topic: "t".into(),
             data: b"1".to_vec(),
+            ..PublishRequest::default()
         });
         if let Some(token) = token {
             let value = format!("Bearer {token}").parse().expect("ascii");

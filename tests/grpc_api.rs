@@ -16,6 +16,7 @@ async fn refusal(pod: &Pod, topic: &str, data: &[u8]) -> tonic::Status {
         .publish(PublishRequest {
             topic: topic.into(),
             data: data.to_vec(),
+            ..PublishRequest::default()
         })
         .await
         .expect_err("publish should be refused")

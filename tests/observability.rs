@@ -53,6 +53,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
         .publish(PublishRequest {
             topic: "room:1".into(),
             data: b"not json".to_vec(),
+            ..PublishRequest::default()
         })
         .await;
     assert!(refused.is_err());
@@ -166,6 +167,7 @@ async fn one_trace_covers_a_publish_on_one_pod_and_its_delivery_on_another() {
     let mut request = tonic::Request::new(PublishRequest {
         topic: "traced".into(),
         data: b"1".to_vec(),
+        ..PublishRequest::default()
     });
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     request

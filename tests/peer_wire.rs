@@ -9,8 +9,9 @@ use bytes::{BufMut, BytesMut};
 use common::process::{Ports, Process};
 use common::user::User;
 use herald::cluster::{handshake, wire};
-use herald::message::NodeId;
+use herald::message::{Epoch, NodeId};
 use herald::proto::v1::{Envelope, PeerFrame, peer_frame};
+use herald::topic::Topic;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -40,8 +41,10 @@ async fn join(pod_peer: u16) -> (TcpStream, BytesMut) {
     (stream, buf)
 }
 
-fn envelope(id: &str, topic: &str, data: &str) -> BytesMut {
+/// Message `offset` of `topic`, numbered by the raw peer.
+fn envelope(id: &str, topic: &str, offset: u64, data: &str) -> BytesMut {
     let mut out = BytesMut::new();
+    let topic_name = Topic::new(topic).expect("valid");
     wire::encode(
         &PeerFrame {
             kind: Some(peer_frame::Kind::Envelope(Envelope {
@@ -49,7 +52,10 @@ fn envelope(id: &str, topic: &str, data: &str) -> BytesMut {
                 topic: topic.into(),
                 data: data.as_bytes().to_vec().into(),
                 origin: "00000000000000bb".into(),
-                trace_context: Default::default(),
+                offset,
+                epoch: Epoch::new_for(&topic_name).as_u64(),
+                sequencer: "00000000000000bb".into(),
+                ..Envelope::default()
             })),
         },
         &mut out,
@@ -75,7 +81,7 @@ async fn a_peer_sending_a_bad_frame_is_cut_off_and_the_pod_serves_on() {
     // A frame announcing 4 GiB is refused before its bytes arrive; the
     // envelope before it in the same write is delivered.
     let (mut greedy, _) = join(ports.peer).await;
-    let mut out = envelope("01JDZ0000000000000000000AB", "wire", r#"{"n":1}"#);
+    let mut out = envelope("01JDZ0000000000000000000AB", "wire", 1, r#"{"n":1}"#);
     out.put_u32(u32::MAX);
     greedy.write_all(&out).await.expect("sent");
     assert_eq!(user.message("wire").await["n"], 1);
@@ -94,9 +100,15 @@ async fn a_peer_sending_a_bad_frame_is_cut_off_and_the_pod_serves_on() {
     // The pod still takes peers, and its users still get their messages
     // from peers and from the API.
     let (mut good, _) = join(ports.peer).await;
-    let out = envelope("01JDZ0000000000000000000AC", "wire", r#"{"n":2}"#);
+    let out = envelope("01JDZ0000000000000000000AC", "wire", 1, r#"{"n":2}"#);
     good.write_all(&out).await.expect("sent");
+    // Another epoch of the topic (each raw peer's envelope has its own):
+    // the user is told of the gap first.
+    assert_eq!(user.next().await["op"], "gap");
     assert_eq!(user.message("wire").await["n"], 2);
+    // The raw peer is no live sequencer (this pod has no stream to it):
+    // the pod numbers the topic itself, in an epoch of its own.
     pod.publish("wire", r#"{"n":3}"#).await;
+    assert_eq!(user.next().await["op"], "gap");
     assert_eq!(user.message("wire").await["n"], 3);
 }

@@ -68,6 +68,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
             .publish(PublishRequest {
                 topic: "firehose".into(),
                 data: payload.clone().into_bytes(),
+                ..PublishRequest::default()
             })
             .await
             .expect("publish accepted");
@@ -104,6 +105,7 @@ async fn a_client_that_pauses_catches_up_with_every_message_in_order() {
             .publish(PublishRequest {
                 topic: "paused".into(),
                 data: format!(r#"[{n},"{}"]"#, "x".repeat(2000)).into_bytes(),
+                ..PublishRequest::default()
             })
             .await
             .expect("publish accepted");

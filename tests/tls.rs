@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::old_pod;
 use common::pod::Pod;
 use common::process::{Ports, Process};
 use common::user::User;
@@ -15,7 +14,6 @@ use rcgen::{
     KeyPair,
 };
 use serde_json::json;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// A test CA and the files of the certificates it issues.
 struct Pki {
@@ -177,8 +175,7 @@ async fn pods_with_certificates_from_the_cluster_ca_form_a_group_and_others_are_
     }
     // The rogue pod cannot complete a handshake with `a`, so a stream that
     // comes up on `a` is the one to `b`: on the peer wire, under TLS.
-    let line = a.wait_for_log("peer stream up").await;
-    assert!(line.contains("transport=wire"), "{line}");
+    a.wait_for_log("peer stream up").await;
 
     let mut member = User::connect(&b.ws_url()).await;
     let mut outsider = User::connect(&rogue.ws_url()).await;
@@ -189,37 +186,4 @@ async fn pods_with_certificates_from_the_cluster_ca_form_a_group_and_others_are_
     outsider
         .expect_silence(std::time::Duration::from_millis(500))
         .await;
-}
-
-#[tokio::test]
-async fn under_mutual_tls_a_pod_of_the_previous_release_is_dialled_over_grpc() {
-    let pki = Pki::new("cluster CA");
-    let old_cert = pki.issue("old", &["herald-peer"]);
-    let read = |path: &Path| std::fs::read(path).expect("readable");
-    let old_tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read(&old_cert.cert),
-            read(&old_cert.key),
-        ))
-        .client_ca_root(Certificate::from_pem(read(&pki.ca_file())));
-    let (old, mut received) = old_pod::serve("127.0.0.2", Some(old_tls)).await;
-    let ports = Ports::free_on(&["127.0.0.1"]);
-    let pod = Process::spawn(
-        "127.0.0.1",
-        ports,
-        &peer_flags(
-            &pki,
-            &pki.issue("new", &["herald-peer"]),
-            &format!("--peers={old}"),
-        ),
-        &[],
-    );
-    let line = pod.wait_for_log("peer stream up").await;
-    assert!(line.contains("transport=grpc"), "{line}");
-    pod.publish("t", r#""over grpc""#).await;
-    let envelope = tokio::time::timeout(common::PATIENCE, received.recv())
-        .await
-        .expect("the old pod receives the message in time")
-        .expect("an envelope");
-    assert_eq!(&envelope.data[..], br#""over grpc""#);
 }

@@ -5,12 +5,14 @@ use crate::message::NodeId;
 use crate::proto::v1::{Hello, PeerFrame, peer_frame};
 
 /// The peer protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The oldest peer protocol version this build still accepts. Raised only
 /// when a version has been out for at least one release, so that two
 /// adjacent herald versions always work together during a rolling upgrade.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// (Version 2, which numbers every topic's messages, replaced 1 before any
+/// release: no running pod speaks 1.)
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Why a peer's hello is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,72 +1,59 @@
 //! One outgoing stream to one peer, kept up for as long as the peer is in
 //! the peer set: connect, handshake, send what the queue holds; on any
 //! failure, back off (capped, jittered) and connect again. The stream is a
-//! peer-wire connection ([`wire`]), or a gRPC stream to a pod of an
-//! earlier release that does not speak the wire.
+//! peer-wire connection ([`wire`]).
 //!
-//! The queue outlives each stream, so messages published while a peer is
-//! briefly away are sent when it returns, up to the queue's bound; beyond it
-//! they are dropped for that peer, counted and logged.
+//! The queue carries [`Item`]s in order: numbered messages, drafts
+//! forwarded to the peer as their topic's sequencer, and the handover of a
+//! leaving pod. It outlives each stream, so what was queued while a peer
+//! was briefly away is sent when it returns, up to the queue's bound;
+//! beyond it messages are dropped for that peer, counted and logged (the
+//! peer sees the hole in the topic's offsets and tells its subscribers).
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{StreamExt, stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use super::backoff::Backoff;
 use super::mesh::{Mesh, PeerInfo};
 use super::{handshake, wire};
-use crate::message::{Message, NodeId};
-use crate::proto::v1::peer_client::PeerClient;
-use crate::proto::v1::{Envelope, Hello, PeerFrame, peer_frame};
+use crate::message::{Draft, Message, NodeId};
+use crate::proto::v1::{Envelope, Forward, Hello, Leaving, PeerFrame, peer_frame};
 use crate::stats::{self, Counters};
 use crate::telemetry::trace;
 
 /// How long connecting and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// HTTP/2 keepalive on peer streams: a peer that vanished without closing
-/// (SIGKILL, a partition) is noticed within interval + timeout.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Most bytes of queued messages put in one write on the peer wire.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
-/// How a link's stream travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// The peer wire ([`wire`]).
-    Wire,
-    /// The gRPC `Peer` service, to a pod of an earlier release.
-    Grpc,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Wire => "wire",
-            Self::Grpc => "grpc",
-        })
-    }
+/// One thing queued for a peer, in the order it is sent.
+#[derive(Debug, Clone)]
+pub enum Item {
+    /// A message numbered here.
+    Message(Arc<Message>),
+    /// A draft for the peer to number (or forward on), forwarded `hops`
+    /// times before.
+    Forward(Draft, u32),
+    /// This pod leaves: its topics' handover.
+    Leaving(Leaving),
 }
 
 /// One peer: its queue and what is known of its stream.
 #[derive(Debug)]
 pub struct Link {
     address: String,
-    queue: mpsc::Sender<Arc<Message>>,
+    queue: mpsc::Sender<Item>,
     stop: CancellationToken,
     connected: AtomicBool,
-    /// Whether the stream, while up, is a gRPC one.
-    grpc: AtomicBool,
+    /// The peer's node id, from its last hello.
+    node: Mutex<Option<NodeId>>,
     is_self: AtomicBool,
     dropped: AtomicU64,
     connects: AtomicU64,
@@ -74,7 +61,7 @@ pub struct Link {
     counters: Arc<Counters>,
 }
 
-type Queue = mpsc::Receiver<Arc<Message>>;
+type Queue = mpsc::Receiver<Item>;
 
 impl Link {
     /// A link to `address` with a queue of `capacity` messages, counting
@@ -86,7 +73,7 @@ impl Link {
             queue,
             stop: CancellationToken::new(),
             connected: AtomicBool::new(false),
-            grpc: AtomicBool::new(false),
+            node: Mutex::new(None),
             is_self: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             connects: AtomicU64::new(0),
@@ -111,6 +98,11 @@ impl Link {
         self.queue.capacity() == self.queue.max_capacity()
     }
 
+    /// The peer's node id, once a stream to it came up.
+    pub fn node(&self) -> Option<NodeId> {
+        *self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether this address turned out to be this pod itself.
     pub fn is_self(&self) -> bool {
         self.is_self.load(Ordering::Acquire)
@@ -119,16 +111,39 @@ impl Link {
     /// Queues `message` for the peer without waiting; drops it (counted,
     /// logged at powers of two) when the queue is full.
     pub fn offer(&self, message: &Arc<Message>) {
+        self.offer_item(Item::Message(Arc::clone(message)));
+    }
+
+    /// Queues `draft` for the peer to number; false if the queue is full
+    /// or the peer is this pod.
+    pub fn forward(&self, draft: Draft, hops: u32) -> bool {
+        self.offer_item(Item::Forward(draft, hops))
+    }
+
+    /// Queues the handover behind everything queued before it, waiting
+    /// for room for up to `timeout`.
+    pub async fn leave(&self, leaving: Leaving, timeout: Duration) -> bool {
         if self.is_self() {
-            return;
+            return true;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message.clone()) {
+        let sent = self.queue.send_timeout(Item::Leaving(leaving), timeout);
+        sent.await.is_ok()
+    }
+
+    fn offer_item(&self, item: Item) -> bool {
+        if self.is_self() {
+            return false;
+        }
+        let sent = self.queue.try_send(item);
+        if let Err(mpsc::error::TrySendError::Full(_)) = sent {
             stats::add(&self.counters.peer_queue_drops, 1);
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(peer = %self.address, dropped, "peer queue full: dropping messages for this peer");
             }
+            return false;
         }
+        sent.is_ok()
     }
 
     /// Ends the link: the peer left the set.
@@ -143,13 +158,6 @@ impl Link {
             connected: self.is_connected(),
             dropped: self.dropped.load(Ordering::Relaxed),
             connects: self.connects.load(Ordering::Relaxed),
-            transport: self.is_connected().then(|| {
-                if self.grpc.load(Ordering::Acquire) {
-                    Transport::Grpc
-                } else {
-                    Transport::Wire
-                }
-            }),
             last_error: self
                 .last_error
                 .lock()
@@ -183,14 +191,12 @@ enum LinkError {
     Stream(String),
     #[error("the address is this pod itself")]
     ItsMe,
-    #[error("no peer wire: {0}")]
-    NoWire(&'static str),
 }
 
 impl From<wire::DialError> for LinkError {
     fn from(error: wire::DialError) -> Self {
         match error {
-            wire::DialError::NoWire(why) => Self::NoWire(why),
+            wire::DialError::NoWire(why) => Self::Connect(why.to_owned()),
             wire::DialError::Refused(why) => Self::Refused(why),
             wire::DialError::Wire(e) => Self::Connect(e.to_string()),
         }
@@ -198,39 +204,21 @@ impl From<wire::DialError> for LinkError {
 }
 
 /// Keeps the link's stream up until the link is stopped or the pod shuts
-/// down. Each connection tries the peer wire first; a peer that does not
-/// answer its preface (an earlier release) gets a gRPC stream instead, and
-/// the wire again after that stream ends, in case it was upgraded.
+/// down.
 pub async fn run(link: Arc<Link>, queue: Queue, mesh: Mesh, shutdown: CancellationToken) {
     let queue = Arc::new(tokio::sync::Mutex::new(queue));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut wire = true;
     loop {
-        let attempt = async {
-            if wire {
-                stream_wire(&link, &queue, &mesh, &mut backoff).await
-            } else {
-                stream_grpc(&link, &queue, &mesh, &mut backoff).await
-            }
-        };
         let ended = tokio::select! {
             () = link.stop.cancelled() => return,
             () = shutdown.cancelled() => return,
-            ended = attempt => ended,
+            ended = stream_wire(&link, &queue, &mesh, &mut backoff) => ended,
         };
         link.connected.store(false, Ordering::Release);
-        match ended {
-            LinkError::ItsMe => {
-                link.is_self.store(true, Ordering::Release);
-                tracing::debug!(peer = %link.address, "peer address is this pod; not streaming to it");
-                return;
-            }
-            LinkError::NoWire(why) if wire => {
-                tracing::debug!(peer = %link.address, %why, "peer does not speak the peer wire; using gRPC");
-                wire = false;
-                continue;
-            }
-            _ => wire = true,
+        if let LinkError::ItsMe = ended {
+            link.is_self.store(true, Ordering::Release);
+            tracing::debug!(peer = %link.address, "peer address is this pod; not streaming to it");
+            return;
         }
         link.record_error(&ended);
         tokio::select! {
@@ -257,13 +245,14 @@ async fn stream_wire(
         Ok(Err(e)) => return e.into(),
         Ok(Ok(pair)) => pair,
     };
-    if let Err(e) = accept_hello(&theirs, &settings.cluster, settings.node) {
-        return e;
-    }
+    let node = match accept_hello(&theirs, &settings.cluster, settings.node) {
+        Ok(node) => node,
+        Err(e) => return e,
+    };
     // NB: the previous stream may still hold the queue for a moment after
     // it broke; this waits for it to be given back.
     let mut queue = queue.clone().lock_owned().await;
-    up(link, backoff, Transport::Wire);
+    up(link, backoff, node);
     let mut out = BytesMut::new();
     let mut probe = [0u8; 64];
     loop {
@@ -275,15 +264,15 @@ async fn stream_wire(
                 Ok(_) => {}
                 Err(e) => return LinkError::Stream(e.to_string()),
             },
-            message = queue.recv() => {
-                let Some(message) = message else {
+            item = queue.recv() => {
+                let Some(item) = item else {
                     return LinkError::Stream("queue closed".into());
                 };
-                wire::encode(&envelope(&message, &link.address), &mut out);
+                wire::encode(&frame(item, &link.address), &mut out);
                 // Whatever else is queued goes in the same write.
                 while out.len() < WRITE_BATCH_BYTES {
-                    let Ok(message) = queue.try_recv() else { break };
-                    wire::encode(&envelope(&message, &link.address), &mut out);
+                    let Ok(item) = queue.try_recv() else { break };
+                    wire::encode(&frame(item, &link.address), &mut out);
                 }
                 if let Err(e) = stream.write_all(&out).await {
                     return LinkError::Stream(e.to_string());
@@ -294,102 +283,22 @@ async fn stream_wire(
     }
 }
 
-/// One gRPC stream's life: connect, handshake, then send until it breaks.
-async fn stream_grpc(
-    link: &Link,
-    queue: &Arc<tokio::sync::Mutex<Queue>>,
-    mesh: &Mesh,
-    backoff: &mut Backoff,
-) -> LinkError {
-    let settings = mesh.settings();
-    let scheme = if settings.tls.is_some() {
-        "https"
-    } else {
-        "http"
+/// Checks the peer's hello (not this pod itself, same cluster, a protocol
+/// version in common) and returns its node id.
+fn accept_hello(theirs: &Hello, cluster: &str, node: NodeId) -> Result<NodeId, LinkError> {
+    let Ok(their_node) = theirs.node.parse::<NodeId>() else {
+        return Err(LinkError::Refused(format!("bad node id {:?}", theirs.node)));
     };
-    let endpoint =
-        Endpoint::from_shared(format!("{scheme}://{}", link.address)).and_then(|endpoint| {
-            match &settings.tls {
-                Some(tls) => endpoint.tls_config(tls.grpc.clone()),
-                None => Ok(endpoint),
-            }
-        });
-    let endpoint = match endpoint {
-        Ok(endpoint) => endpoint,
-        Err(e) => return LinkError::Connect(error_chain(&e)),
-    };
-    let channel = endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await;
-    let channel = match channel {
-        Ok(channel) => channel,
-        Err(e) => return LinkError::Connect(error_chain(&e)),
-    };
-    // NB: the previous stream's body may still hold the queue for a moment
-    // after it broke; this waits for it to be dropped.
-    let queue = queue.clone().lock_owned().await;
-    let first = PeerFrame::from(settings.hello());
-    let peer = link.address.clone();
-    let envelopes = stream::unfold(queue, move |mut queue| {
-        let peer = peer.clone();
-        async move {
-            let message = queue.recv().await?;
-            Some((envelope(&message, &peer), queue))
-        }
-    });
-    let outbound = stream::once(async { first }).chain(envelopes);
-    let mut client = PeerClient::new(channel);
-    let handshake = async {
-        let mut inbound = client.broadcast(outbound).await?.into_inner();
-        let reply = inbound.message().await?;
-        Ok::<_, tonic::Status>((inbound, reply))
-    };
-    let (mut inbound, reply) = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-        Err(_) => return LinkError::Connect("handshake timed out".into()),
-        Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
-            return LinkError::Refused(status.message().to_owned());
-        }
-        Ok(Err(status)) => return LinkError::Connect(status.to_string()),
-        Ok(Ok(pair)) => pair,
-    };
-    let Some(PeerFrame {
-        kind: Some(peer_frame::Kind::Hello(theirs)),
-    }) = reply
-    else {
-        return LinkError::Refused(handshake::Refusal::NoHello.to_string());
-    };
-    if let Err(e) = accept_hello(&theirs, &settings.cluster, settings.node) {
-        return e;
-    }
-    up(link, backoff, Transport::Grpc);
-    // The peer sends nothing after its hello; the stream ends when it goes.
-    loop {
-        match inbound.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return LinkError::Stream("closed by the peer".into()),
-            Err(status) => return LinkError::Stream(status.message().to_owned()),
-        }
-    }
-}
-
-/// Checks the peer's hello: not this pod itself, same cluster, a protocol
-/// version in common.
-fn accept_hello(theirs: &Hello, cluster: &str, node: NodeId) -> Result<(), LinkError> {
-    if theirs.node.parse::<NodeId>().ok() == Some(node) {
+    if their_node == node {
         return Err(LinkError::ItsMe);
     }
-    handshake::check(theirs, cluster).map_err(|refusal| LinkError::Refused(refusal.to_string()))
+    handshake::check(theirs, cluster).map_err(|refusal| LinkError::Refused(refusal.to_string()))?;
+    Ok(their_node)
 }
 
-/// Books a stream that came up.
-fn up(link: &Link, backoff: &mut Backoff, transport: Transport) {
-    link.grpc
-        .store(transport == Transport::Grpc, Ordering::Release);
+/// Books a stream that came up to `node`.
+fn up(link: &Link, backoff: &mut Backoff, node: NodeId) {
+    *link.node.lock().unwrap_or_else(|p| p.into_inner()) = Some(node);
     link.connected.store(true, Ordering::Release);
     if link.connects.fetch_add(1, Ordering::Relaxed) > 0 {
         stats::add(&link.counters.peer_reconnects, 1);
@@ -402,62 +311,104 @@ fn up(link: &Link, backoff: &mut Backoff, transport: Transport) {
         .take()
         .is_some();
     if was_down {
-        tracing::info!(peer = %link.address, %transport, "peer stream up again");
+        tracing::info!(peer = %link.address, %node, "peer stream up again");
     } else {
-        tracing::info!(peer = %link.address, %transport, "peer stream up");
+        tracing::info!(peer = %link.address, %node, "peer stream up");
     }
 }
 
-fn envelope(message: &Message, peer: &str) -> PeerFrame {
-    let trace_context = message
-        .trace()
-        .map(|parent| trace::hop(parent, peer))
-        .unwrap_or_default();
-    PeerFrame {
-        kind: Some(peer_frame::Kind::Envelope(Envelope {
-            id: message.id().to_string(),
-            topic: message.topic().to_string(),
-            data: message.data().clone(),
-            origin: message.origin().to_string(),
-            trace_context,
-        })),
+/// The frame that carries `item` to `peer`.
+fn frame(item: Item, peer: &str) -> PeerFrame {
+    let kind = match item {
+        Item::Message(message) => peer_frame::Kind::Envelope(envelope(&message, peer)),
+        Item::Forward(draft, hops) => peer_frame::Kind::Forward(Forward {
+            draft: Some(draft_envelope(&draft, peer)),
+            hops,
+        }),
+        Item::Leaving(leaving) => peer_frame::Kind::Leaving(leaving),
+    };
+    PeerFrame { kind: Some(kind) }
+}
+
+/// A numbered message as it travels.
+pub fn envelope(message: &Message, peer: &str) -> Envelope {
+    let stamp = message.stamp();
+    Envelope {
+        offset: stamp.offset,
+        epoch: stamp.epoch.as_u64(),
+        sequencer: stamp.sequencer.to_string(),
+        ..envelope_of(
+            message.id(),
+            message.topic().as_str(),
+            message.data(),
+            message.origin(),
+            message.key(),
+            message.trace(),
+            peer,
+        )
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
+fn draft_envelope(draft: &Draft, peer: &str) -> Envelope {
+    envelope_of(
+        draft.id,
+        draft.topic.as_str(),
+        &draft.data,
+        draft.origin,
+        draft.key.as_ref(),
+        draft.trace.as_deref(),
+        peer,
+    )
+}
+
+fn envelope_of(
+    id: crate::message::MessageId,
+    topic: &str,
+    data: &bytes::Bytes,
+    origin: NodeId,
+    key: Option<&Arc<str>>,
+    trace: Option<&crate::message::TraceContext>,
+    peer: &str,
+) -> Envelope {
+    Envelope {
+        id: id.to_string(),
+        topic: topic.to_owned(),
+        data: data.clone(),
+        origin: origin.to_string(),
+        trace_context: trace
+            .map(|parent| trace::hop(parent, peer))
+            .unwrap_or_default(),
+        idempotency_key: key.map(|k| k.to_string()).unwrap_or_default(),
+        ..Envelope::default()
     }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hub::Hub;
-    use crate::message::IdGenerator;
-    use crate::topic::Topic;
-    use bytes::Bytes;
     use tokio::net::TcpListener;
     use tokio_util::task::TaskTracker;
 
     fn mesh() -> Mesh {
+        let node = NodeId::random();
         let settings = crate::cluster::MeshSettings {
             cluster: "test".into(),
-            node: NodeId::random(),
+            node,
             address: "127.0.0.1:7070".into(),
             peer_queue: 1024,
             max_message_bytes: 1 << 20,
             ready_timeout: Duration::from_secs(1),
             tls: None,
         };
+        let local = crate::local::Local::new(
+            Hub::new(),
+            crate::history::History::new(Default::default()),
+            node,
+        );
         Mesh::new(
             settings,
-            Hub::new(),
+            local,
             TaskTracker::new(),
             CancellationToken::new(),
             Arc::new(Counters::default()),
@@ -466,19 +417,11 @@ mod tests {
 
     /// Messages of `size` bytes each, numbered from 0.
     fn messages(count: usize, size: usize) -> Vec<Arc<Message>> {
-        let ids = IdGenerator::new(NodeId::random());
-        let topic = Topic::new("t").expect("valid");
         (0..count)
             .map(|i| {
                 let mut data = format!("{i:08}").into_bytes();
                 data.resize(size, b'x');
-                let message = Message::new(
-                    ids.next_id(),
-                    topic.clone(),
-                    Bytes::from(data),
-                    NodeId::random(),
-                );
-                Arc::new(message)
+                crate::message::sample("t", i as u64 + 1, &String::from_utf8_lossy(&data))
             })
             .collect()
     }

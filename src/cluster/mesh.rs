@@ -1,12 +1,24 @@
 //! The broadcast group as this pod sees it: one [`Link`] per peer, the
-//! relay of local messages to all of them, and delivery of what peers send.
+//! relay of local messages to all of them, the choice of which pod numbers
+//! a topic, and the handling of what peers send.
+//!
+//! Ordering (docs/continuity.md): every topic has one sequencer at a time.
+//! A topic keeps the sequencer that numbered its last message for as long
+//! as that pod is live (its stream is up and it has not left); a topic
+//! without a live sequencer goes to the live pod that rendezvous hashing
+//! ranks first for it. Drafts are forwarded to the sequencer, which numbers
+//! them and relays them to everyone, the forwarding pod included. A pod
+//! that drains hands each topic it numbers, at its last offset, to one
+//! successor all pods agree on, so a rolling restart never starts a new
+//! epoch; a sequencer that vanishes is replaced by one that starts a new
+//! epoch, so a position issued by the old one is never reused.
 //!
 //! Concurrency: the publish path reads the current links through an
 //! `ArcSwap`, without a lock, and only offers to bounded queues, so a slow or
 //! dead peer never blocks publishing or the other peers. Membership changes
 //! come from one task (`follow`) and swap in a new list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,16 +29,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::dedup::Dedup;
-use super::link::{self, Link, Transport};
+use super::link::{self, Link};
 use super::{PeerSet, handshake};
-use crate::hub::Hub;
-use crate::message::{Message, MessageId, NodeId, TraceContext};
-use crate::proto::v1::{Envelope, Hello};
-use crate::publish::{Relay, validate};
+use crate::local::Local;
+use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp, TraceContext};
+use crate::proto::v1::{Envelope, Head, Hello, Leaving, PeerFrame, peer_frame};
+use crate::publish::{Relay, Route, validate};
 use crate::stats::Counters;
 use crate::telemetry::trace;
 use crate::tls::PeerTls;
+use crate::topic::Topic;
+
+/// How many times a draft is forwarded before a pod numbers it itself
+/// (views of who is live differ for a moment while membership changes).
+pub const MAX_HOPS: u32 = 2;
+
+/// Most topics one handover frame carries.
+const HEADS_PER_FRAME: usize = 1_000;
 
 /// How this pod presents itself to its peers.
 #[derive(Debug, Clone)]
@@ -67,8 +86,6 @@ pub struct PeerInfo {
     pub connects: u64,
     /// The last stream error, if any.
     pub last_error: Option<String>,
-    /// How the stream travels, while it is up.
-    pub transport: Option<Transport>,
 }
 
 /// A handle to this pod's side of the broadcast group. Clones share it.
@@ -79,12 +96,16 @@ pub struct Mesh {
 
 struct Inner {
     settings: MeshSettings,
-    hub: Hub,
+    local: Local,
     /// The links the publish path relays to.
     links: ArcSwap<Vec<Arc<Link>>>,
     /// The same links by address; written only by `follow`.
     by_address: Mutex<BTreeMap<String, Arc<Link>>>,
-    dedup: Mutex<Dedup>,
+    /// Pods that handed their topics on and are going.
+    left: Mutex<HashSet<NodeId>>,
+    /// This pod handed its topics on: it numbers nothing more while
+    /// another pod is live.
+    leaving: AtomicBool,
     discovered: AtomicBool,
     settled: AtomicBool,
     started: Instant,
@@ -94,11 +115,12 @@ struct Inner {
 }
 
 impl Mesh {
-    /// A mesh with no peers yet. Link tasks run on `tracker` and stop with
-    /// `shutdown`; drops and reconnects are counted into `counters`.
+    /// A mesh with no peers yet, ordering and delivering through `local`.
+    /// Link tasks run on `tracker` and stop with `shutdown`; drops and
+    /// reconnects are counted into `counters`.
     pub fn new(
         settings: MeshSettings,
-        hub: Hub,
+        local: Local,
         tracker: TaskTracker,
         shutdown: CancellationToken,
         counters: Arc<Counters>,
@@ -106,10 +128,11 @@ impl Mesh {
         Self {
             inner: Arc::new(Inner {
                 settings,
-                hub,
+                local,
                 links: ArcSwap::default(),
                 by_address: Mutex::default(),
-                dedup: Mutex::default(),
+                left: Mutex::default(),
+                leaving: AtomicBool::new(false),
                 discovered: AtomicBool::new(false),
                 settled: AtomicBool::new(false),
                 started: Instant::now(),
@@ -242,73 +265,237 @@ impl Mesh {
         connected || timed_out
     }
 
-    /// Delivers messages received from a peer, in order, to this pod's
-    /// subscribers. Untraced messages that arrived together are delivered
-    /// together (a session gets them in one frame); a traced one is
-    /// delivered on its own, in a span under the publisher's trace. Invalid
-    /// envelopes are logged and skipped; a message seen before is skipped
-    /// silently.
-    pub fn receive(&self, envelopes: impl IntoIterator<Item = Envelope>) {
-        let mut together = Vec::new();
-        for envelope in envelopes {
-            let Some(message) = self.accept(&envelope) else {
-                continue;
-            };
-            if envelope.trace_context.is_empty() {
-                together.push(message);
-                continue;
-            }
-            self.deliver(&together, None);
-            together.clear();
-            self.deliver(&[message], Some(&envelope.trace_context));
+    /// Hands every topic this pod numbers on to its successor among the
+    /// live peers, on every stream after what is queued there, and stops
+    /// numbering: publishes that reach this pod from now on are forwarded.
+    /// Waits up to `timeout` per stream for room in its queue.
+    pub async fn leave(&self, timeout: Duration) {
+        let inner = &self.inner;
+        inner.leaving.store(true, Ordering::Release);
+        let successors = self.live_peers();
+        if successors.is_empty() {
+            return;
         }
-        self.deliver(&together, None);
+        let me = inner.settings.node;
+        let heads = inner.local.history().sequenced_by(me);
+        for (topic, head) in &heads {
+            let successor = first_ranked(topic, &successors).unwrap_or(me);
+            inner.local.hand_over(topic, *head, successor);
+        }
+        let successors: Vec<String> = successors.iter().map(NodeId::to_string).collect();
+        let frames: Vec<Leaving> = heads
+            .chunks(HEADS_PER_FRAME)
+            .map(|chunk| Leaving {
+                successors: successors.clone(),
+                heads: chunk
+                    .iter()
+                    .map(|(topic, head)| Head {
+                        topic: topic.to_string(),
+                        epoch: head.epoch.map_or(0, Epoch::as_u64),
+                        offset: head.offset,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let frames = if frames.is_empty() {
+            vec![Leaving {
+                successors,
+                heads: Vec::new(),
+            }]
+        } else {
+            frames
+        };
+        for link in self.inner.links.load().iter() {
+            for frame in &frames {
+                if !link.leave(frame.clone(), timeout).await {
+                    tracing::warn!(peer = %link.address(), "the handover did not fit in the peer's queue in time");
+                    break;
+                }
+            }
+        }
+        tracing::info!(
+            topics = heads.len(),
+            "handed this pod's topics to their successors"
+        );
     }
 
-    /// Parses a peer's envelope into a message not seen before.
-    fn accept(&self, envelope: &Envelope) -> Option<Arc<Message>> {
-        let inner = &self.inner;
-        let parsed = envelope
+    /// Peers with a stream up that have not left.
+    fn live_peers(&self) -> Vec<NodeId> {
+        let left = self.inner.left.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner
+            .links
+            .load()
+            .iter()
+            .filter(|l| l.is_connected())
+            .filter_map(|l| l.node())
+            .filter(|node| !left.contains(node))
+            .collect()
+    }
+
+    /// Handles frames received from the peer `from`, in order. Numbered
+    /// messages that arrived together are delivered together (a session
+    /// gets them in one frame); a traced one is delivered on its own, in a
+    /// span under the publisher's trace. Invalid frames are logged and
+    /// skipped.
+    pub fn receive(&self, from: NodeId, frames: impl IntoIterator<Item = PeerFrame>) {
+        let mut together = Vec::new();
+        for frame in frames {
+            match frame.kind {
+                Some(peer_frame::Kind::Envelope(envelope)) => {
+                    let Some(message) = self.parse(&envelope, true) else {
+                        continue;
+                    };
+                    if envelope.trace_context.is_empty() {
+                        together.push(message);
+                        continue;
+                    }
+                    self.deliver(std::mem::take(&mut together), None);
+                    self.deliver(vec![message], Some(&envelope.trace_context));
+                }
+                Some(peer_frame::Kind::Forward(forward)) => {
+                    self.deliver(std::mem::take(&mut together), None);
+                    self.take_forward(forward.draft.as_ref(), forward.hops);
+                }
+                Some(peer_frame::Kind::Leaving(leaving)) => {
+                    self.deliver(std::mem::take(&mut together), None);
+                    self.take_leaving(from, &leaving);
+                }
+                Some(_) | None => tracing::debug!("ignoring an unexpected frame from a peer"),
+            }
+        }
+        self.deliver(together, None);
+    }
+
+    /// Parses a peer's envelope: numbered (`numbered`) or a draft.
+    fn parse(&self, envelope: &Envelope, numbered: bool) -> Option<Arc<Message>> {
+        let parsed = self.draft(envelope).and_then(|draft| {
+            if !numbered {
+                return Err("unexpected".into());
+            }
+            let epoch = Epoch::from_u64(envelope.epoch)
+                .ok_or_else(|| format!("bad epoch {}", envelope.epoch))?;
+            let sequencer = envelope
+                .sequencer
+                .parse::<NodeId>()
+                .map_err(|e| format!("bad sequencer {:?}: {e}", envelope.sequencer))?;
+            if envelope.offset == 0 {
+                return Err("offset 0".into());
+            }
+            let stamp = Stamp {
+                epoch,
+                offset: envelope.offset,
+                sequencer,
+            };
+            Ok(Arc::new(Message::new(draft, stamp)))
+        });
+        parsed
+            .map_err(|reason| tracing::warn!(%reason, "dropping an invalid message from a peer"))
+            .ok()
+    }
+
+    fn draft(&self, envelope: &Envelope) -> Result<Draft, String> {
+        let id = envelope
             .id
             .parse::<MessageId>()
-            .map_err(|e| format!("bad id {:?}: {e}", envelope.id))
-            .and_then(|id| {
-                let origin = envelope
-                    .origin
-                    .parse::<NodeId>()
-                    .map_err(|e| format!("bad origin {:?}: {e}", envelope.origin))?;
-                let (topic, data) = validate(
-                    &envelope.topic,
-                    &envelope.data,
-                    inner.settings.max_message_bytes,
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(Message::new(id, topic, data, origin))
-            });
-        let message = match parsed {
-            Ok(message) => message,
-            Err(reason) => {
-                tracing::warn!(%reason, "dropping an invalid message from a peer");
-                return None;
-            }
-        };
-        let first = inner
-            .dedup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first_sighting(message.id());
-        first.then(|| Arc::new(message))
+            .map_err(|e| format!("bad id {:?}: {e}", envelope.id))?;
+        let origin = envelope
+            .origin
+            .parse::<NodeId>()
+            .map_err(|e| format!("bad origin {:?}: {e}", envelope.origin))?;
+        let (topic, data) = validate(
+            &envelope.topic,
+            &envelope.data,
+            self.inner.settings.max_message_bytes,
+        )
+        .map_err(|e| e.to_string())?;
+        let key = (!envelope.idempotency_key.is_empty())
+            .then(|| Arc::from(envelope.idempotency_key.as_str()));
+        Ok(Draft::new(id, topic, data, origin).with_key(key))
     }
 
-    fn deliver(&self, messages: &[Arc<Message>], parent: Option<&TraceContext>) {
-        let [first, ..] = messages else {
+    /// A draft forwarded here: numbered here, or forwarded on to the pod
+    /// this one believes numbers its topic.
+    fn take_forward(&self, draft: Option<&Envelope>, hops: u32) {
+        let Some(draft) = draft.map(|d| self.draft(d)) else {
             return;
         };
+        let draft = match draft {
+            Ok(draft) => draft,
+            Err(reason) => {
+                tracing::warn!(%reason, "dropping an invalid forward from a peer");
+                return;
+            }
+        };
+        if hops < MAX_HOPS
+            && let Route::To(node) = self.route(&draft.topic)
+            && self.send_forward(node, draft.clone(), hops + 1)
+        {
+            return;
+        }
+        self.inner
+            .local
+            .sequence(vec![draft], &|message| self.relay(message));
+    }
+
+    /// A peer leaves: it numbers nothing more, and each topic it numbered
+    /// goes to its successor.
+    fn take_leaving(&self, from: NodeId, leaving: &Leaving) {
+        self.inner
+            .left
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(from);
+        let successors: Vec<NodeId> = leaving
+            .successors
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        for head in &leaving.heads {
+            let (Ok(topic), Some(epoch)) = (Topic::new(&head.topic), Epoch::from_u64(head.epoch))
+            else {
+                continue;
+            };
+            if let Some(successor) = first_ranked(&topic, &successors) {
+                let position = Position::at(epoch, head.offset);
+                self.inner.local.hand_over(&topic, position, successor);
+            }
+        }
+        tracing::info!(peer = %from, topics = leaving.heads.len(), "a peer is leaving and handed its topics on");
+    }
+
+    fn deliver(&self, messages: Vec<Arc<Message>>, parent: Option<&TraceContext>) {
+        let Some(first) = messages.first().cloned() else {
+            return;
+        };
+        let count = messages.len();
         trace::in_deliver_span(parent, || {
-            let delivery = self.inner.hub.deliver_all(messages);
-            tracing::debug!(id = %first.id(), topic = %first.topic(), messages = messages.len(), queued = delivery.queued, "delivered a message from a peer");
+            self.inner.local.accept(messages);
+            tracing::debug!(id = %first.id(), topic = %first.topic(), messages = count, "delivered messages from a peer");
         });
     }
+
+    fn send_forward(&self, to: NodeId, draft: Draft, hops: u32) -> bool {
+        self.inner
+            .links
+            .load()
+            .iter()
+            .find(|l| l.is_connected() && l.node() == Some(to))
+            .is_some_and(|link| link.forward(draft, hops))
+    }
+}
+
+/// The node rendezvous hashing ranks first for `topic` among `nodes`.
+pub fn first_ranked(topic: &Topic, nodes: &[NodeId]) -> Option<NodeId> {
+    nodes.iter().copied().max_by_key(|node| rank(topic, *node))
+}
+
+/// A node's rendezvous score for a topic: FNV-1a over both, then a
+/// finaliser, the same on every pod and every build.
+fn rank(topic: &Topic, node: NodeId) -> u64 {
+    let mut hash = crate::topic::fnv1a(topic.stable_hash(), &node.as_u64().to_be_bytes());
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^ (hash >> 33)
 }
 
 impl Relay for Mesh {
@@ -317,117 +504,301 @@ impl Relay for Mesh {
             link.offer(message);
         }
     }
+
+    fn route(&self, topic: &Topic) -> Route {
+        let inner = &self.inner;
+        let me = inner.settings.node;
+        let leaving = inner.leaving.load(Ordering::Acquire);
+        let live = self.live_peers();
+        match inner.local.sequencer_of(topic) {
+            Some(node) if node == me && !leaving => return Route::Here,
+            Some(node) if live.contains(&node) => return Route::To(node),
+            _ => {}
+        }
+        let mut candidates = live;
+        if !leaving || candidates.is_empty() {
+            candidates.push(me);
+        }
+        match first_ranked(topic, &candidates) {
+            Some(node) if node != me => Route::To(node),
+            _ => Route::Here,
+        }
+    }
+
+    fn forward(&self, to: NodeId, draft: Draft) -> bool {
+        self.send_forward(to, draft, 0)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::History;
+    use crate::hub::{Hub, Mailbox, Membership, Outgoing};
     use crate::message::IdGenerator;
-    use crate::topic::Topic;
 
-    fn mesh(hub: &Hub) -> Mesh {
+    fn mesh() -> Mesh {
+        let node = NodeId::random();
         let settings = MeshSettings {
             cluster: "test".into(),
-            node: NodeId::random(),
+            node,
             address: "127.0.0.1:7070".into(),
             peer_queue: 8,
             max_message_bytes: 64,
             ready_timeout: Duration::from_secs(1),
             tls: None,
         };
+        let local = Local::new(Hub::new(), History::new(Default::default()), node);
         let counters = Arc::new(Counters::default());
         Mesh::new(
             settings,
-            hub.clone(),
+            local,
             TaskTracker::new(),
             CancellationToken::new(),
             counters,
         )
     }
 
-    fn envelope(id: MessageId, topic: &str, data: &'static [u8]) -> Envelope {
-        Envelope {
-            id: id.to_string(),
-            topic: topic.into(),
-            data: bytes::Bytes::from_static(data),
-            origin: NodeId::random().to_string(),
-            trace_context: Default::default(),
+    fn topic() -> Topic {
+        Topic::new("t").expect("valid")
+    }
+
+    struct Peer {
+        node: NodeId,
+        epoch: Epoch,
+        ids: IdGenerator,
+    }
+
+    impl Peer {
+        fn new() -> Self {
+            let node = NodeId::random();
+            Self {
+                node,
+                epoch: Epoch::new_for(&topic()),
+                ids: IdGenerator::new(node),
+            }
+        }
+
+        /// The envelope of message `offset` of topic `t`, numbered by this
+        /// peer.
+        fn envelope(&self, offset: u64, data: &'static [u8]) -> Envelope {
+            Envelope {
+                id: self.ids.next_id().to_string(),
+                topic: "t".into(),
+                data: bytes::Bytes::from_static(data),
+                origin: self.node.to_string(),
+                offset,
+                epoch: self.epoch.as_u64(),
+                sequencer: self.node.to_string(),
+                ..Envelope::default()
+            }
         }
     }
 
-    /// A session of `hub` subscribed to topic `t`.
-    fn subscribed(hub: &Hub) -> (crate::hub::Membership, crate::hub::Mailbox) {
-        let (mut member, mailbox) = hub.join(8, 8);
-        member
-            .subscribe(Topic::new("t").expect("valid"))
-            .expect("under limit");
+    fn frame(envelope: Envelope) -> PeerFrame {
+        PeerFrame {
+            kind: Some(peer_frame::Kind::Envelope(envelope)),
+        }
+    }
+
+    /// A session of `mesh`'s hub subscribed to topic `t`.
+    fn subscribed(mesh: &Mesh) -> (Membership, Mailbox) {
+        let (mut member, mailbox) = mesh.inner.local.hub().join(64, 8);
+        member.subscribe(topic()).expect("under limit");
         (member, mailbox)
+    }
+
+    fn frames(mailbox: &mut Mailbox) -> Vec<serde_json::Value> {
+        std::iter::from_fn(|| mailbox.try_recv())
+            .map(|item: Outgoing| serde_json::from_str(item.frame().as_str()).expect("JSON"))
+            .collect()
     }
 
     #[test]
     fn a_message_from_a_peer_is_delivered_once_even_if_it_arrives_twice() {
-        let hub = Hub::new();
-        let mesh = mesh(&hub);
-        let (_member, mut mailbox) = subscribed(&hub);
-        let id = IdGenerator::new(NodeId::random()).next_id();
-        mesh.receive([envelope(id, "t", b"{\"k\": 1}")]);
-        mesh.receive([envelope(id, "t", b"{\"k\": 1}")]);
-        let delivered = mailbox.try_recv().expect("delivered");
-        assert_eq!(delivered.id(), id);
-        assert_eq!(&delivered.data()[..], br#"{"k":1}"#);
-        assert!(
-            mailbox.try_recv().is_none(),
-            "the duplicate was not delivered"
-        );
+        let mesh = mesh();
+        let (_member, mut mailbox) = subscribed(&mesh);
+        let peer = Peer::new();
+        let first = peer.envelope(1, b"{\"k\": 1}");
+        mesh.receive(peer.node, [frame(first.clone())]);
+        mesh.receive(peer.node, [frame(first.clone())]);
+        let got = frames(&mut mailbox);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0]["id"], first.id);
+        assert_eq!(got[0]["offset"], 1);
+        assert_eq!(got[0]["data"], serde_json::json!({"k": 1}));
     }
 
     #[test]
-    fn envelopes_received_together_are_delivered_in_order_traced_or_not() {
-        let hub = Hub::new();
-        let mesh = mesh(&hub);
-        let (_member, mut mailbox) = subscribed(&hub);
-        let ids = IdGenerator::new(NodeId::random());
-        let mut traced = envelope(ids.next_id(), "t", b"2");
+    fn frames_received_together_are_delivered_in_order_traced_or_not() {
+        let mesh = mesh();
+        let (_member, mut mailbox) = subscribed(&mesh);
+        let peer = Peer::new();
+        let mut traced = peer.envelope(2, b"2");
         traced.trace_context = [(
             "traceparent".to_owned(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
         )]
         .into();
-        mesh.receive([
-            envelope(ids.next_id(), "t", b"1"),
-            traced,
-            envelope(ids.next_id(), "t", b"3"),
-        ]);
-        let data: Vec<_> = std::iter::from_fn(|| mailbox.try_recv())
-            .map(|m| m.data().clone())
+        mesh.receive(
+            peer.node,
+            [
+                frame(peer.envelope(1, b"1")),
+                frame(traced),
+                frame(peer.envelope(3, b"3")),
+            ],
+        );
+        let data: Vec<_> = frames(&mut mailbox)
+            .iter()
+            .map(|f| f["data"].clone())
             .collect();
-        assert_eq!(data, [&b"1"[..], b"2", b"3"]);
+        assert_eq!(data, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_hole_in_a_peers_offsets_reaches_subscribers_as_a_gap_before_the_next_message() {
+        let mesh = mesh();
+        let (_member, mut mailbox) = subscribed(&mesh);
+        let peer = Peer::new();
+        mesh.receive(peer.node, [frame(peer.envelope(1, b"1"))]);
+        mesh.receive(peer.node, [frame(peer.envelope(4, b"4"))]);
+        let got = frames(&mut mailbox);
+        let ops: Vec<_> = got
+            .iter()
+            .map(|f| (f["op"].clone(), f["offset"].clone()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("message".into(), 1.into()),
+                ("gap".into(), 3.into()),
+                ("message".into(), 4.into())
+            ]
+        );
+        assert_eq!(got[1]["epoch"], peer.epoch.to_string());
     }
 
     #[test]
     fn invalid_envelopes_from_a_peer_are_dropped_without_harm() {
-        let hub = Hub::new();
-        let mesh = mesh(&hub);
-        let (_member, mut mailbox) = subscribed(&hub);
-        let ids = IdGenerator::new(NodeId::random());
-        let mut bad_id = envelope(ids.next_id(), "t", b"1");
-        bad_id.id = "not-a-ulid".into();
-        let mut bad_origin = envelope(ids.next_id(), "t", b"1");
-        bad_origin.origin = "??".into();
+        let mesh = mesh();
+        let (_member, mut mailbox) = subscribed(&mesh);
+        let peer = Peer::new();
+        let bad = |change: fn(&mut Envelope)| {
+            let mut envelope = peer.envelope(1, b"1");
+            change(&mut envelope);
+            frame(envelope)
+        };
         for bad in [
-            bad_id,
-            bad_origin,
-            envelope(ids.next_id(), "bad topic", b"1"),
-            envelope(ids.next_id(), "t", b"{not json"),
-            envelope(ids.next_id(), "t", &[b'1'; 65]),
+            bad(|e| e.id = "not-a-ulid".into()),
+            bad(|e| e.origin = "??".into()),
+            bad(|e| e.topic = "bad topic".into()),
+            bad(|e| e.data = bytes::Bytes::from_static(b"{not json")),
+            bad(|e| e.data = bytes::Bytes::from(vec![b'1'; 65])),
+            bad(|e| e.epoch = 0),
+            bad(|e| e.offset = 0),
+            bad(|e| e.sequencer = "nobody".into()),
+            PeerFrame { kind: None },
         ] {
-            mesh.receive([bad]);
+            mesh.receive(peer.node, [bad]);
         }
         assert!(mailbox.try_recv().is_none());
-        mesh.receive([envelope(ids.next_id(), "t", b"2")]);
-        assert!(
-            mailbox.try_recv().is_some(),
+        mesh.receive(peer.node, [frame(peer.envelope(1, b"2"))]);
+        assert_eq!(
+            frames(&mut mailbox).len(),
+            1,
             "the mesh still delivers after bad input"
         );
+    }
+
+    #[test]
+    fn a_pod_alone_numbers_a_forwarded_draft_itself_and_delivers_it() {
+        let mesh = mesh();
+        let (_member, mut mailbox) = subscribed(&mesh);
+        let peer = Peer::new();
+        let mut draft = peer.envelope(0, b"7");
+        draft.epoch = 0;
+        draft.sequencer = String::new();
+        let forward = PeerFrame {
+            kind: Some(peer_frame::Kind::Forward(crate::proto::v1::Forward {
+                draft: Some(draft),
+                hops: 0,
+            })),
+        };
+        mesh.receive(peer.node, [forward]);
+        let got = frames(&mut mailbox);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["offset"], 1);
+        assert_eq!(
+            mesh.inner.local.sequencer_of(&topic()),
+            Some(mesh.settings().node)
+        );
+    }
+
+    #[test]
+    fn a_leaving_peer_hands_its_topics_to_the_successor_every_pod_agrees_on() {
+        let mesh = mesh();
+        let me = mesh.settings().node;
+        let peer = Peer::new();
+        mesh.receive(
+            peer.node,
+            [frame(peer.envelope(1, b"1")), frame(peer.envelope(2, b"2"))],
+        );
+        let others = [NodeId::random(), NodeId::random()];
+        let successors = [me, others[0], others[1]];
+        let leaving = Leaving {
+            successors: successors.iter().map(NodeId::to_string).collect(),
+            heads: vec![Head {
+                topic: "t".into(),
+                epoch: peer.epoch.as_u64(),
+                offset: 2,
+            }],
+        };
+        mesh.receive(
+            peer.node,
+            [PeerFrame {
+                kind: Some(peer_frame::Kind::Leaving(leaving)),
+            }],
+        );
+        let successor = first_ranked(&topic(), &successors).expect("one");
+        assert_eq!(mesh.inner.local.sequencer_of(&topic()), Some(successor));
+        assert!(mesh.inner.left.lock().expect("lock").contains(&peer.node));
+        if successor == me {
+            let receipts = mesh.inner.local.sequence(
+                vec![Draft::new(
+                    IdGenerator::new(me).next_id(),
+                    topic(),
+                    bytes::Bytes::from_static(b"3"),
+                    me,
+                )],
+                &|_| {},
+            );
+            assert_eq!(receipts[0].stamp.epoch, peer.epoch, "the epoch goes on");
+            assert_eq!(receipts[0].stamp.offset, 3);
+        }
+    }
+
+    #[test]
+    fn rendezvous_ranks_are_stable_and_spread_topics_over_nodes() {
+        let nodes: Vec<NodeId> = (1..=4)
+            .map(|n: u64| format!("{n:x}").parse().expect("id"))
+            .collect();
+        let mut per_node = std::collections::HashMap::new();
+        for i in 0..1000 {
+            let topic = Topic::new(&format!("room:{i}")).expect("valid");
+            let first = first_ranked(&topic, &nodes).expect("one");
+            let mut reversed = nodes.clone();
+            reversed.reverse();
+            assert_eq!(
+                first_ranked(&topic, &reversed),
+                Some(first),
+                "order does not matter"
+            );
+            *per_node.entry(first).or_insert(0) += 1;
+        }
+        assert_eq!(per_node.len(), 4);
+        assert!(per_node.values().all(|n| *n > 150), "{per_node:?}");
+        // A fixed answer: every build of every pod computes the same.
+        let topic = Topic::new("room:1").expect("valid");
+        assert_eq!(rank(&topic, nodes[0]), rank(&topic, nodes[0]));
     }
 }

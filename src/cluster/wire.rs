@@ -7,12 +7,9 @@
 //! protobuf-encoded `PeerFrame`. The dialling pod sends its hello first;
 //! the accepting one answers with its own, or with a refusal and closes.
 //!
-//! The same port serves the gRPC `Peer` service to pods of an earlier
-//! release. The first byte tells them apart on plain TCP (an HTTP/2
-//! connection opens with `PRI * HTTP/2.0`), ALPN under TLS ([`ALPN`]
-//! against `h2`). A pod that does not answer the preface (it closes, or
-//! answers in HTTP/2, or its TLS knows no [`ALPN`]) is [`DialError::NoWire`]:
-//! the link then streams to it over gRPC.
+//! A pod that does not answer the preface (it closes, answers something
+//! else, or its TLS knows no [`ALPN`]) is [`DialError::NoWire`]: it is not
+//! a herald pod of this wire's version, and the link backs off and retries.
 
 use std::io;
 use std::time::Duration;
@@ -28,10 +25,10 @@ use crate::proto::v1::{Hello, PeerFrame, Refusal, peer_frame};
 use crate::tls::PeerTls;
 
 /// The first bytes on a connection, in both directions.
-pub const PREFACE: &[u8; 16] = b"herald-peer/2\r\n\n";
+pub const PREFACE: &[u8; 16] = b"herald-peer/3\r\n\n";
 
 /// The wire's ALPN protocol id under TLS.
-pub const ALPN: &[u8] = b"herald-peer/2";
+pub const ALPN: &[u8] = b"herald-peer/3";
 
 /// A connection to a peer: TCP, or TLS over it.
 pub trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -72,12 +69,6 @@ pub fn tune(stream: &TcpStream) {
     if let Err(e) = tuned {
         tracing::debug!(error = %e, "peer connection options not set");
     }
-}
-
-/// Whether a connection whose first byte is `first` speaks the peer wire
-/// (an HTTP/2 one starts with `P`, a TLS one with 0x16).
-pub fn is_wire(first: u8) -> bool {
-    first == PREFACE[0]
 }
 
 /// Why reading frames from a peer failed.
@@ -276,7 +267,7 @@ mod tests {
                 topic: "news".into(),
                 data: data.as_bytes().to_vec().into(),
                 origin: "0123456789abcdef".into(),
-                trace_context: Default::default(),
+                ..Envelope::default()
             })),
         }
     }
@@ -333,12 +324,5 @@ mod tests {
         buf.put_u32(3);
         buf.put_slice(&[0xff, 0xff, 0xff]);
         assert!(matches!(decode(&mut buf, 1024), Err(WireError::Decode(_))));
-    }
-
-    #[test]
-    fn the_preface_tells_the_wire_from_http2_and_tls() {
-        assert!(is_wire(PREFACE[0]));
-        assert!(!is_wire(b"PRI * HTTP/2.0"[0]));
-        assert!(!is_wire(0x16));
     }
 }

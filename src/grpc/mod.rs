@@ -17,6 +17,7 @@ use tonic::{Request, Status};
 use crate::auth::ApiTokens;
 use crate::auth::api_tokens::parse_bearer;
 use crate::cluster::Mesh;
+use crate::local::Local;
 use crate::proto;
 use crate::proto::v1::publisher_server::PublisherServer;
 use crate::publish::Publisher;
@@ -48,6 +49,7 @@ fn authenticate(request: &Request<()>, tokens: &ApiTokens) -> Result<(), Status>
 /// Publisher and the whole server) and server reflection.
 pub async fn routes(
     publisher: Publisher,
+    local: Local,
     mesh: Mesh,
     tokens: Option<ApiTokens>,
     counters: Arc<Counters>,
@@ -60,7 +62,7 @@ pub async fn routes(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = publisher::PublisherService::new(publisher, mesh);
+    let service = publisher::PublisherService::new(publisher, local, mesh);
     let api = PublisherServer::with_interceptor(service, move |request: Request<()>| {
         if let Some(tokens) = &tokens
             && let Err(status) = authenticate(&request, tokens)

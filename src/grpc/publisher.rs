@@ -1,28 +1,75 @@
-//! `herald.v1.Publisher`: Publish, PublishBatch and ListPeers.
+//! `herald.v1.Publisher`: Publish, PublishBatch, History and ListPeers.
 
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::cluster::Mesh;
-use crate::message::TraceContext;
+use crate::history::BadPosition;
+use crate::local::{Local, Receipt};
+use crate::message::{Epoch, Position, TraceContext};
 use crate::proto::v1::publisher_server::Publisher as PublisherApi;
 use crate::proto::v1::{
-    ListPeersRequest, ListPeersResponse, PeerStatus, PublishBatchRequest, PublishBatchResponse,
+    HistoryMessage, HistoryRequest, HistoryResponse, ListPeersRequest, ListPeersResponse,
+    PeerStatus, Position as ProtoPosition, PublishBatchRequest, PublishBatchResponse,
     PublishRequest, PublishResponse,
 };
-use crate::publish::{PublishError, Publisher};
+use crate::publish::{self, PublishError, Publisher};
 use crate::telemetry::trace;
+use crate::topic::Topic;
+
+/// Most messages one History call returns.
+pub const MAX_HISTORY_LIMIT: u32 = 1_000;
+
+/// Messages a History call returns when it names no limit.
+pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 
 /// The Publisher service over the publish path.
 pub struct PublisherService {
     publisher: Publisher,
+    local: Local,
     mesh: Mesh,
 }
 
 impl PublisherService {
-    /// The service over `publisher`, reporting `mesh`'s peers.
-    pub fn new(publisher: Publisher, mesh: Mesh) -> Self {
-        Self { publisher, mesh }
+    /// The service over `publisher`, answering History from `local` and
+    /// reporting `mesh`'s peers.
+    pub fn new(publisher: Publisher, local: Local, mesh: Mesh) -> Self {
+        Self {
+            publisher,
+            local,
+            mesh,
+        }
+    }
+}
+
+fn response(receipt: Receipt) -> PublishResponse {
+    PublishResponse {
+        id: receipt.id.to_string(),
+        offset: receipt.stamp.offset,
+        epoch: receipt.stamp.epoch.to_string(),
+    }
+}
+
+/// A position from the API; `INVALID_ARGUMENT` if malformed.
+fn position(proto: &ProtoPosition) -> Result<Position, Status> {
+    if proto.epoch.is_empty() {
+        return Ok(Position {
+            epoch: None,
+            offset: proto.offset,
+        });
+    }
+    let epoch = proto
+        .epoch
+        .parse::<Epoch>()
+        .map_err(|e| Status::invalid_argument(format!("since.epoch: {e}")))?;
+    Ok(Position::at(epoch, proto.offset))
+}
+
+fn proto_position(position: Position) -> ProtoPosition {
+    ProtoPosition {
+        epoch: position.epoch.map(|e| e.to_string()).unwrap_or_default(),
+        offset: position.offset,
     }
 }
 
@@ -40,10 +87,26 @@ fn caller_trace(metadata: &MetadataMap) -> TraceContext {
         .collect()
 }
 
-/// Every publish error is the caller's: `INVALID_ARGUMENT`, with the reason.
+/// A refused publish is the caller's (`INVALID_ARGUMENT`, with the
+/// reason); an unconfirmed one is `UNAVAILABLE` (retry, with the same
+/// idempotency key).
 impl From<PublishError> for Status {
     fn from(error: PublishError) -> Self {
-        Status::invalid_argument(error.to_string())
+        match error {
+            PublishError::Unconfirmed(_) => Status::unavailable(error.to_string()),
+            PublishError::InBatch { ref source, .. }
+                if matches!(**source, PublishError::Unconfirmed(_)) =>
+            {
+                Status::unavailable(error.to_string())
+            }
+            _ => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+impl From<BadPosition> for Status {
+    fn from(error: BadPosition) -> Self {
+        Status::invalid_argument(format!("since: {error}"))
     }
 }
 
@@ -54,13 +117,19 @@ impl PublisherApi for PublisherService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let span = trace::publish_span(&caller_trace(request.metadata()), false);
-        let PublishRequest { topic, data } = request.into_inner();
-        let id = span.in_scope(|| {
-            let id = self.publisher.publish(&topic, &data)?;
-            tracing::debug!(%id, %topic, "published");
-            Ok::<_, PublishError>(id)
-        })?;
-        Ok(Response::new(PublishResponse { id: id.to_string() }))
+        let PublishRequest {
+            topic,
+            data,
+            idempotency_key,
+        } = request.into_inner();
+        let request = publish::Request {
+            topic: &topic,
+            data: &data,
+            key: &idempotency_key,
+        };
+        let receipt = self.publisher.publish(request).instrument(span).await?;
+        tracing::debug!(id = %receipt.id, %topic, offset = receipt.stamp.offset, "published");
+        Ok(Response::new(response(receipt)))
     }
 
     async fn publish_batch(
@@ -69,15 +138,52 @@ impl PublisherApi for PublisherService {
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let span = trace::publish_span(&caller_trace(request.metadata()), true);
         let PublishBatchRequest { messages } = request.into_inner();
-        let batch = messages
-            .iter()
-            .map(|m| (m.topic.as_str(), m.data.as_slice()));
-        let ids = span.in_scope(|| self.publisher.publish_batch(batch))?;
-        let results = ids
-            .into_iter()
-            .map(|id| PublishResponse { id: id.to_string() })
-            .collect();
+        let batch = messages.iter().map(|m| publish::Request {
+            topic: &m.topic,
+            data: &m.data,
+            key: &m.idempotency_key,
+        });
+        let receipts = self.publisher.publish_batch(batch).instrument(span).await?;
+        let results = receipts.into_iter().map(response).collect();
         Ok(Response::new(PublishBatchResponse { results }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let HistoryRequest {
+            topic,
+            limit,
+            since,
+        } = request.into_inner();
+        let topic = Topic::new(&topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let limit = match limit {
+            0 => DEFAULT_HISTORY_LIMIT,
+            1..=MAX_HISTORY_LIMIT => limit,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "limit is {limit}; at most {MAX_HISTORY_LIMIT}"
+                )));
+            }
+        };
+        let since = since.as_ref().map(position).transpose()?;
+        let page = self.local.page(&topic, since, limit as usize)?;
+        let messages = page
+            .messages
+            .iter()
+            .map(|m| HistoryMessage {
+                id: m.id().to_string(),
+                offset: m.stamp().offset,
+                epoch: m.stamp().epoch.to_string(),
+                data: m.data().to_vec(),
+            })
+            .collect();
+        Ok(Response::new(HistoryResponse {
+            head: Some(proto_position(page.head)),
+            messages,
+            recovered: page.recovered,
+        }))
     }
 
     async fn list_peers(
@@ -95,7 +201,11 @@ impl PublisherApi for PublisherService {
                 dropped: p.dropped,
                 connects: p.connects,
                 last_error: p.last_error.unwrap_or_default(),
-                transport: p.transport.map(|t| t.to_string()).unwrap_or_default(),
+                transport: if p.connected {
+                    "wire".into()
+                } else {
+                    String::new()
+                },
             })
             .collect();
         Ok(Response::new(ListPeersResponse {

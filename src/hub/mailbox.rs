@@ -18,6 +18,12 @@
 //! full), or when the session has no wire at all; it then writes, waiting
 //! as it must, and hands the turn back once the queue is empty.
 //!
+//! The queue holds [`Outgoing`] items: published messages, and the
+//! session's own frames (replies, `gap` events) that must keep their place
+//! among them. Frames the session puts in its own queue ([`Sender::push`])
+//! do not count against its capacity: a resume's replay or a burst of
+//! replies never makes a session slow by itself.
+//!
 //! Delivery never waits. When a queue is full, the session is behind by a
 //! whole queue and is marked *slow*: the message is dropped for it, its
 //! session is told to close (the WebSocket gateway uses close code 1013,
@@ -29,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -41,12 +48,59 @@ pub type SessionId = u64;
 /// Most bytes of queued messages written out as one frame.
 pub const COALESCE_BYTES: usize = 64 * 1024;
 
+/// One item of a session's queue.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A published message, shared with every subscriber.
+    Message(Arc<Message>),
+    /// A frame of the session's own (a reply, an event), and when it was
+    /// made.
+    Text(Utf8Bytes, Instant),
+}
+
+impl Outgoing {
+    /// A frame of the session's own, made now.
+    pub fn text(frame: impl Into<Utf8Bytes>) -> Self {
+        Self::Text(frame.into(), Instant::now())
+    }
+
+    /// The protocol v1 JSON object, without a newline.
+    pub fn frame(&self) -> &Utf8Bytes {
+        match self {
+            Self::Message(message) => message.frame(),
+            Self::Text(frame, _) => frame,
+        }
+    }
+
+    /// When it became ready to send.
+    pub fn received(&self) -> Instant {
+        match self {
+            Self::Message(message) => message.received(),
+            Self::Text(_, at) => *at,
+        }
+    }
+
+    /// The published message, if it is one.
+    pub fn message(&self) -> Option<&Arc<Message>> {
+        match self {
+            Self::Message(message) => Some(message),
+            Self::Text(..) => None,
+        }
+    }
+}
+
+impl From<String> for Outgoing {
+    fn from(frame: String) -> Self {
+        Self::text(frame)
+    }
+}
+
 /// Where a session's messages are written: the transport side of a
 /// session, given by the gateway at [`Hub::join_wired`](super::Hub::join_wired).
 pub trait Wire: Send + Sync {
     /// Writes `batch`, in order, as one frame if the transport takes it now,
     /// without waiting.
-    fn write_now(&self, batch: &[Arc<Message>]) -> Written;
+    fn write_now(&self, batch: &[Outgoing]) -> Written;
 }
 
 /// What a [`Wire`] did with a batch.
@@ -102,7 +156,10 @@ struct Shared {
 }
 
 struct State {
-    queue: VecDeque<Arc<Message>>,
+    queue: VecDeque<Outgoing>,
+    /// Items pushed by the session itself still queued (at most): room
+    /// beyond the capacity.
+    allowance: usize,
     /// The session has ended: nothing more is queued.
     gone: bool,
     /// The session fell behind (the token below is cancelled too; this
@@ -146,7 +203,7 @@ impl Shared {
 impl State {
     /// Moves queued messages into `batch`, up to [`COALESCE_BYTES`] (and at
     /// least one).
-    fn take(&mut self, batch: &mut Vec<Arc<Message>>) {
+    fn take(&mut self, batch: &mut Vec<Outgoing>) {
         let mut size = 0;
         while size < COALESCE_BYTES {
             let Some(next) = self.queue.pop_front() else {
@@ -154,6 +211,27 @@ impl State {
             };
             size += next.frame().len() + 1;
             batch.push(next);
+            self.allowance = self.allowance.saturating_sub(1);
+        }
+    }
+
+    /// Queues `item`; says who writes it, as [`Sender::offer`] does.
+    fn queue(&mut self, item: Outgoing, shared: &Shared) -> Offer {
+        self.queue.push_back(item);
+        match self.writer {
+            Writer::Delivery => Offer::Queued,
+            Writer::Idle if shared.wire.is_some() => {
+                self.writer = Writer::Delivery;
+                match self.hold_until {
+                    Some(until) if Instant::now() < until => Offer::Deferred(until),
+                    _ => Offer::Claimed,
+                }
+            }
+            Writer::Idle | Writer::Session => {
+                self.writer = Writer::Session;
+                shared.turn.notify_one();
+                Offer::Queued
+            }
         }
     }
 }
@@ -167,34 +245,39 @@ impl Sender {
     /// Offers `message` without waiting, applying the slow-client policy.
     /// On [`Offer::Claimed`] the caller must write the session out with
     /// [`write_claimed`](Self::write_claimed), after offering to the rest.
-    pub fn offer(&self, message: &Arc<Message>) -> Offer {
+    pub fn offer(&self, item: &Outgoing) -> Offer {
         let shared = &*self.shared;
         let mut state = shared.lock();
         if state.gone || state.slow {
             return Offer::Dropped;
         }
-        if state.queue.len() >= shared.capacity {
+        if state.queue.len() >= shared.capacity + state.allowance {
             state.slow = true;
             shared.slow.cancel();
             return Offer::MarkedSlow;
         }
-        state.queue.push_back(message.clone());
-        match state.writer {
-            Writer::Delivery => Offer::Queued,
-            Writer::Idle if shared.wire.is_some() => {
-                state.writer = Writer::Delivery;
-                match state.hold_until {
-                    Some(until) if Instant::now() < until => Offer::Deferred(until),
-                    _ => Offer::Claimed,
-                }
-            }
-            Writer::Idle | Writer::Session => {
-                state.writer = Writer::Session;
-                drop(state);
-                shared.turn.notify_one();
-                Offer::Queued
+        state.queue(item.clone(), shared)
+    }
+
+    /// Queues the session's own `items` (replies, a resume's replay, events)
+    /// past the capacity, in order. Says who writes them, as
+    /// [`offer`](Self::offer) does; [`Offer::Dropped`] once the session is
+    /// slow or gone.
+    pub fn push(&self, items: impl IntoIterator<Item = Outgoing>) -> Offer {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.gone || state.slow {
+            return Offer::Dropped;
+        }
+        let mut offer = Offer::Queued;
+        for item in items {
+            state.allowance += 1;
+            let this = state.queue(item, shared);
+            if this != Offer::Queued {
+                offer = this;
             }
         }
+        offer
     }
 
     /// Since when the first queued message could have been written: its
@@ -217,7 +300,7 @@ impl Sender {
     /// delay now holds the session, it stays claimed and the instant it may
     /// write again is returned: call again then. `batch` is scratch space,
     /// left empty.
-    pub fn write_claimed(&self, batch: &mut Vec<Arc<Message>>) -> Option<Instant> {
+    pub fn write_claimed(&self, batch: &mut Vec<Outgoing>) -> Option<Instant> {
         let shared = &*self.shared;
         let Some(wire) = &shared.wire else {
             return None;
@@ -288,7 +371,7 @@ impl Mailbox {
     /// Waits for the next message. `None` once the session is marked slow.
     /// For sessions without a wire, which write everything themselves.
     /// Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Arc<Message>> {
+    pub async fn recv(&mut self) -> Option<Outgoing> {
         loop {
             if !self.turn().await {
                 return None;
@@ -302,17 +385,20 @@ impl Mailbox {
 
     /// Takes a message that is already queued, on the session's turn,
     /// without waiting.
-    pub fn try_recv(&mut self) -> Option<Arc<Message>> {
+    pub fn try_recv(&mut self) -> Option<Outgoing> {
         let mut state = self.shared.lock();
         match state.writer {
-            Writer::Session => state.queue.pop_front(),
+            Writer::Session => {
+                state.allowance = state.allowance.saturating_sub(1);
+                state.queue.pop_front()
+            }
             Writer::Idle | Writer::Delivery => None,
         }
     }
 
     /// On the session's turn, moves queued messages into `batch`, up to
     /// [`COALESCE_BYTES`].
-    pub fn take(&mut self, batch: &mut Vec<Arc<Message>>) {
+    pub fn take(&mut self, batch: &mut Vec<Outgoing>) {
         let mut state = self.shared.lock();
         if state.writer == Writer::Session {
             state.take(batch);
@@ -382,6 +468,7 @@ pub(super) fn channel(
         wire,
         state: Mutex::new(State {
             queue: VecDeque::new(),
+            allowance: 0,
             gone: false,
             slow: false,
             writer: Writer::Idle,
@@ -412,31 +499,34 @@ impl SessionIds {
 mod tests {
     use std::time::Duration;
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::hub::WriteDelay;
-    use crate::message::{IdGenerator, NodeId};
-    use crate::topic::Topic;
+    use crate::message::sample;
 
-    fn message() -> Arc<Message> {
-        let node = NodeId::random();
-        let topic = Topic::new("t").expect("valid topic");
-        let id = IdGenerator::new(node).next_id();
-        Arc::new(Message::new(id, topic, Bytes::from_static(b"{}"), node))
+    fn message() -> Outgoing {
+        Outgoing::Message(sample("t", 1, "{}"))
+    }
+
+    /// Whether two items are the same message (or frame).
+    fn same(a: &Outgoing, b: &Outgoing) -> bool {
+        match (a, b) {
+            (Outgoing::Message(a), Outgoing::Message(b)) => Arc::ptr_eq(a, b),
+            (Outgoing::Text(a, _), Outgoing::Text(b, _)) => a == b,
+            _ => false,
+        }
     }
 
     /// A wire that records each frame's batch, and takes only as many
     /// frames as it is allowed to.
     #[derive(Default)]
     struct Recorder {
-        frames: Mutex<Vec<Vec<Arc<Message>>>>,
+        frames: Mutex<Vec<Vec<Outgoing>>>,
         room: Mutex<Option<usize>>,
         partly: Mutex<bool>,
     }
 
     impl Wire for Recorder {
-        fn write_now(&self, batch: &[Arc<Message>]) -> Written {
+        fn write_now(&self, batch: &[Outgoing]) -> Written {
             let mut room = self.room.lock().expect("lock");
             if *room == Some(0) {
                 return Written::Busy;
@@ -480,7 +570,7 @@ mod tests {
             mailbox.recv().await.is_none(),
             "a slow session stops receiving"
         );
-        assert!(mailbox.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &frame)));
+        assert!(mailbox.try_recv().is_some_and(|m| same(&m, &frame)));
     }
 
     #[tokio::test]
@@ -488,10 +578,10 @@ mod tests {
         let (tx, mut mailbox) = channel(1, 8, None, Arc::default());
         let (a, b) = (message(), message());
         assert_eq!(tx.offer(&a), Offer::Queued);
-        assert!(mailbox.recv().await.is_some_and(|m| Arc::ptr_eq(&m, &a)));
+        assert!(mailbox.recv().await.is_some_and(|m| same(&m, &a)));
         assert!(mailbox.release(), "nothing else queued");
         assert_eq!(tx.offer(&b), Offer::Queued);
-        assert!(mailbox.recv().await.is_some_and(|m| Arc::ptr_eq(&m, &b)));
+        assert!(mailbox.recv().await.is_some_and(|m| same(&m, &b)));
     }
 
     #[test]
@@ -515,10 +605,7 @@ mod tests {
         assert_eq!(tx.offer(&message()), Offer::Queued);
         tx.write_claimed(&mut Vec::new());
         assert_eq!(frames(&wire), [3]);
-        assert!(Arc::ptr_eq(
-            &wire.frames.lock().expect("lock")[0][0],
-            &first
-        ));
+        assert!(same(&wire.frames.lock().expect("lock")[0][0], &first));
     }
 
     #[tokio::test]
@@ -533,7 +620,7 @@ mod tests {
         let mut batch = Vec::new();
         mailbox.take(&mut batch);
         assert_eq!(batch.len(), 2);
-        assert!(Arc::ptr_eq(&batch[0], &a) && Arc::ptr_eq(&batch[1], &b));
+        assert!(same(&batch[0], &a) && same(&batch[1], &b));
         assert!(mailbox.written(), "turn ends when the queue is empty");
         assert_eq!(tx.offer(&message()), Offer::Claimed);
     }
@@ -569,6 +656,25 @@ mod tests {
             "the queue is empty after"
         );
         assert_eq!(frames(&wire), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn the_sessions_own_frames_pass_the_capacity_but_count_until_written() {
+        let (tx, mailbox) = channel(1, 2, None, Arc::default());
+        let replay: Vec<_> = (0..5).map(|_| message()).collect();
+        assert_eq!(tx.push(replay), Offer::Queued);
+        assert_eq!(
+            tx.offer(&message()),
+            Offer::Queued,
+            "room beside the replay"
+        );
+        assert_eq!(tx.offer(&message()), Offer::Queued);
+        assert_eq!(
+            tx.offer(&message()),
+            Offer::MarkedSlow,
+            "the capacity still holds"
+        );
+        assert!(mailbox.is_slow());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{Hub, Sender};
+use super::{Hub, Outgoing, Pending, Sender};
 use crate::topic::Topic;
 
 /// A session's subscriptions. Dropping it unsubscribes from every topic, so
@@ -48,6 +48,17 @@ impl Membership {
     /// Unsubscribes from `topic`. False if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &Topic) -> bool {
         self.topics.remove(topic) && self.hub.remove(topic, self.sender.id())
+    }
+
+    /// Queues the session's own frames (replies, a replay), in order after
+    /// whatever is queued for it; the writes are left in `pending`.
+    pub fn push(&self, items: impl IntoIterator<Item = Outgoing>, pending: &mut Pending) {
+        pending.record(&self.sender, self.sender.push(items));
+    }
+
+    /// Whether the session holds `topic`.
+    pub fn holds(&self, topic: &Topic) -> bool {
+        self.topics.contains(topic)
     }
 
     /// The number of topics subscribed.

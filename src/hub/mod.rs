@@ -22,7 +22,7 @@ mod membership;
 mod pacing;
 
 pub use flusher::WRITES_PER_TASK;
-pub use mailbox::{COALESCE_BYTES, Mailbox, Offer, Sender, SessionId, Wire, Written};
+pub use mailbox::{COALESCE_BYTES, Mailbox, Offer, Outgoing, Sender, SessionId, Wire, Written};
 pub use membership::{Membership, TooManySubscriptions};
 pub use pacing::{AUTO_MAX, BadWriteDelay, Pacing, WriteDelay};
 
@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
 
 use crate::message::Message;
 use crate::topic::Topic;
@@ -111,6 +112,35 @@ pub struct Delivery {
     pub dropped: usize,
 }
 
+/// Offers made but not yet written out: the sessions claimed or deferred,
+/// and what the offers came to. Hand it to [`Hub::write_out`].
+#[derive(Default)]
+pub struct Pending {
+    claimed: Vec<Sender>,
+    held: Vec<(Instant, Sender)>,
+    delivery: Delivery,
+}
+
+impl Pending {
+    /// Books what one offer to `sender` did.
+    pub fn record(&mut self, sender: &Sender, offer: Offer) {
+        let delivery = &mut self.delivery;
+        match offer {
+            Offer::Queued => delivery.queued += 1,
+            Offer::Claimed => {
+                delivery.queued += 1;
+                self.claimed.push(sender.clone());
+            }
+            Offer::Deferred(until) => {
+                delivery.queued += 1;
+                self.held.push((until, sender.clone()));
+            }
+            Offer::MarkedSlow => delivery.marked_slow += 1,
+            Offer::Dropped => delivery.dropped += 1,
+        }
+    }
+}
+
 impl Default for Hub {
     fn default() -> Self {
         Self::new()
@@ -190,30 +220,49 @@ impl Hub {
     /// queues them all before writing: a session that several of them are
     /// for receives them in one frame.
     pub fn deliver_all(&self, messages: &[Arc<Message>]) -> Delivery {
-        let mut delivery = Delivery::default();
-        let mut claimed = Vec::new();
-        let mut held = Vec::new();
+        let mut pending = Pending::default();
         for message in messages {
-            let shard = self.read(message.topic());
-            let Some(subscribers) = shard.get(message.topic()) else {
-                continue;
-            };
-            for sender in subscribers.values() {
-                match sender.offer(message) {
-                    Offer::Queued => delivery.queued += 1,
-                    Offer::Claimed => {
-                        delivery.queued += 1;
-                        claimed.push(sender.clone());
-                    }
-                    Offer::Deferred(until) => {
-                        delivery.queued += 1;
-                        held.push((until, sender.clone()));
-                    }
-                    Offer::MarkedSlow => delivery.marked_slow += 1,
-                    Offer::Dropped => delivery.dropped += 1,
-                }
-            }
+            self.offer(message, &mut pending);
         }
+        self.write_out(pending)
+    }
+
+    /// Queues `message` for every local subscriber of its topic, leaving
+    /// the writes in `pending` for [`write_out`](Self::write_out): callers
+    /// that must queue under a lock of their own (a topic's order) write
+    /// after releasing it.
+    pub fn offer(&self, message: &Arc<Message>, pending: &mut Pending) {
+        self.offer_item(
+            message.topic(),
+            &Outgoing::Message(Arc::clone(message)),
+            pending,
+        );
+    }
+
+    /// Queues a frame of the topic's own (an event) for every local
+    /// subscriber of `topic`, in its place among the topic's messages.
+    pub fn offer_event(&self, topic: &Topic, frame: impl Into<Outgoing>, pending: &mut Pending) {
+        self.offer_item(topic, &frame.into(), pending);
+    }
+
+    fn offer_item(&self, topic: &Topic, item: &Outgoing, pending: &mut Pending) {
+        let shard = self.read(topic);
+        let Some(subscribers) = shard.get(topic) else {
+            return;
+        };
+        for sender in subscribers.values() {
+            pending.record(sender, sender.offer(item));
+        }
+    }
+
+    /// Writes out the sessions `pending` claimed, holds the deferred ones,
+    /// and counts what was delivered.
+    pub fn write_out(&self, pending: Pending) -> Delivery {
+        let Pending {
+            claimed,
+            held,
+            delivery,
+        } = pending;
         self.inner.flusher.write_out(claimed);
         self.inner.flusher.hold(held);
         let stats = &self.inner.stats;
@@ -299,15 +348,20 @@ impl Hub {
 mod tests {
     use std::time::Duration;
 
-    use bytes::Bytes;
-
     use super::*;
-    use crate::message::{IdGenerator, NodeId};
+    use crate::message::sample;
 
-    fn message(ids: &IdGenerator, topic: &str, data: &'static str) -> Arc<Message> {
-        let topic = Topic::new(topic).expect("valid topic");
-        let data = Bytes::from_static(data.as_bytes());
-        Arc::new(Message::new(ids.next_id(), topic, data, NodeId::random()))
+    /// Stands for the id generator tests used to pass around.
+    struct Ids;
+
+    fn message(_: &Ids, topic: &str, data: &'static str) -> Arc<Message> {
+        sample(topic, 1, data)
+    }
+
+    fn is(item: Option<Outgoing>, message: &Arc<Message>) -> bool {
+        item.as_ref()
+            .and_then(Outgoing::message)
+            .is_some_and(|m| Arc::ptr_eq(m, message))
     }
 
     fn topic(name: &str) -> Topic {
@@ -317,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_every_subscriber_of_the_topic_and_no_other() {
         let hub = Hub::new();
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let (mut a, mut a_box) = hub.join(8, 10);
         let (mut b, mut b_box) = hub.join(8, 10);
         let (mut c, mut c_box) = hub.join(8, 10);
@@ -334,8 +388,8 @@ mod tests {
                 dropped: 0
             }
         );
-        assert!(a_box.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &msg)));
-        assert!(b_box.try_recv().is_some_and(|m| Arc::ptr_eq(&m, &msg)));
+        assert!(is(a_box.try_recv(), &msg));
+        assert!(is(b_box.try_recv(), &msg));
         assert!(c_box.try_recv().is_none());
         assert_eq!(hub.stats().delivered(), 2);
     }
@@ -353,7 +407,7 @@ mod tests {
     #[test]
     fn unsubscribe_stops_delivery_and_forgets_empty_topics() {
         let hub = Hub::new();
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let (mut a, mut a_box) = hub.join(8, 10);
         a.subscribe(topic("t")).expect("under limit");
         assert!(a.unsubscribe(&topic("t")));
@@ -396,7 +450,7 @@ mod tests {
     struct Frames(std::sync::Mutex<Vec<usize>>);
 
     impl Wire for Frames {
-        fn write_now(&self, batch: &[Arc<Message>]) -> Written {
+        fn write_now(&self, batch: &[Outgoing]) -> Written {
             self.0.lock().expect("lock").push(batch.len());
             Written::All
         }
@@ -405,7 +459,7 @@ mod tests {
     #[test]
     fn messages_delivered_together_reach_a_wired_session_in_one_frame() {
         let hub = Hub::new();
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let wire = Arc::new(Frames::default());
         let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10);
         a.subscribe(topic("x")).expect("under limit");
@@ -422,7 +476,7 @@ mod tests {
         let hub = Hub::with_write_delay(WriteDelay::Auto {
             max: Duration::from_secs(60),
         });
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let wire = Arc::new(Frames::default());
         let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10);
         a.subscribe(topic("x")).expect("under limit");
@@ -453,7 +507,7 @@ mod tests {
     #[test]
     fn a_slow_session_is_marked_once_and_does_not_stop_the_others() {
         let hub = Hub::new();
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let (mut slow, slow_box) = hub.join(1, 10);
         let (mut fast, mut fast_box) = hub.join(16, 10);
         slow.subscribe(topic("t")).expect("under limit");

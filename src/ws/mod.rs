@@ -31,8 +31,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{self, Identity, Verifier};
-use crate::hub::Hub;
 use crate::limit::{TokenBucket, jitter};
+use crate::local::Local;
 use crate::publish::Publisher;
 use crate::stats;
 
@@ -63,8 +63,8 @@ pub struct EdgeLimits {
 /// What the gateway needs to run sessions. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    /// The local topic registry sessions join.
-    pub hub: Hub,
+    /// The pod's ordered topics; sessions join its hub.
+    pub local: Local,
     /// Messages queued per connection before it counts as slow.
     pub queue_capacity: usize,
     /// Most subscriptions per connection.
@@ -228,7 +228,7 @@ pub async fn upgrade(
         let counters = gateway.meters.counters.clone();
         stats::add(&counters.connections_opened, 1);
         let outlet = Arc::new(socket::Outlet::new(connection.0, gateway.meters.clone()));
-        let (membership, mailbox) = gateway.hub.join_wired(
+        let (membership, mailbox) = gateway.local.hub().join_wired(
             outlet.clone(),
             gateway.queue_capacity,
             gateway.max_subscriptions,
@@ -246,6 +246,7 @@ pub async fn upgrade(
             });
         let requests = requests::Requests {
             membership,
+            local: gateway.local.clone(),
             identity,
             publishing,
             counters,

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::message::{Epoch, Message, Position};
 use crate::topic::Topic;
 
 /// The stable error codes of protocol v1. Clients branch on these strings;
@@ -37,13 +38,37 @@ pub enum ErrorCode {
     RateLimited,
     /// A client publish whose `data` is missing, too large or not valid.
     InvalidData,
+    /// A `since` that is malformed, past the topic's last offset, or of
+    /// another topic.
+    InvalidPosition,
+    /// A `history` `limit` that is not a whole number from 1 to 1,000.
+    InvalidLimit,
+    /// The topic's sequencer did not confirm a client publish in time: it
+    /// may or may not have been published.
+    Unavailable,
 }
+
+/// Most messages one `history` request may ask for.
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
+
+/// Messages a `history` request without `limit` gets.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 
 /// A request the session understood.
 #[derive(Debug)]
 pub enum Op<'a> {
-    /// Start receiving messages published to the topic.
-    Subscribe(Topic),
+    /// Start receiving messages published to the topic, after `since` if
+    /// given.
+    Subscribe(Topic, Option<Position>),
+    /// Ask for the topic's kept messages.
+    History {
+        /// The topic.
+        topic: Topic,
+        /// Most messages.
+        limit: usize,
+        /// The messages after this position instead of the last ones.
+        since: Option<Position>,
+    },
     /// Stop receiving messages published to the topic.
     Unsubscribe(Topic),
     /// Ask for a `pong` (an application-level liveness check).
@@ -87,6 +112,38 @@ struct RawRequest<'a> {
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    limit: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPosition<'a> {
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+    offset: u64,
+}
+
+/// Reads `since`: `{"epoch":E,"offset":N}`, `E` an epoch or `""` with
+/// `N` 0 ("from the start").
+fn position(raw: &RawValue) -> Result<Position, String> {
+    let malformed =
+        |why: &str| format!("`since` must be {{\"epoch\": string, \"offset\": integer}}: {why}");
+    let parsed: RawPosition<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| malformed(&e.to_string()))?;
+    if parsed.epoch.is_empty() {
+        return Ok(Position {
+            epoch: None,
+            offset: parsed.offset,
+        });
+    }
+    let epoch = parsed
+        .epoch
+        .parse::<Epoch>()
+        .map_err(|e| malformed(&e.to_string()))?;
+    Ok(Position::at(epoch, parsed.offset))
 }
 
 /// Splits a client text frame into its non-empty lines.
@@ -121,8 +178,35 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
             .ok_or_else(|| reject(ErrorCode::MissingField, "`topic` is required".into()))?;
         Topic::new(name).map_err(|e| reject(ErrorCode::InvalidTopic, e.to_string()))
     };
+    let since = || -> Result<Option<Position>, Rejection<'_>> {
+        raw.since
+            .map(position)
+            .transpose()
+            .map_err(|message| reject(ErrorCode::InvalidPosition, message))
+    };
     let op = match raw.op.as_deref() {
-        Some("subscribe") => Op::Subscribe(topic()?),
+        Some("subscribe") => Op::Subscribe(topic()?, since()?),
+        Some("history") => {
+            let topic = topic()?;
+            let limit = match raw.limit {
+                None => DEFAULT_HISTORY_LIMIT,
+                Some(limit) => match limit.get().parse::<usize>() {
+                    Ok(n @ 1..=MAX_HISTORY_LIMIT) => n,
+                    _ => {
+                        let message = format!(
+                            "`limit` must be a whole number from 1 to {MAX_HISTORY_LIMIT}, not {}",
+                            limit.get()
+                        );
+                        return Err(reject(ErrorCode::InvalidLimit, message));
+                    }
+                },
+            };
+            Op::History {
+                topic,
+                limit,
+                since: since()?,
+            }
+        }
         Some("unsubscribe") => Op::Unsubscribe(topic()?),
         Some("ping") => Op::Ping,
         Some("publish") => {
@@ -135,7 +219,9 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
         Some(other) => {
             return Err(reject(
                 ErrorCode::UnknownOp,
-                format!("unknown op {other:?}; expected subscribe, unsubscribe, publish or ping"),
+                format!(
+                    "unknown op {other:?}; expected subscribe, unsubscribe, history, publish or ping"
+                ),
             ));
         }
         None => return Err(reject(ErrorCode::MissingField, "`op` is required".into())),
@@ -164,7 +250,46 @@ struct Reply<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<&'a RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ReplyError<'a>>,
+}
+
+impl<'a> Reply<'a> {
+    fn new(op: &'static str, reference: Option<&'a RawValue>) -> Self {
+        Self {
+            op,
+            reference,
+            ok: None,
+            id: None,
+            epoch: None,
+            offset: None,
+            recovered: None,
+            messages: None,
+            error: None,
+        }
+    }
+
+    fn ok(reference: Option<&'a RawValue>) -> Self {
+        Self {
+            ok: Some(true),
+            ..Self::new("reply", reference)
+        }
+    }
+
+    fn at(self, position: Position) -> Self {
+        Self {
+            epoch: Some(position.epoch.map(|e| e.to_string()).unwrap_or_default()),
+            offset: Some(position.offset),
+            ..self
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -181,47 +306,59 @@ fn encode(reply: &Reply<'_>) -> String {
 
 /// `{"op":"reply","ref":R,"ok":true}`.
 pub fn ok(reference: Option<&RawValue>) -> String {
-    encode(&Reply {
-        op: "reply",
-        reference,
-        ok: Some(true),
-        id: None,
-        error: None,
-    })
+    encode(&Reply::ok(reference))
 }
 
 /// `{"op":"reply","ref":R,"ok":false,"error":{"code":C,"message":M}}`.
 pub fn error(reference: Option<&RawValue>, code: ErrorCode, message: &str) -> String {
     encode(&Reply {
-        op: "reply",
-        reference,
         ok: Some(false),
-        id: None,
         error: Some(ReplyError { code, message }),
+        ..Reply::new("reply", reference)
     })
 }
 
-/// `{"op":"reply","ref":R,"ok":true,"id":I}`: a client publish was
-/// accepted as message `I`.
-pub fn published(reference: Option<&RawValue>, id: &str) -> String {
+/// `{"op":"reply","ref":R,"ok":true,"id":I,"offset":N,"epoch":E}`: a client
+/// publish was accepted as message `I` at offset `N` of epoch `E`.
+pub fn published(reference: Option<&RawValue>, id: &str, at: Position) -> String {
     encode(&Reply {
-        op: "reply",
-        reference,
-        ok: Some(true),
         id: Some(id),
-        error: None,
+        ..Reply::ok(reference).at(at)
+    })
+}
+
+/// `{"op":"reply","ref":R,"ok":true,"epoch":E,"offset":N}` and, for a
+/// `subscribe` with `since`, `"recovered":true|false`.
+pub fn subscribed(reference: Option<&RawValue>, head: Position, recovered: Option<bool>) -> String {
+    encode(&Reply {
+        recovered,
+        ..Reply::ok(reference).at(head)
+    })
+}
+
+/// `{"op":"reply","ref":R,"ok":true,"epoch":E,"offset":N,"messages":[…]}`
+/// (and `recovered` with `since`): each message as the object a
+/// subscriber receives.
+pub fn history(
+    reference: Option<&RawValue>,
+    head: Position,
+    messages: &[std::sync::Arc<Message>],
+    recovered: Option<bool>,
+) -> String {
+    let frames = messages
+        .iter()
+        .filter_map(|m| serde_json::from_str::<&RawValue>(m.frame().as_str()).ok())
+        .collect();
+    encode(&Reply {
+        recovered,
+        messages: Some(frames),
+        ..Reply::ok(reference).at(head)
     })
 }
 
 /// `{"op":"pong","ref":R}`.
 pub fn pong(reference: Option<&RawValue>) -> String {
-    encode(&Reply {
-        op: "pong",
-        reference,
-        ok: None,
-        id: None,
-        error: None,
-    })
+    encode(&Reply::new("pong", reference))
 }
 
 #[cfg(test)]
@@ -235,7 +372,7 @@ mod tests {
     #[test]
     fn parses_the_three_operations() {
         let sub = parse(r#"{"op":"subscribe","topic":"room:1","ref":"1"}"#).expect("valid");
-        assert!(matches!(sub.op, Op::Subscribe(t) if t.as_str() == "room:1"));
+        assert!(matches!(sub.op, Op::Subscribe(t, None) if t.as_str() == "room:1"));
         assert_eq!(sub.reference.map(RawValue::get), Some(r#""1""#));
         let unsub = parse(r#"{"op":"unsubscribe","topic":"room:1"}"#).expect("valid");
         assert!(matches!(unsub.op, Op::Unsubscribe(t) if t.as_str() == "room:1"));
@@ -248,6 +385,64 @@ mod tests {
         assert!(
             matches!(publish.op, Op::Publish { topic, data } if topic.as_str() == "t" && data.get() == r#"{"a": [1, 2]}"#)
         );
+    }
+
+    #[test]
+    fn parses_since_and_history() {
+        let epoch = Epoch::new_for(&Topic::new("t").expect("valid"));
+        let line =
+            format!(r#"{{"op":"subscribe","topic":"t","since":{{"epoch":"{epoch}","offset":7}}}}"#);
+        let sub = parse(&line).expect("valid");
+        assert!(matches!(sub.op, Op::Subscribe(_, Some(p)) if p == Position::at(epoch, 7)));
+        let start = parse(r#"{"op":"subscribe","topic":"t","since":{"epoch":"","offset":0}}"#)
+            .expect("valid");
+        assert!(matches!(start.op, Op::Subscribe(_, Some(p)) if p == Position::default()));
+        let history = parse(r#"{"op":"history","topic":"t","limit":5}"#).expect("valid");
+        assert!(matches!(
+            history.op,
+            Op::History {
+                limit: 5,
+                since: None,
+                ..
+            }
+        ));
+        let default = parse(r#"{"op":"history","topic":"t"}"#).expect("valid");
+        assert!(matches!(
+            default.op,
+            Op::History {
+                limit: DEFAULT_HISTORY_LIMIT,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_bad_since_or_limit_gets_its_code_and_keeps_the_ref() {
+        for since in [
+            r#""x""#,
+            r#"{"epoch":"zz","offset":1}"#,
+            r#"{"epoch":"0000000000","offset":1}"#,
+            r#"{"epoch":"","offset":-1}"#,
+            r#"{"epoch":"","offset":1.5}"#,
+            r#"{"offset":1}"#,
+            r#"{"epoch":"","offset":0,"extra":1}"#,
+        ] {
+            let line = format!(r#"{{"op":"subscribe","topic":"t","ref":9,"since":{since}}}"#);
+            let rejection = parse(&line).expect_err(since);
+            assert_eq!(rejection.code, ErrorCode::InvalidPosition, "{since}");
+            assert_eq!(rejection.reference.map(RawValue::get), Some("9"));
+        }
+        for limit in [
+            "0",
+            "1001",
+            "-1",
+            "2.5",
+            r#""10""#,
+            "100000000000000000000000",
+        ] {
+            let line = format!(r#"{{"op":"history","topic":"t","ref":9,"limit":{limit}}}"#);
+            assert_eq!(code_of(&line), ErrorCode::InvalidLimit, "{limit}");
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
-//! Answering what a client sends: subscribe, unsubscribe, ping and (when
-//! allowed) publish, each checked against the connection's limits and its
-//! user's token.
+//! Answering what a client sends: subscribe (with or without `since`),
+//! unsubscribe, history, ping and (when allowed) publish, each checked
+//! against the connection's limits and its user's token.
+//!
+//! Every reply goes into the session's own queue, in request order, among
+//! the messages queued for it: a subscribe's reply is queued under the
+//! topic's lock, before its replay and before any live message, so the
+//! client reads its position before the first message that follows it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,9 +14,10 @@ use axum::extract::ws::Message;
 
 use super::protocol::{self, ErrorCode, Op, Request};
 use crate::auth::Identity;
-use crate::hub::Membership;
+use crate::hub::{Membership, Outgoing, Pending};
 use crate::limit::TokenBucket;
-use crate::publish::Publisher;
+use crate::local::{Local, SubscribeError};
+use crate::publish::{self, PublishError, Publisher};
 use crate::stats::{self, Counters};
 
 /// Whether and how a connection may publish.
@@ -26,6 +32,8 @@ pub struct Publishing {
 pub struct Requests {
     /// Its subscriptions.
     pub membership: Membership,
+    /// The pod's ordered topics.
+    pub local: Local,
     /// Its user, when authentication is on.
     pub identity: Option<Identity>,
     /// Client publish, when enabled.
@@ -35,10 +43,9 @@ pub struct Requests {
 }
 
 impl Requests {
-    /// Answers one client message; returns the text frame to send back, if
-    /// any. Several requests in one frame get their replies in one frame, in
-    /// order.
-    pub fn answer(&mut self, message: Message) -> Option<Message> {
+    /// Answers one client message: its replies go into the session's
+    /// queue, in order.
+    pub async fn answer(&mut self, message: Message) {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -47,47 +54,94 @@ impl Requests {
                     ErrorCode::UnsupportedFrame,
                     "binary frames are not supported; send JSON text frames",
                 );
-                return Some(Message::Text(reply.into()));
+                return self.reply(reply);
             }
             // Pings are answered by the WebSocket layer; pongs and closes
             // need nothing from us.
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return None,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => return,
         };
-        let mut replies = String::new();
         for line in protocol::lines(&text) {
-            let reply = match protocol::parse(line) {
-                Ok(request) => self.perform(request),
-                Err(rejection) => {
-                    protocol::error(rejection.reference, rejection.code, &rejection.message)
-                }
-            };
-            if !replies.is_empty() {
-                replies.push('\n');
+            match protocol::parse(line) {
+                Ok(request) => self.perform(request).await,
+                Err(rejection) => self.reply(protocol::error(
+                    rejection.reference,
+                    rejection.code,
+                    &rejection.message,
+                )),
             }
-            replies.push_str(&reply);
         }
-        (!replies.is_empty()).then(|| Message::Text(replies.into()))
     }
 
-    fn perform(&mut self, request: Request<'_>) -> String {
+    /// Queues one reply.
+    fn reply(&self, reply: String) {
+        let mut pending = Pending::default();
+        self.membership.push([Outgoing::text(reply)], &mut pending);
+        self.local.hub().write_out(pending);
+    }
+
+    fn forbidden(&self, topic: &crate::topic::Topic) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|id| !id.may_subscribe(topic.as_str()))
+    }
+
+    async fn perform(&mut self, request: Request<'_>) {
         let reference = request.reference;
         let refused = &self.counters.refused;
-        match request.op {
-            Op::Subscribe(topic) => {
-                if self
-                    .identity
-                    .as_ref()
-                    .is_some_and(|id| !id.may_subscribe(topic.as_str()))
-                {
+        let reply = match request.op {
+            Op::Subscribe(topic, since) => {
+                if self.forbidden(&topic) {
                     stats::add(&refused.forbidden, 1);
                     let message = format!("your token does not allow subscribing to {topic}");
-                    return protocol::error(reference, ErrorCode::Forbidden, &message);
+                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                } else if self.membership.holds(&topic) {
+                    // Already subscribed: the reply says where it stands
+                    // now; nothing is replayed a second time.
+                    let head = self.local.page(&topic, None, 0).map(|p| p.head);
+                    protocol::subscribed(reference, head.unwrap_or_default(), None)
+                } else {
+                    let subscribed =
+                        self.local
+                            .subscribe(&mut self.membership, topic, since, |resume| {
+                                Outgoing::text(protocol::subscribed(
+                                    reference,
+                                    resume.head,
+                                    resume.recovered,
+                                ))
+                            });
+                    match subscribed {
+                        Ok(_) => return,
+                        Err(SubscribeError::Position(e)) => {
+                            protocol::error(reference, ErrorCode::InvalidPosition, &e.to_string())
+                        }
+                        Err(SubscribeError::Limit(e)) => {
+                            stats::add(&refused.too_many_subscriptions, 1);
+                            protocol::error(
+                                reference,
+                                ErrorCode::TooManySubscriptions,
+                                &e.to_string(),
+                            )
+                        }
+                    }
                 }
-                match self.membership.subscribe(topic) {
-                    Ok(_) => protocol::ok(reference),
-                    Err(e) => {
-                        stats::add(&refused.too_many_subscriptions, 1);
-                        protocol::error(reference, ErrorCode::TooManySubscriptions, &e.to_string())
+            }
+            Op::History {
+                topic,
+                limit,
+                since,
+            } => {
+                if self.forbidden(&topic) {
+                    stats::add(&refused.forbidden, 1);
+                    let message = format!("your token does not allow reading {topic}");
+                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                } else {
+                    match self.local.page(&topic, since, limit) {
+                        Ok(page) => {
+                            protocol::history(reference, page.head, &page.messages, page.recovered)
+                        }
+                        Err(e) => {
+                            protocol::error(reference, ErrorCode::InvalidPosition, &e.to_string())
+                        }
                     }
                 }
             }
@@ -96,34 +150,47 @@ impl Requests {
                 protocol::ok(reference)
             }
             Op::Ping => protocol::pong(reference),
-            Op::Publish { topic, data } => {
-                let Some(publishing) = self.publishing.as_mut() else {
-                    stats::add(&refused.forbidden, 1);
-                    let message = "client publish is not enabled on this server";
-                    return protocol::error(reference, ErrorCode::Forbidden, message);
-                };
-                if self
-                    .identity
-                    .as_ref()
-                    .is_some_and(|id| !id.may_publish(topic.as_str()))
-                {
-                    stats::add(&refused.forbidden, 1);
-                    let message = format!("your token does not allow publishing to {topic}");
-                    return protocol::error(reference, ErrorCode::Forbidden, &message);
-                }
-                if !publishing.limit.try_take(Instant::now()) {
-                    stats::add(&refused.rate_limited, 1);
-                    let message = "publishing too fast; slow down and retry";
-                    return protocol::error(reference, ErrorCode::RateLimited, message);
-                }
-                match publishing
-                    .publisher
-                    .publish(topic.as_str(), data.get().as_bytes())
-                {
-                    Ok(id) => protocol::published(reference, &id.to_string()),
-                    Err(e) => protocol::error(reference, ErrorCode::InvalidData, &e.to_string()),
-                }
+            Op::Publish { topic, data } => self.publish(reference, topic, data).await,
+        };
+        self.reply(reply);
+    }
+
+    async fn publish(
+        &mut self,
+        reference: Option<&serde_json::value::RawValue>,
+        topic: crate::topic::Topic,
+        data: &serde_json::value::RawValue,
+    ) -> String {
+        let refused = &self.counters.refused;
+        let Some(publishing) = self.publishing.as_mut() else {
+            stats::add(&refused.forbidden, 1);
+            let message = "client publish is not enabled on this server";
+            return protocol::error(reference, ErrorCode::Forbidden, message);
+        };
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|id| !id.may_publish(topic.as_str()))
+        {
+            stats::add(&refused.forbidden, 1);
+            let message = format!("your token does not allow publishing to {topic}");
+            return protocol::error(reference, ErrorCode::Forbidden, &message);
+        }
+        if !publishing.limit.try_take(Instant::now()) {
+            stats::add(&refused.rate_limited, 1);
+            let message = "publishing too fast; slow down and retry";
+            return protocol::error(reference, ErrorCode::RateLimited, message);
+        }
+        let request = publish::Request::new(topic.as_str(), data.get().as_bytes());
+        match publishing.publisher.publish(request).await {
+            Ok(receipt) => {
+                let at = crate::message::Position::at(receipt.stamp.epoch, receipt.stamp.offset);
+                protocol::published(reference, &receipt.id.to_string(), at)
             }
+            Err(e @ PublishError::Unconfirmed(_)) => {
+                protocol::error(reference, ErrorCode::Unavailable, &e.to_string())
+            }
+            Err(e) => protocol::error(reference, ErrorCode::InvalidData, &e.to_string()),
         }
     }
 }

@@ -47,8 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::requests::Requests;
 use super::socket::Outlet;
-use crate::hub::{Mailbox, Wire, Written};
-use crate::message as herald_message;
+use crate::hub::{Mailbox, Outgoing, Wire, Written};
 use crate::stats::{self, Counters};
 
 /// How long a closing handshake may take before the socket is dropped.
@@ -135,8 +134,8 @@ where
                 last_heard = Instant::now();
                 match incoming {
                     Some(Ok(message)) => {
-                        let out = requests.answer(message);
-                        write(&mut socket, out, &mailbox, closing.as_mut(), period, meters).await
+                        requests.answer(message).await;
+                        Ok(())
                     }
                     Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
                     Some(Err(_)) | None => Err(End::Client),
@@ -207,7 +206,7 @@ where
 async fn write_turn(
     outlet: &Outlet,
     mailbox: &mut Mailbox,
-    batch: &mut Vec<Arc<herald_message::Message>>,
+    batch: &mut Vec<Outgoing>,
     closing: Pin<&mut impl Future<Output = ()>>,
     period: Duration,
 ) -> Result<(), End> {

@@ -28,8 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::session::Meters;
-use crate::hub::{Wire, Written};
-use crate::message::Message;
+use crate::hub::{Outgoing, Wire, Written};
 use crate::stats;
 
 /// Most bytes of hyper's and tungstenite's writes kept unsent before they
@@ -207,7 +206,7 @@ impl Outlet {
 }
 
 impl Wire for Outlet {
-    fn write_now(&self, batch: &[Arc<Message>]) -> Written {
+    fn write_now(&self, batch: &[Outgoing]) -> Written {
         let Some(first) = batch.first() else {
             return Written::All;
         };
@@ -232,8 +231,10 @@ impl Wire for Outlet {
             Ok(Some(written)) => {
                 drop(out);
                 stats::add(&self.meters.counters.bytes_out, payload.len() as u64);
-                let waited = first.received().elapsed().as_secs_f64();
-                self.meters.latency.record(waited, &[]);
+                if let Some(message) = first.message() {
+                    let waited = message.received().elapsed().as_secs_f64();
+                    self.meters.latency.record(waited, &[]);
+                }
                 written
             }
             Ok(None) => Written::Busy,
@@ -249,7 +250,7 @@ impl Wire for Outlet {
 }
 
 /// Protocol v1 messages, newline-separated, as one text payload.
-fn join(batch: &[Arc<Message>]) -> Vec<u8> {
+fn join(batch: &[Outgoing]) -> Vec<u8> {
     let size = batch.iter().map(|m| m.frame().len() + 1).sum();
     let mut joined = Vec::with_capacity(size);
     for (i, message) in batch.iter().enumerate() {
@@ -330,18 +331,17 @@ impl AsyncWrite for Conn {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use tokio::io::AsyncReadExt;
 
     use super::*;
-    use crate::message::{IdGenerator, NodeId};
+    use crate::message::sample;
     use crate::stats::Counters;
-    use crate::topic::Topic;
 
-    fn message(ids: &IdGenerator, data: &str) -> Arc<Message> {
-        let topic = Topic::new("t").expect("valid topic");
-        let data = Bytes::from(data.to_owned());
-        Arc::new(Message::new(ids.next_id(), topic, data, NodeId::random()))
+    /// Stands for the id generator tests used to pass around.
+    struct Ids;
+
+    fn message(_: &Ids, data: &str) -> Outgoing {
+        Outgoing::Message(sample("t", 1, data))
     }
 
     /// An outlet on one end of a loopback connection, and the other end.
@@ -389,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_goes_out_as_one_text_frame_of_newline_separated_messages() {
         let (outlet, mut client, counters) = pair().await;
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let batch = [message(&ids, "1"), message(&ids, "2")];
         assert_eq!(outlet.write_now(&batch[..1]), Written::All);
         assert_eq!(outlet.write_now(&batch), Written::All);
@@ -413,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_keeps_the_rest_of_a_frame_and_sends_it_first() {
         let (outlet, mut client, _) = pair().await;
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         let big = message(&ids, &format!("\"{}\"", "x".repeat(60_000)));
         // The client reads nothing until the socket is full.
         let mut sent = 0;
@@ -451,7 +451,7 @@ mod tests {
     #[tokio::test]
     async fn after_close_no_message_frame_is_written() {
         let (outlet, mut client, _) = pair().await;
-        let ids = IdGenerator::new(NodeId::random());
+        let ids = Ids;
         outlet.socket().close_messages();
         assert_eq!(outlet.write_now(&[message(&ids, "1")]), Written::All);
         drop(outlet);

@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod kube_api;
-pub mod old_pod;
 pub mod otlp;
 pub mod pod;
 pub mod process;
@@ -21,6 +20,7 @@ pub async fn publish(url: String, topic: &str, data: &str) -> String {
         .publish(herald::proto::v1::PublishRequest {
             topic: topic.into(),
             data: data.as_bytes().to_vec(),
+            ..Default::default()
         })
         .await
         .expect("publish accepted")

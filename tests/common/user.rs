@@ -141,12 +141,28 @@ impl User {
         self.next().await
     }
 
-    /// Subscribes to `topic` and checks the reply.
-    pub async fn subscribe(&mut self, topic: &str) {
+    /// Subscribes to `topic`, checks the reply and returns it (it says
+    /// where the topic stands: `epoch`, `offset`).
+    pub async fn subscribe(&mut self, topic: &str) -> Value {
         let reply = self
             .request(json!({"op": "subscribe", "topic": topic, "ref": topic}))
             .await;
-        assert_eq!(reply, json!({"op": "reply", "ref": topic, "ok": true}));
+        assert_eq!(reply["op"], "reply", "{reply}");
+        assert_eq!(reply["ref"], topic, "{reply}");
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert!(
+            reply["epoch"].is_string() && reply["offset"].is_u64(),
+            "{reply}"
+        );
+        assert!(reply.get("recovered").is_none(), "{reply}");
+        reply
+    }
+
+    /// Subscribes to `topic` after `since` (`{"epoch":..,"offset":..}`)
+    /// and returns the reply, which says whether it `recovered`.
+    pub async fn resume(&mut self, topic: &str, since: Value) -> Value {
+        self.request(json!({"op": "subscribe", "topic": topic, "ref": topic, "since": since}))
+            .await
     }
 
     /// Unsubscribes from `topic` and checks the reply.
@@ -159,6 +175,11 @@ impl User {
 
     /// The next message frame, checked to be on `topic`; returns its data.
     pub async fn message(&mut self, topic: &str) -> Value {
+        self.frame(topic).await["data"].clone()
+    }
+
+    /// The next message frame, checked to be on `topic`, whole.
+    pub async fn frame(&mut self, topic: &str) -> Value {
         let frame = self.next().await;
         assert_eq!(frame["op"], "message", "expected a message, got {frame}");
         assert_eq!(frame["topic"], topic, "message on the wrong topic: {frame}");
@@ -166,7 +187,12 @@ impl User {
             frame["id"].as_str().is_some_and(|id| id.len() == 26),
             "{frame}"
         );
-        frame["data"].clone()
+        assert!(frame["offset"].as_u64().is_some_and(|o| o > 0), "{frame}");
+        assert!(
+            frame["epoch"].as_str().is_some_and(|e| e.len() == 10),
+            "{frame}"
+        );
+        frame
     }
 
     /// Asserts that nothing arrives for `quiet`.

@@ -439,6 +439,7 @@ impl Publisher {
             .map(|seq| PublishRequest {
                 topic: user_topic(&self.topic, self.topics, (seq % self.users as u64) as usize),
                 data: scan::payload(now, seq, self.payload_bytes),
+                ..PublishRequest::default()
             })
             .collect();
         let sink = self.sink.clone();

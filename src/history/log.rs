@@ -1,0 +1,507 @@
+//! One topic's log on this pod: where the topic stands (its head), which pod
+//! numbers it, and the run of recent messages kept for resumes and the
+//! `history` op. Pure: no locks, no clock of its own, no I/O.
+//!
+//! The kept messages are always one unbroken run of offsets that ends at
+//! the head: a message that does not follow the head (a hole, a new epoch)
+//! drops the run before it is kept, so "the run holds offset N" always
+//! means "this pod holds everything from N to the head".
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::message::{Epoch, Message, NodeId, Position};
+use crate::topic::Topic;
+
+/// How a message fitted the log it was added to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    /// The next offset of the head's epoch, or the topic's first message.
+    Next,
+    /// An offset this log already passed: a duplicate, not kept.
+    Seen,
+    /// A later offset of the same epoch: the messages between the head
+    /// and it are missing here. The run before it was dropped.
+    Hole {
+        /// The head before the hole.
+        after: Position,
+    },
+    /// Another epoch than the head's. The run before it was dropped.
+    Epoch {
+        /// The head before.
+        after: Position,
+    },
+}
+
+/// What a log can say about the messages after a position.
+#[derive(Debug, Clone)]
+pub enum Since {
+    /// Every message after the position, oldest first (perhaps none).
+    Recovered(Vec<Arc<Message>>),
+    /// Some of them are no longer kept, or the position is from an epoch
+    /// that is gone: nothing is replayed.
+    Lost,
+}
+
+/// A position this log can never answer for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPosition {
+    /// An offset past the head of the same epoch.
+    #[error("offset {offset} is past the topic's last offset {head} in epoch {epoch}")]
+    Future {
+        /// The offset asked for.
+        offset: u64,
+        /// The head's offset.
+        head: u64,
+        /// The epoch.
+        epoch: Epoch,
+    },
+    /// An epoch of another topic.
+    #[error("epoch {0} is not one of this topic's")]
+    OtherTopic(Epoch),
+    /// An offset without an epoch (only 0, "nothing yet", has none).
+    #[error("offset {0} needs the epoch it belongs to")]
+    NoEpoch(u64),
+}
+
+/// One topic as this pod knows it.
+#[derive(Debug, Default)]
+pub struct Log {
+    head: Position,
+    sequencer: Option<NodeId>,
+    /// A leaving sequencer handed the head to this pod: it may go on
+    /// numbering the epoch.
+    handed: bool,
+    run: VecDeque<Arc<Message>>,
+    bytes: usize,
+    touched: Option<Instant>,
+}
+
+impl Log {
+    /// Where the topic stands: its epoch and last offset.
+    pub fn head(&self) -> Position {
+        self.head
+    }
+
+    /// The pod that numbered the last message, or was handed the topic.
+    pub fn sequencer(&self) -> Option<NodeId> {
+        self.sequencer
+    }
+
+    /// Bytes of kept messages.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages kept.
+    pub fn len(&self) -> usize {
+        self.run.len()
+    }
+
+    /// Whether no message is kept.
+    pub fn is_empty(&self) -> bool {
+        self.run.is_empty()
+    }
+
+    /// When a message was last added.
+    pub fn touched(&self) -> Option<Instant> {
+        self.touched
+    }
+
+    /// The offset the oldest kept message has, if any.
+    pub fn first_kept(&self) -> Option<u64> {
+        self.run.front().map(|m| m.stamp().offset)
+    }
+
+    /// The position `me` numbers the next message at, as the topic's
+    /// sequencer: the head's epoch goes on when `me` numbered the head or
+    /// was handed it; otherwise (a sequencer that vanished, or nothing
+    /// known) a new epoch starts at 1.
+    pub fn next_stamp(&self, topic: &Topic, me: NodeId) -> (Epoch, u64) {
+        match self.head.epoch {
+            Some(epoch) if self.sequencer == Some(me) || self.handed => {
+                (epoch, self.head.offset + 1)
+            }
+            _ => (Epoch::new_for(topic), 1),
+        }
+    }
+
+    /// Records that a leaving sequencer handed `head` on to `successor`;
+    /// `me` is this pod. Only a head this log has not passed is taken.
+    pub fn hand_over(&mut self, head: Position, successor: NodeId, me: NodeId) {
+        if self.head.epoch.is_some()
+            && self.head.epoch == head.epoch
+            && self.head.offset > head.offset
+        {
+            return;
+        }
+        if self.head != head {
+            self.drop_run();
+            self.head = head;
+        }
+        self.sequencer = Some(successor);
+        self.handed = successor == me;
+    }
+
+    /// Adds `message` (keeping it if `keep`, up to `max_kept` messages) and
+    /// says how it fitted.
+    pub fn add(
+        &mut self,
+        message: &Arc<Message>,
+        keep: bool,
+        max_kept: usize,
+        now: Instant,
+    ) -> Fit {
+        let stamp = message.stamp();
+        let fit = match self.head.epoch {
+            None => Fit::Next,
+            Some(epoch) if epoch == stamp.epoch => {
+                if stamp.offset <= self.head.offset {
+                    return Fit::Seen;
+                }
+                if stamp.offset == self.head.offset + 1 {
+                    Fit::Next
+                } else {
+                    Fit::Hole { after: self.head }
+                }
+            }
+            Some(_) => Fit::Epoch { after: self.head },
+        };
+        if fit != Fit::Next {
+            self.drop_run();
+        }
+        self.head = message.position();
+        self.sequencer = Some(stamp.sequencer);
+        self.handed = false;
+        self.touched = Some(now);
+        if keep && max_kept > 0 {
+            self.bytes += message.footprint();
+            self.run.push_back(Arc::clone(message));
+            while self.run.len() > max_kept {
+                self.pop_oldest();
+            }
+        }
+        fit
+    }
+
+    /// Drops kept messages that arrived before `now - max_age`. Returns
+    /// how many.
+    pub fn expire(&mut self, now: Instant, max_age: Duration) -> usize {
+        let mut dropped = 0;
+        while self
+            .run
+            .front()
+            .is_some_and(|m| now.saturating_duration_since(m.received()) > max_age)
+        {
+            self.pop_oldest();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drops the oldest kept message if it has `offset`. Returns whether
+    /// it did.
+    pub fn evict(&mut self, offset: u64) -> bool {
+        if self.first_kept() != Some(offset) {
+            return false;
+        }
+        self.pop_oldest();
+        true
+    }
+
+    /// The messages after `since` in `topic` (this log's), or why they
+    /// cannot be given.
+    pub fn since(&self, topic: &Topic, since: Position) -> Result<Since, BadPosition> {
+        if let Some(epoch) = since.epoch
+            && !epoch.belongs_to(topic)
+        {
+            return Err(BadPosition::OtherTopic(epoch));
+        }
+        let Some(epoch) = since.epoch else {
+            if since.offset != 0 {
+                return Err(BadPosition::NoEpoch(since.offset));
+            }
+            // "From the start": only if the run still holds offset 1.
+            return Ok(match (self.head.offset, self.first_kept()) {
+                (0, _) => Since::Recovered(Vec::new()),
+                (_, Some(1)) => Since::Recovered(self.run.iter().cloned().collect()),
+                _ => Since::Lost,
+            });
+        };
+        if self.head.epoch != Some(epoch) {
+            return Ok(Since::Lost);
+        }
+        if since.offset > self.head.offset {
+            return Err(BadPosition::Future {
+                offset: since.offset,
+                head: self.head.offset,
+                epoch,
+            });
+        }
+        if since.offset == self.head.offset {
+            return Ok(Since::Recovered(Vec::new()));
+        }
+        match self.first_kept() {
+            Some(first) if first <= since.offset + 1 => {
+                let skip = (since.offset + 1 - first) as usize;
+                Ok(Since::Recovered(
+                    self.run.iter().skip(skip).cloned().collect(),
+                ))
+            }
+            _ => Ok(Since::Lost),
+        }
+    }
+
+    /// The last `limit` kept messages, oldest first.
+    pub fn last(&self, limit: usize) -> Vec<Arc<Message>> {
+        let skip = self.run.len().saturating_sub(limit);
+        self.run.iter().skip(skip).cloned().collect()
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(message) = self.run.pop_front() {
+            self.bytes -= message.footprint();
+        }
+    }
+
+    fn drop_run(&mut self) {
+        self.run.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Draft, IdGenerator, Message, Stamp};
+
+    const NODE: u64 = 5;
+
+    fn topic() -> Topic {
+        Topic::new("t").expect("valid")
+    }
+
+    fn new_epoch() -> Epoch {
+        Epoch::new_for(&topic())
+    }
+
+    fn message(epoch: Epoch, offset: u64) -> Arc<Message> {
+        let node: NodeId = format!("{NODE:x}").parse().expect("node id");
+        let id = IdGenerator::new(node).next_id();
+        let draft = Draft::new(id, topic(), bytes::Bytes::from_static(b"1"), node);
+        Arc::new(Message::new(
+            draft,
+            Stamp {
+                epoch,
+                offset,
+                sequencer: node,
+            },
+        ))
+    }
+
+    fn offsets(since: Since) -> Option<Vec<u64>> {
+        match since {
+            Since::Recovered(messages) => Some(messages.iter().map(|m| m.stamp().offset).collect()),
+            Since::Lost => None,
+        }
+    }
+
+    fn filled(epoch: Epoch, upto: u64, max_kept: usize) -> Log {
+        let mut log = Log::default();
+        for offset in 1..=upto {
+            log.add(&message(epoch, offset), true, max_kept, Instant::now());
+        }
+        log
+    }
+
+    #[test]
+    fn messages_in_order_are_kept_up_to_the_count_and_give_the_head() {
+        let epoch = new_epoch();
+        let log = filled(epoch, 10, 4);
+        assert_eq!(log.head(), Position::at(epoch, 10));
+        assert_eq!(log.len(), 4);
+        assert_eq!(log.first_kept(), Some(7));
+    }
+
+    #[test]
+    fn a_position_still_kept_gets_exactly_the_messages_after_it() {
+        let epoch = new_epoch();
+        let log = filled(epoch, 10, 4);
+        let since = |offset| {
+            offsets(
+                log.since(&topic(), Position::at(epoch, offset))
+                    .expect("valid"),
+            )
+        };
+        assert_eq!(since(6), Some(vec![7, 8, 9, 10]));
+        assert_eq!(since(8), Some(vec![9, 10]));
+        assert_eq!(since(10), Some(vec![]));
+        assert_eq!(since(5), None, "offset 6 is no longer kept");
+    }
+
+    #[test]
+    fn a_position_from_another_epoch_is_lost_and_a_future_one_is_an_error() {
+        let epoch = new_epoch();
+        let log = filled(epoch, 3, 10);
+        let other = new_epoch();
+        assert!(matches!(
+            log.since(&topic(), Position::at(other, 2)),
+            Ok(Since::Lost)
+        ));
+        assert!(matches!(
+            log.since(&topic(), Position::at(epoch, 4)),
+            Err(BadPosition::Future {
+                offset: 4,
+                head: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            log.since(
+                &topic(),
+                Position {
+                    epoch: None,
+                    offset: 2
+                }
+            ),
+            Err(BadPosition::NoEpoch(2))
+        ));
+    }
+
+    #[test]
+    fn from_the_start_is_recovered_only_while_offset_one_is_kept() {
+        let epoch = new_epoch();
+        let start = Position::default();
+        assert_eq!(
+            offsets(Log::default().since(&topic(), start).expect("valid")),
+            Some(vec![])
+        );
+        assert_eq!(
+            offsets(filled(epoch, 3, 10).since(&topic(), start).expect("valid")),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(
+            offsets(filled(epoch, 3, 2).since(&topic(), start).expect("valid")),
+            None
+        );
+    }
+
+    #[test]
+    fn an_epoch_of_another_topic_is_an_error() {
+        let log = filled(new_epoch(), 3, 10);
+        let theirs = Epoch::new_for(&Topic::new("other").expect("valid"));
+        assert!(matches!(
+            log.since(&topic(), Position::at(theirs, 1)),
+            Err(BadPosition::OtherTopic(_))
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_is_seen_and_not_kept_twice() {
+        let epoch = new_epoch();
+        let mut log = filled(epoch, 3, 10);
+        assert_eq!(
+            log.add(&message(epoch, 2), true, 10, Instant::now()),
+            Fit::Seen
+        );
+        assert_eq!(log.len(), 3);
+        assert_eq!(log.head().offset, 3);
+    }
+
+    #[test]
+    fn a_hole_drops_the_run_so_no_resume_crosses_it() {
+        let epoch = new_epoch();
+        let mut log = filled(epoch, 3, 10);
+        assert_eq!(
+            log.add(&message(epoch, 6), true, 10, Instant::now()),
+            Fit::Hole {
+                after: Position::at(epoch, 3)
+            }
+        );
+        assert_eq!(log.head(), Position::at(epoch, 6));
+        assert_eq!(
+            offsets(log.since(&topic(), Position::at(epoch, 2)).expect("valid")),
+            None
+        );
+        assert_eq!(
+            offsets(log.since(&topic(), Position::at(epoch, 5)).expect("valid")),
+            Some(vec![6])
+        );
+    }
+
+    #[test]
+    fn a_new_epoch_replaces_the_run() {
+        let old = new_epoch();
+        let new = new_epoch();
+        let mut log = filled(old, 3, 10);
+        assert_eq!(
+            log.add(&message(new, 1), true, 10, Instant::now()),
+            Fit::Epoch {
+                after: Position::at(old, 3)
+            }
+        );
+        assert_eq!(log.len(), 1);
+        assert!(matches!(
+            log.since(&topic(), Position::at(old, 3)),
+            Ok(Since::Lost)
+        ));
+    }
+
+    #[test]
+    fn the_sequencer_goes_on_with_its_epoch_and_anyone_else_starts_a_new_one() {
+        let epoch = new_epoch();
+        let log = filled(epoch, 3, 10);
+        let numbering: NodeId = format!("{NODE:x}").parse().expect("node id");
+        assert_eq!(log.next_stamp(&topic(), numbering), (epoch, 4));
+        let (other, offset) = log.next_stamp(&topic(), NodeId::random());
+        assert_ne!(other, epoch);
+        assert_eq!(offset, 1);
+    }
+
+    #[test]
+    fn a_handed_over_head_lets_its_successor_go_on_with_the_epoch() {
+        let epoch = new_epoch();
+        let mut log = filled(epoch, 3, 10);
+        let me = NodeId::random();
+        log.hand_over(Position::at(epoch, 3), me, me);
+        assert_eq!(log.next_stamp(&topic(), me), (epoch, 4));
+        assert_eq!(log.len(), 3, "the run up to the handed head stays");
+
+        let mut behind = filled(epoch, 2, 10);
+        behind.hand_over(Position::at(epoch, 3), me, me);
+        assert_eq!(behind.next_stamp(&topic(), me), (epoch, 4));
+        assert!(
+            behind.is_empty(),
+            "a run that misses the handed head is dropped"
+        );
+    }
+
+    #[test]
+    fn unkept_messages_still_move_the_head() {
+        let epoch = new_epoch();
+        let mut log = Log::default();
+        log.add(&message(epoch, 1), false, 10, Instant::now());
+        assert_eq!(log.head(), Position::at(epoch, 1));
+        assert!(log.is_empty());
+        assert!(matches!(
+            log.since(&topic(), Position::at(epoch, 0)),
+            Ok(Since::Lost)
+        ));
+        assert_eq!(
+            offsets(log.since(&topic(), Position::at(epoch, 1)).expect("valid")),
+            Some(vec![])
+        );
+    }
+
+    #[test]
+    fn old_messages_expire_and_bytes_follow() {
+        let epoch = new_epoch();
+        let mut log = filled(epoch, 3, 10);
+        assert!(log.bytes() > 0);
+        let later = Instant::now() + Duration::from_secs(10);
+        assert_eq!(log.expire(later, Duration::from_secs(1)), 3);
+        assert_eq!(log.bytes(), 0);
+        assert_eq!(log.head().offset, 3, "the head stays known");
+    }
+}

@@ -1,0 +1,368 @@
+//! What this pod holds of every topic, kept in one order: its history and
+//! its subscribers' queues change together, under the topic's lock in
+//! [`History`], so that a message's place in the log, in every local
+//! subscriber's queue and in every resume is the same.
+//!
+//! ```text
+//!   sequence (this pod numbers the topic) ─┐
+//!                                          ├─▶ history log ─▶ hub offers ─▶ sessions
+//!   accept (numbered by another pod) ──────┘        ▲
+//!   subscribe (with or without since) ──────────────┘ reply + replay, then live
+//! ```
+//!
+//! [`Local`] knows no transport: it takes drafts and numbered messages and
+//! hands back receipts; the publish path decides which pod numbers a topic
+//! and the cluster carries messages between pods.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::history::{BadPosition, Entry, Fit, History, Since};
+use crate::hub::{Hub, Membership, Outgoing, Pending, TooManySubscriptions};
+use crate::message::{Draft, Message, MessageId, NodeId, Position, Stamp, gap_frame};
+use crate::topic::Topic;
+
+/// How long a publisher's idempotency key is remembered.
+pub const KEY_WINDOW: Duration = Duration::from_secs(300);
+
+/// Most idempotency keys remembered at once; the oldest go first.
+pub const MAX_KEYS: usize = 100_000;
+
+/// Where a published message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// Its id.
+    pub id: MessageId,
+    /// Its place in the topic.
+    pub stamp: Stamp,
+}
+
+/// How a subscribe went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// The topic's head as the reply gives it.
+    pub head: Position,
+    /// With `since`: whether every message after it followed (true) or
+    /// none did because some are no longer kept (false).
+    pub recovered: Option<bool>,
+}
+
+/// Why a subscribe was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// `since` is a position the topic can never have.
+    #[error(transparent)]
+    Position(#[from] BadPosition),
+    /// The session holds as many topics as it may.
+    #[error(transparent)]
+    Limit(#[from] TooManySubscriptions),
+}
+
+/// What `history` answers.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The topic's head.
+    pub head: Position,
+    /// Kept messages, oldest first.
+    pub messages: Vec<Arc<Message>>,
+    /// With `since`: whether the messages start right after it.
+    pub recovered: Option<bool>,
+}
+
+/// A handle to this pod's ordered topics. Clones share it.
+#[derive(Clone)]
+pub struct Local {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Hub,
+    history: History,
+    node: NodeId,
+    /// Publishes forwarded to another pod, waiting for their message to
+    /// come back numbered.
+    waiting: Mutex<HashMap<MessageId, oneshot::Sender<Receipt>>>,
+    keys: Mutex<Keys>,
+}
+
+/// Idempotency keys seen recently, per topic.
+#[derive(Default)]
+struct Keys {
+    seen: HashMap<(Topic, Arc<str>), Receipt>,
+    order: VecDeque<(Instant, Topic, Arc<str>)>,
+}
+
+impl Keys {
+    fn get(&mut self, topic: &Topic, key: &Arc<str>) -> Option<Receipt> {
+        let now = Instant::now();
+        while let Some((at, ..)) = self.order.front()
+            && (now.duration_since(*at) > KEY_WINDOW || self.order.len() > MAX_KEYS)
+        {
+            if let Some((_, topic, key)) = self.order.pop_front() {
+                self.seen.remove(&(topic, key));
+            }
+        }
+        self.seen.get(&(topic.clone(), key.clone())).copied()
+    }
+
+    fn insert(&mut self, message: &Message) {
+        if let Some(key) = message.key() {
+            let receipt = Receipt {
+                id: message.id(),
+                stamp: message.stamp(),
+            };
+            let slot = (message.topic().clone(), key.clone());
+            if self.seen.insert(slot, receipt).is_none() {
+                self.order
+                    .push_back((Instant::now(), message.topic().clone(), key.clone()));
+            }
+        }
+    }
+}
+
+impl Local {
+    /// This pod (`node`)'s topics over `hub` and `history`.
+    pub fn new(hub: Hub, history: History, node: NodeId) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                hub,
+                history,
+                node,
+                waiting: Mutex::default(),
+                keys: Mutex::default(),
+            }),
+        }
+    }
+
+    /// This pod's node id.
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The history.
+    pub fn history(&self) -> &History {
+        &self.inner.history
+    }
+
+    /// Numbers `drafts` as their topics' sequencer, keeps them, hands each
+    /// to `relay` (under the topic's lock, so every peer's queue holds a
+    /// topic in order) and delivers them here. A draft whose idempotency
+    /// key was seen gets the earlier receipt and is not published again.
+    pub fn sequence(&self, drafts: Vec<Draft>, relay: &dyn Fn(&Arc<Message>)) -> Vec<Receipt> {
+        let me = self.inner.node;
+        let mut pending = Pending::default();
+        let receipts = drafts
+            .into_iter()
+            .map(|draft| {
+                let topic = draft.topic.clone();
+                self.inner.history.with(&topic, |entry| {
+                    if let Some(key) = &draft.key
+                        && let Some(earlier) = self.keys().get(&topic, key)
+                    {
+                        return earlier;
+                    }
+                    let (epoch, offset) = entry.log().next_stamp(&topic, me);
+                    let stamp = Stamp {
+                        epoch,
+                        offset,
+                        sequencer: me,
+                    };
+                    let message = Arc::new(Message::new(draft, stamp));
+                    relay(&message);
+                    self.keep_and_offer(entry, &message, &mut pending);
+                    Receipt {
+                        id: message.id(),
+                        stamp,
+                    }
+                })
+            })
+            .collect();
+        self.inner.hub.write_out(pending);
+        receipts
+    }
+
+    /// Takes messages another pod numbered: keeps and delivers each that
+    /// is new here, in order. A message after a hole, or of a new epoch,
+    /// is preceded by a `gap` event to the topic's subscribers. Publishes
+    /// of this pod waiting for one of them are answered.
+    pub fn accept(&self, messages: impl IntoIterator<Item = Arc<Message>>) {
+        let mut pending = Pending::default();
+        let mut arrived = Vec::new();
+        for message in messages {
+            let fresh = self.inner.history.with(message.topic(), |entry| {
+                self.keep_and_offer(entry, &message, &mut pending)
+            });
+            if fresh {
+                arrived.push(Receipt {
+                    id: message.id(),
+                    stamp: message.stamp(),
+                });
+            }
+        }
+        self.inner.hub.write_out(pending);
+        if arrived.is_empty() {
+            return;
+        }
+        let mut waiting = self.waiting();
+        if waiting.is_empty() {
+            return;
+        }
+        for receipt in arrived {
+            if let Some(waiter) = waiting.remove(&receipt.id) {
+                let _ = waiter.send(receipt);
+            }
+        }
+    }
+
+    /// Adds `message` to its log and offers it to the topic's subscribers
+    /// (after a `gap` event if it does not follow the head). False for a
+    /// duplicate, which is dropped.
+    fn keep_and_offer(
+        &self,
+        entry: &mut Entry<'_>,
+        message: &Arc<Message>,
+        pending: &mut Pending,
+    ) -> bool {
+        let hub = &self.inner.hub;
+        match entry.add(message) {
+            Fit::Seen => return false,
+            Fit::Next => {}
+            Fit::Hole { after } | Fit::Epoch { after } => {
+                tracing::debug!(topic = %message.topic(), ?after, at = ?message.position(), "a gap in a topic's order");
+                let before = Position::at(message.stamp().epoch, message.stamp().offset - 1);
+                hub.offer_event(message.topic(), gap_frame(message.topic(), before), pending);
+            }
+        }
+        self.keys().insert(message);
+        hub.offer(message, pending);
+        true
+    }
+
+    /// Subscribes `membership` to `topic` and queues, in this order, what
+    /// `frames` makes of the outcome (the reply), then the replay when
+    /// `since` is recovered; live messages follow. Nothing is subscribed
+    /// when it fails.
+    pub fn subscribe(
+        &self,
+        membership: &mut Membership,
+        topic: Topic,
+        since: Option<Position>,
+        frames: impl FnOnce(&Resume) -> Outgoing,
+    ) -> Result<Resume, SubscribeError> {
+        let mut pending = Pending::default();
+        let resume = self.inner.history.with(&topic.clone(), |entry| {
+            let log = entry.log();
+            let head = log.head();
+            let replay = since.map(|since| log.since(&topic, since)).transpose()?;
+            membership.subscribe(topic)?;
+            let (recovered, replay) = match replay {
+                None => (None, Vec::new()),
+                Some(Since::Recovered(replay)) => (Some(true), replay),
+                Some(Since::Lost) => (Some(false), Vec::new()),
+            };
+            let resume = Resume { head, recovered };
+            let reply = frames(&resume);
+            let items = std::iter::once(reply).chain(replay.into_iter().map(Outgoing::Message));
+            membership.push(items, &mut pending);
+            Ok::<_, SubscribeError>(resume)
+        });
+        self.inner.hub.write_out(pending);
+        resume
+    }
+
+    /// The kept messages of `topic`: the last `limit`, or with `since` the
+    /// first `limit` after it.
+    pub fn page(
+        &self,
+        topic: &Topic,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Result<Page, BadPosition> {
+        let page = self.inner.history.read(topic, |log| {
+            let head = log.head();
+            match since {
+                None => Ok(Page {
+                    head,
+                    messages: log.last(limit),
+                    recovered: None,
+                }),
+                Some(since) => Ok(match log.since(topic, since)? {
+                    Since::Recovered(mut messages) => {
+                        messages.truncate(limit);
+                        Page {
+                            head,
+                            messages,
+                            recovered: Some(true),
+                        }
+                    }
+                    Since::Lost => Page {
+                        head,
+                        messages: Vec::new(),
+                        recovered: Some(false),
+                    },
+                }),
+            }
+        });
+        page.unwrap_or_else(|| {
+            let empty = crate::history::Log::default();
+            let recovered = since.map(|since| empty.since(topic, since)).transpose()?;
+            Ok(Page {
+                head: Position::default(),
+                messages: Vec::new(),
+                recovered: recovered.map(|since| matches!(since, Since::Recovered(_))),
+            })
+        })
+    }
+
+    /// The pod that numbers `topic`, as far as this pod knows.
+    pub fn sequencer_of(&self, topic: &Topic) -> Option<NodeId> {
+        self.inner
+            .history
+            .read(topic, |log| log.sequencer())
+            .flatten()
+    }
+
+    /// Records that a leaving sequencer handed `topic` at `head` to
+    /// `successor`.
+    pub fn hand_over(&self, topic: &Topic, head: Position, successor: NodeId) {
+        let me = self.inner.node;
+        self.inner.history.with(topic, |entry| {
+            entry.log_mut().hand_over(head, successor, me)
+        });
+    }
+
+    /// The receipt of an earlier publish to `topic` with `key`, if seen
+    /// within the key window.
+    pub fn receipt_for(&self, topic: &Topic, key: &Arc<str>) -> Option<Receipt> {
+        self.keys().get(topic, key)
+    }
+
+    /// Waits for message `id`, forwarded to another pod, to come back
+    /// numbered. Register before forwarding.
+    pub fn expect(&self, id: MessageId) -> oneshot::Receiver<Receipt> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting().insert(id, tx);
+        rx
+    }
+
+    /// Stops waiting for `id` (it timed out).
+    pub fn forget(&self, id: MessageId) {
+        self.waiting().remove(&id);
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, HashMap<MessageId, oneshot::Sender<Receipt>>> {
+        self.inner.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        self.inner.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
