@@ -74,13 +74,16 @@ async fn a_publish_on_any_pod_reaches_subscribers_on_every_pod_exactly_once() {
         user.subscribe("room:1").await;
         users.push(user);
     }
+    let mut epoch = None;
     for (n, pod) in pods.iter().enumerate() {
         let id = pod.publish("room:1", &format!(r#"{{"from":{n}}}"#)).await;
         for user in &mut users {
             let frame = user.next().await;
+            // One order for the topic, whichever pod took the publish.
+            let epoch = epoch.get_or_insert_with(|| frame["epoch"].clone()).clone();
             assert_eq!(
                 frame,
-                json!({"op":"message","topic":"room:1","id":id,"data":{"from":n}})
+                json!({"op":"message","topic":"room:1","id":id,"offset":n + 1,"epoch":epoch,"data":{"from":n}})
             );
         }
     }

@@ -17,9 +17,11 @@ async fn a_subscriber_receives_what_is_published_to_its_topic() {
     user.subscribe("room:1").await;
     let id = pod.publish("room:1", r#"{"k":1}"#).await;
     let frame = user.next().await;
+    let epoch = frame["epoch"].clone();
+    assert!(epoch.as_str().is_some_and(|e| e.len() == 10), "{frame}");
     assert_eq!(
         frame,
-        json!({"op":"message","topic":"room:1","id":id,"data":{"k":1}})
+        json!({"op":"message","topic":"room:1","id":id,"offset":1,"epoch":epoch,"data":{"k":1}})
     );
 }
 
@@ -136,7 +138,8 @@ async fn a_batch_is_delivered_in_order_and_answered_with_one_id_per_message() {
         let frame = user.next().await;
         assert_eq!(
             frame,
-            json!({"op":"message","topic":topic,"id":result.id,"data":data})
+            json!({"op":"message","topic":topic,"id":result.id,"offset":result.offset,
+                "epoch":result.epoch,"data":data})
         );
     }
 }

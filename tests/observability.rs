@@ -203,15 +203,16 @@ async fn one_trace_covers_a_publish_on_one_pod_and_its_delivery_on_another() {
         .iter()
         .find(|s| s.name == "publish")
         .expect("publish span");
+    // The topic's sequencer is either pod: the hop under the publish
+    // carries the numbered message, or the draft to the sequencer.
     let hop = spans
         .iter()
-        .find(|s| s.name == "peer_send")
-        .expect("hop span");
+        .find(|s| s.name == "peer_send" && s.parent_id == publish.span_id)
+        .expect("hop span under the publish");
     assert_eq!(
         publish.parent_id, "00f067aa0ba902b7",
         "publish joins the caller's trace"
     );
-    assert_eq!(hop.parent_id, publish.span_id);
     let remote = spans
         .iter()
         .find(|s| s.name == "deliver" && s.parent_id == hop.span_id)
@@ -222,9 +223,7 @@ async fn one_trace_covers_a_publish_on_one_pod_and_its_delivery_on_another() {
     );
 
     // The delivering pod's JSON log line for it carries the same trace id.
-    let line = delivering_pod
-        .wait_for_log("delivered a message from a peer")
-        .await;
+    let line = delivering_pod.wait_for_log("from a peer").await;
     let logged: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
     assert_eq!(logged["trace_id"], trace_id, "{line}");
 }

@@ -413,10 +413,16 @@ impl Mesh {
         Ok(Draft::new(id, topic, data, origin).with_key(key))
     }
 
+    /// A forwarded draft, with the trace context it travelled with.
+    fn forwarded(&self, envelope: &Envelope) -> Result<Draft, String> {
+        let trace = (!envelope.trace_context.is_empty()).then(|| envelope.trace_context.clone());
+        Ok(self.draft(envelope)?.with_trace(trace))
+    }
+
     /// A draft forwarded here: numbered here, or forwarded on to the pod
     /// this one believes numbers its topic.
     fn take_forward(&self, draft: Option<&Envelope>, hops: u32) {
-        let Some(draft) = draft.map(|d| self.draft(d)) else {
+        let Some(draft) = draft.map(|d| self.forwarded(d)) else {
             return;
         };
         let draft = match draft {

@@ -53,7 +53,7 @@ impl Membership {
     /// Queues the session's own frames (replies, a replay), in order after
     /// whatever is queued for it; the writes are left in `pending`.
     pub fn push(&self, items: impl IntoIterator<Item = Outgoing>, pending: &mut Pending) {
-        pending.record(&self.sender, self.sender.push(items));
+        pending.record_own(&self.sender, self.sender.push(items));
     }
 
     /// Whether the session holds `topic`.

@@ -122,6 +122,16 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Books a write the session's own frames need (they are not counted
+    /// as delivered messages).
+    pub fn record_own(&mut self, sender: &Sender, offer: Offer) {
+        match offer {
+            Offer::Claimed => self.claimed.push(sender.clone()),
+            Offer::Deferred(until) => self.held.push((until, sender.clone())),
+            Offer::Queued | Offer::MarkedSlow | Offer::Dropped => {}
+        }
+    }
+
     /// Books what one offer to `sender` did.
     pub fn record(&mut self, sender: &Sender, offer: Offer) {
         let delivery = &mut self.delivery;
