@@ -339,6 +339,34 @@ impl Local {
         });
     }
 
+    /// Messages of `topic` up to `head` were lost on the way to this pod:
+    /// the topic's subscribers get a `gap` saying so, and resumes no longer
+    /// cross it.
+    pub fn skip_to(&self, topic: &Topic, head: Position) {
+        let mut pending = Pending::default();
+        self.inner.history.with(topic, |entry| {
+            if let Some(before) = entry.skip_to(head) {
+                tracing::debug!(%topic, ?before, ?head, "messages lost on the way here");
+                let hub = &self.inner.hub;
+                hub.offer_event(topic, gap_frame(topic, head), &mut pending);
+            }
+        });
+        self.inner.hub.write_out(pending);
+    }
+
+    /// Takes what a peer keeps of `topic` into its log, without
+    /// delivering any of it (it is history: the live messages reach
+    /// subscribers on their own). Their idempotency keys are remembered.
+    pub fn restore(&self, topic: &Topic, head: Position, sequencer: NodeId, kept: &[Arc<Message>]) {
+        self.inner
+            .history
+            .with(topic, |entry| entry.restore(head, sequencer, kept));
+        let mut keys = self.keys();
+        for message in kept {
+            keys.insert(message);
+        }
+    }
+
     /// The receipt of an earlier publish to `topic` with `key`, if seen
     /// within the key window.
     pub fn receipt_for(&self, topic: &Topic, key: &Arc<str>) -> Option<Receipt> {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handshake;
-use super::mesh::Mesh;
+use super::mesh::{Mesh, SNAPSHOT_BYTES};
 use super::wire::{self, PeerIo};
 use crate::message::NodeId;
 use crate::proto::v1::{PeerFrame, Refusal, peer_frame};
@@ -152,7 +152,9 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
     if wire::answer(&mut stream, &ours).await.is_err() {
         return;
     }
-    let max = settings.max_message_bytes + MAX_ENVELOPE_OVERHEAD;
+    // A snapshot (one topic's newest history, for a pod that just started)
+    // is the largest frame a peer sends.
+    let max = settings.max_message_bytes + MAX_ENVELOPE_OVERHEAD + 2 * SNAPSHOT_BYTES;
     let mut frames = Vec::new();
     loop {
         let mut ended = false;

@@ -10,6 +10,7 @@
 //! beyond it messages are dropped for that peer, counted and logged (the
 //! peer sees the hole in the topic's offsets and tells its subscribers).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,9 +24,10 @@ use super::backoff::Backoff;
 use super::mesh::{Mesh, PeerInfo};
 use super::{handshake, wire};
 use crate::message::{Draft, Message, NodeId};
-use crate::proto::v1::{Envelope, Forward, Hello, Leaving, PeerFrame, peer_frame};
+use crate::proto::v1::{Envelope, Forward, Heads, Hello, PeerFrame, SyncRequest, peer_frame};
 use crate::stats::{self, Counters};
 use crate::telemetry::trace;
+use crate::topic::Topic;
 
 /// How long connecting and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -41,8 +43,9 @@ pub enum Item {
     /// A draft for the peer to number (or forward on), forwarded `hops`
     /// times before.
     Forward(Draft, u32),
-    /// This pod leaves: its topics' handover.
-    Leaving(Leaving),
+    /// A frame of the cluster's own: a handover, a sync request or one
+    /// topic of a sync's answer.
+    Control(peer_frame::Kind),
 }
 
 /// One peer: its queue and what is known of its stream.
@@ -56,6 +59,9 @@ pub struct Link {
     node: Mutex<Option<NodeId>>,
     is_self: AtomicBool,
     dropped: AtomicU64,
+    /// Topics of messages dropped for the peer since their heads were last
+    /// sent to it.
+    lost: Mutex<HashSet<Topic>>,
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
     counters: Arc<Counters>,
@@ -76,6 +82,7 @@ impl Link {
             node: Mutex::new(None),
             is_self: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            lost: Mutex::default(),
             connects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             counters,
@@ -111,7 +118,12 @@ impl Link {
     /// Queues `message` for the peer without waiting; drops it (counted,
     /// logged at powers of two) when the queue is full.
     pub fn offer(&self, message: &Arc<Message>) {
-        self.offer_item(Item::Message(Arc::clone(message)));
+        if !self.offer_item(Item::Message(Arc::clone(message))) && !self.is_self() {
+            self.lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(message.topic().clone());
+        }
     }
 
     /// Queues `draft` for the peer to number; false if the queue is full
@@ -120,13 +132,14 @@ impl Link {
         self.offer_item(Item::Forward(draft, hops))
     }
 
-    /// Queues the handover behind everything queued before it, waiting
-    /// for room for up to `timeout`.
-    pub async fn leave(&self, leaving: Leaving, timeout: Duration) -> bool {
+    /// Queues a frame of the cluster's own behind everything queued
+    /// before it, waiting for room for up to `timeout`; false if there was
+    /// none.
+    pub async fn send_control(&self, kind: peer_frame::Kind, timeout: Duration) -> bool {
         if self.is_self() {
             return true;
         }
-        let sent = self.queue.send_timeout(Item::Leaving(leaving), timeout);
+        let sent = self.queue.send_timeout(Item::Control(kind), timeout);
         sent.await.is_ok()
     }
 
@@ -254,6 +267,17 @@ async fn stream_wire(
     let mut queue = queue.clone().lock_owned().await;
     up(link, backoff, node);
     let mut out = BytesMut::new();
+    if mesh.asks_for_sync() {
+        // A pod that just started asks its first peer for what it keeps.
+        let ask = PeerFrame {
+            kind: Some(peer_frame::Kind::SyncRequest(SyncRequest {})),
+        };
+        wire::encode(&ask, &mut out);
+        if let Err(e) = stream.write_all(&out).await {
+            return LinkError::Stream(e.to_string());
+        }
+        out.clear();
+    }
     let mut probe = [0u8; 64];
     loop {
         tokio::select! {
@@ -278,8 +302,50 @@ async fn stream_wire(
                     return LinkError::Stream(e.to_string());
                 }
                 out.clear();
+                if let Some(heads) = lost_heads(link, mesh, &mut queue, &mut out) {
+                    if let Err(e) = stream.write_all(&out).await {
+                        return LinkError::Stream(e.to_string());
+                    }
+                    out.clear();
+                    tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after dropping messages for it");
+                }
             }
         }
+    }
+}
+
+/// After messages were dropped for the peer: once nothing is queued, the
+/// heads of their topics go into `out` (read first, so that every message
+/// up to them that was not dropped has been written before). An item found
+/// queued instead goes into `out`, and the heads wait for the next turn.
+/// Returns how many heads, when there is something to write.
+fn lost_heads(link: &Link, mesh: &Mesh, queue: &mut Queue, out: &mut BytesMut) -> Option<usize> {
+    let topics: Vec<Topic> = {
+        let mut lost = link.lost.lock().unwrap_or_else(|p| p.into_inner());
+        if lost.is_empty() {
+            return None;
+        }
+        lost.drain().collect()
+    };
+    let heads = mesh.heads(&topics);
+    match queue.try_recv() {
+        Err(mpsc::error::TryRecvError::Empty) => {
+            let count = heads.len();
+            let frame = PeerFrame {
+                kind: Some(peer_frame::Kind::Heads(Heads { heads })),
+            };
+            wire::encode(&frame, out);
+            Some(count)
+        }
+        Ok(item) => {
+            link.lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(topics);
+            wire::encode(&self::frame(item, &link.address), out);
+            Some(0)
+        }
+        Err(mpsc::error::TryRecvError::Disconnected) => None,
     }
 }
 
@@ -325,7 +391,7 @@ fn frame(item: Item, peer: &str) -> PeerFrame {
             draft: Some(draft_envelope(&draft, peer)),
             hops,
         }),
-        Item::Leaving(leaving) => peer_frame::Kind::Leaving(leaving),
+        Item::Control(kind) => kind,
     };
     PeerFrame { kind: Some(kind) }
 }

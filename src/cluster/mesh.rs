@@ -33,7 +33,7 @@ use super::link::{self, Link};
 use super::{PeerSet, handshake};
 use crate::local::Local;
 use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp, TraceContext};
-use crate::proto::v1::{Envelope, Head, Hello, Leaving, PeerFrame, peer_frame};
+use crate::proto::v1::{Envelope, Head, Heads, Hello, Leaving, PeerFrame, Snapshot, peer_frame};
 use crate::publish::{Relay, Route, validate};
 use crate::stats::Counters;
 use crate::telemetry::trace;
@@ -46,6 +46,14 @@ pub const MAX_HOPS: u32 = 2;
 
 /// Most topics one handover frame carries.
 const HEADS_PER_FRAME: usize = 1_000;
+
+/// Most bytes of one topic's newest messages sent to a pod that just
+/// started (the rest stays on the pods that have it).
+pub const SNAPSHOT_BYTES: usize = 1 << 20;
+
+/// How long a pod answering a sync waits for its stream to the asking pod,
+/// and for room in that stream's queue.
+const SYNC_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How this pod presents itself to its peers.
 #[derive(Debug, Clone)]
@@ -106,6 +114,11 @@ struct Inner {
     /// This pod handed its topics on: it numbers nothing more while
     /// another pod is live.
     leaving: AtomicBool,
+    /// This pod asked a peer for what it keeps.
+    sync_asked: AtomicBool,
+    /// This pod has what a peer keeps (or found no peer to ask): until
+    /// then it numbers no topic it knows nothing of while a peer is live.
+    synced: AtomicBool,
     discovered: AtomicBool,
     settled: AtomicBool,
     started: Instant,
@@ -133,6 +146,8 @@ impl Mesh {
                 by_address: Mutex::default(),
                 left: Mutex::default(),
                 leaving: AtomicBool::new(false),
+                sync_asked: AtomicBool::new(false),
+                synced: AtomicBool::new(false),
                 discovered: AtomicBool::new(false),
                 settled: AtomicBool::new(false),
                 started: Instant::now(),
@@ -245,8 +260,10 @@ impl Mesh {
             return true;
         }
         let links = inner.links.load();
+        let alone = links.iter().all(|l| l.is_self());
         let connected = inner.discovered.load(Ordering::Acquire)
-            && links.iter().all(|l| l.is_self() || l.is_connected());
+            && links.iter().all(|l| l.is_self() || l.is_connected())
+            && (alone || inner.synced.load(Ordering::Acquire));
         let timed_out = inner.started.elapsed() >= inner.settings.ready_timeout;
         if timed_out && !connected {
             let missing: Vec<_> = links
@@ -256,7 +273,8 @@ impl Mesh {
                 .collect();
             tracing::warn!(
                 ?missing,
-                "ready without streams to every peer: the wait for them timed out"
+                synced = inner.synced.load(Ordering::Acquire),
+                "ready without streams to every peer or without a peer's history: the wait timed out"
             );
         }
         if connected || timed_out {
@@ -307,7 +325,8 @@ impl Mesh {
         };
         for link in self.inner.links.load().iter() {
             for frame in &frames {
-                if !link.leave(frame.clone(), timeout).await {
+                let kind = peer_frame::Kind::Leaving(frame.clone());
+                if !link.send_control(kind, timeout).await {
                     tracing::warn!(peer = %link.address(), "the handover did not fit in the peer's queue in time");
                     break;
                 }
@@ -359,6 +378,19 @@ impl Mesh {
                 Some(peer_frame::Kind::Leaving(leaving)) => {
                     self.deliver(std::mem::take(&mut together), None);
                     self.take_leaving(from, &leaving);
+                }
+                Some(peer_frame::Kind::SyncRequest(_)) => {
+                    let span = tracing::info_span!("sync", peer = %from);
+                    let answering = self.clone().answer_sync(from).instrument(span);
+                    self.inner.tracker.spawn(answering);
+                }
+                Some(peer_frame::Kind::Heads(heads)) => {
+                    self.deliver(std::mem::take(&mut together), None);
+                    self.take_heads(&heads);
+                }
+                Some(peer_frame::Kind::Snapshot(snapshot)) => {
+                    self.deliver(std::mem::take(&mut together), None);
+                    self.take_snapshot(&snapshot);
                 }
                 Some(_) | None => tracing::debug!("ignoring an unexpected frame from a peer"),
             }
@@ -443,6 +475,122 @@ impl Mesh {
             .sequence(vec![draft], &|message| self.relay(message));
     }
 
+    /// The heads of `topics` as this pod knows them.
+    pub fn heads(&self, topics: &[Topic]) -> Vec<Head> {
+        topics
+            .iter()
+            .filter_map(|topic| {
+                let head = self.inner.local.history().read(topic, |log| log.head())?;
+                Some(Head {
+                    topic: topic.to_string(),
+                    epoch: head.epoch?.as_u64(),
+                    offset: head.offset,
+                })
+            })
+            .collect()
+    }
+
+    /// Heads of topics whose messages the peer dropped for this pod: any
+    /// offset up to them not received is lost here.
+    fn take_heads(&self, heads: &Heads) {
+        for head in &heads.heads {
+            let (Ok(topic), Some(epoch)) = (Topic::new(&head.topic), Epoch::from_u64(head.epoch))
+            else {
+                continue;
+            };
+            self.inner
+                .local
+                .skip_to(&topic, Position::at(epoch, head.offset));
+        }
+    }
+
+    /// Whether the stream that just came up should carry this pod's sync
+    /// request: the first one of a pod that has not synced.
+    pub fn asks_for_sync(&self) -> bool {
+        let inner = &self.inner;
+        !inner.synced.load(Ordering::Acquire) && !inner.sync_asked.swap(true, Ordering::AcqRel)
+    }
+
+    /// Sends the pod `to` what this pod keeps of every topic, on the
+    /// stream to it, then the end of the answer.
+    async fn answer_sync(self, to: NodeId) {
+        let deadline = Instant::now() + SYNC_PATIENCE;
+        let link = loop {
+            let found = self
+                .inner
+                .links
+                .load()
+                .iter()
+                .find(|l| l.node() == Some(to) && l.is_connected())
+                .cloned();
+            if let Some(link) = found {
+                break link;
+            }
+            if Instant::now() > deadline {
+                tracing::info!(peer = %to, "no stream to a pod that asked for a sync");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let snapshots = self.inner.local.history().snapshot(SNAPSHOT_BYTES);
+        let topics = snapshots.len();
+        for snapshot in snapshots {
+            let frame = Snapshot {
+                head: Some(Head {
+                    topic: snapshot.topic.to_string(),
+                    epoch: snapshot.head.epoch.map_or(0, Epoch::as_u64),
+                    offset: snapshot.head.offset,
+                }),
+                sequencer: snapshot.sequencer.to_string(),
+                kept: snapshot
+                    .kept
+                    .iter()
+                    .map(|m| link::envelope(m, link.address()))
+                    .collect(),
+                done: false,
+            };
+            let kind = peer_frame::Kind::Snapshot(frame);
+            if !link.send_control(kind, SYNC_PATIENCE).await {
+                return;
+            }
+        }
+        let done = peer_frame::Kind::Snapshot(Snapshot {
+            done: true,
+            ..Snapshot::default()
+        });
+        if link.send_control(done, SYNC_PATIENCE).await {
+            tracing::info!(peer = %to, topics, "sent what this pod keeps to a pod that just started");
+        }
+    }
+
+    /// One topic of a peer's answer to this pod's sync, or its end.
+    fn take_snapshot(&self, snapshot: &Snapshot) {
+        if snapshot.done {
+            self.inner.synced.store(true, Ordering::Release);
+            tracing::info!("synced what a peer keeps of every topic");
+            return;
+        }
+        let Some(head) = &snapshot.head else {
+            return;
+        };
+        let (Ok(topic), Some(epoch), Ok(sequencer)) = (
+            Topic::new(&head.topic),
+            Epoch::from_u64(head.epoch),
+            snapshot.sequencer.parse::<NodeId>(),
+        ) else {
+            tracing::warn!(topic = %head.topic, "dropping an invalid snapshot from a peer");
+            return;
+        };
+        let kept: Vec<_> = snapshot
+            .kept
+            .iter()
+            .filter_map(|envelope| self.parse(envelope, true))
+            .filter(|message| *message.topic() == topic)
+            .collect();
+        let head = Position::at(epoch, head.offset);
+        self.inner.local.restore(&topic, head, sequencer, &kept);
+    }
+
     /// A peer leaves: it numbers nothing more, and each topic it numbered
     /// goes to its successor.
     fn take_leaving(&self, from: NodeId, leaving: &Leaving) {
@@ -521,8 +669,11 @@ impl Relay for Mesh {
             Some(node) if live.contains(&node) => return Route::To(node),
             _ => {}
         }
+        // A pod that has not synced yet may not know the topic exists:
+        // it leaves new ones to its peers.
+        let synced = inner.synced.load(Ordering::Acquire);
         let mut candidates = live;
-        if !leaving || candidates.is_empty() {
+        if (!leaving && synced) || candidates.is_empty() {
             candidates.push(me);
         }
         match first_ranked(topic, &candidates) {

@@ -185,6 +185,70 @@ impl Log {
         fit
     }
 
+    /// Moves the head on to `head` of the same epoch without its messages
+    /// (they were lost on the way here): the run is dropped. Returns the
+    /// head before, if it moved.
+    pub fn skip_to(&mut self, head: Position) -> Option<Position> {
+        if self.head.epoch.is_none()
+            || self.head.epoch != head.epoch
+            || head.offset <= self.head.offset
+        {
+            return None;
+        }
+        let before = self.head;
+        self.drop_run();
+        self.head = head;
+        Some(before)
+    }
+
+    /// Takes what a peer keeps of this topic (`head`, its `sequencer`, and
+    /// `kept`, the newest messages ending at the head) into a log that
+    /// knew nothing of it, or that holds the same epoch: then only the
+    /// messages older than its run (and joining it) are added. Returns
+    /// the messages added, oldest first.
+    pub fn restore(
+        &mut self,
+        head: Position,
+        sequencer: NodeId,
+        kept: &[Arc<Message>],
+        max_kept: usize,
+    ) -> Vec<Arc<Message>> {
+        let whole = kept.last().is_some_and(|m| m.position() == head)
+            && kept.windows(2).all(|w| {
+                w[0].stamp().epoch == w[1].stamp().epoch
+                    && w[0].stamp().offset + 1 == w[1].stamp().offset
+            });
+        if self.head.epoch.is_none() {
+            self.head = head;
+            self.sequencer = Some(sequencer);
+            self.handed = false;
+            if !whole {
+                return Vec::new();
+            }
+        } else if self.head.epoch != head.epoch || !whole {
+            return Vec::new();
+        }
+        // The run, if any, starts at `first`; what is added must end right
+        // before it (or at the head, for an empty run).
+        let first = self.first_kept().unwrap_or(self.head.offset + 1);
+        let older: Vec<_> = kept
+            .iter()
+            .filter(|m| m.stamp().offset < first)
+            .cloned()
+            .collect();
+        if older.last().is_none_or(|m| m.stamp().offset + 1 != first) {
+            return Vec::new();
+        }
+        let room = max_kept.saturating_sub(self.run.len());
+        let skip = older.len().saturating_sub(room);
+        let added: Vec<_> = older.into_iter().skip(skip).collect();
+        for message in added.iter().rev() {
+            self.bytes += message.footprint();
+            self.run.push_front(Arc::clone(message));
+        }
+        added
+    }
+
     /// Drops kept messages that arrived before `now - max_age`. Returns
     /// how many.
     pub fn expire(&mut self, now: Instant, max_age: Duration) -> usize {
@@ -491,6 +555,83 @@ mod tests {
         assert_eq!(
             offsets(log.since(&topic(), Position::at(epoch, 1)).expect("valid")),
             Some(vec![])
+        );
+    }
+
+    #[test]
+    fn a_restore_fills_an_empty_log_or_joins_the_run_from_before() {
+        let epoch = new_epoch();
+        let node = NodeId::random();
+        let theirs: Vec<_> = (1..=6).map(|o| message(epoch, o)).collect();
+        let mut empty = Log::default();
+        assert_eq!(
+            empty
+                .restore(Position::at(epoch, 6), node, &theirs, 10)
+                .len(),
+            6
+        );
+        assert_eq!(empty.sequencer(), Some(node));
+        assert_eq!(
+            offsets(
+                empty
+                    .since(&topic(), Position::at(epoch, 0))
+                    .expect("valid")
+            ),
+            Some((1..=6).collect())
+        );
+
+        // Live messages 5 and 6 arrived first: 1 to 4 join before them.
+        let mut live = Log::default();
+        live.add(&theirs[4], true, 10, Instant::now());
+        live.add(&theirs[5], true, 10, Instant::now());
+        assert_eq!(
+            live.restore(Position::at(epoch, 6), node, &theirs, 10)
+                .len(),
+            4
+        );
+        assert_eq!(live.len(), 6);
+        assert_eq!(
+            offsets(live.since(&topic(), Position::at(epoch, 2)).expect("valid")),
+            Some(vec![3, 4, 5, 6])
+        );
+
+        // Nothing that does not join the run, or of another epoch.
+        let mut ahead = Log::default();
+        ahead.add(&message(epoch, 9), true, 10, Instant::now());
+        assert!(
+            ahead
+                .restore(Position::at(epoch, 6), node, &theirs, 10)
+                .is_empty()
+        );
+        let mut other = filled(new_epoch(), 2, 10);
+        assert!(
+            other
+                .restore(Position::at(epoch, 6), node, &theirs, 10)
+                .is_empty()
+        );
+        let holey = [theirs[0].clone(), theirs[2].clone()];
+        assert!(
+            Log::default()
+                .restore(Position::at(epoch, 3), node, &holey, 10)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn skipping_to_a_later_head_drops_the_run_and_nothing_else_moves_it() {
+        let epoch = new_epoch();
+        let mut log = filled(epoch, 3, 10);
+        assert_eq!(log.skip_to(Position::at(epoch, 3)), None);
+        assert_eq!(log.skip_to(Position::at(new_epoch(), 9)), None);
+        assert_eq!(
+            log.skip_to(Position::at(epoch, 7)),
+            Some(Position::at(epoch, 3))
+        );
+        assert_eq!(log.head(), Position::at(epoch, 7));
+        assert!(log.is_empty());
+        assert_eq!(
+            log.add(&message(epoch, 8), true, 10, Instant::now()),
+            Fit::Next
         );
     }
 

@@ -94,6 +94,19 @@ impl HistoryStats {
     }
 }
 
+/// One topic as this pod keeps it, for a pod that just started.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The topic.
+    pub topic: Topic,
+    /// Its head.
+    pub head: crate::message::Position,
+    /// Its sequencer.
+    pub sequencer: crate::message::NodeId,
+    /// The newest kept messages, oldest first, ending at the head.
+    pub kept: Vec<Arc<Message>>,
+}
+
 /// A handle to this pod's history. Clones share it.
 #[derive(Clone)]
 pub struct History {
@@ -142,6 +155,26 @@ impl Entry<'_> {
             self.added += 1;
         }
         fit
+    }
+
+    /// Takes what a peer keeps of the topic (see [`Log::restore`]).
+    pub fn restore(
+        &mut self,
+        head: crate::message::Position,
+        sequencer: crate::message::NodeId,
+        kept: &[Arc<Message>],
+    ) {
+        let keep = if self.keep { self.max_kept } else { 0 };
+        let added = self.log.restore(head, sequencer, kept, keep);
+        self.added += added.len();
+        self.kept
+            .extend(added.iter().map(|m| (m.topic().clone(), m.stamp().offset)));
+    }
+
+    /// Drops the run because messages up to `head` were lost on the way
+    /// (see [`Log::skip_to`]).
+    pub fn skip_to(&mut self, head: crate::message::Position) -> Option<crate::message::Position> {
+        self.log.skip_to(head)
     }
 
     /// The log, to change in ways that keep no new message (a handover).
@@ -227,6 +260,38 @@ impl History {
             );
         }
         heads
+    }
+
+    /// Every topic's head, sequencer and newest kept messages (up to
+    /// `max_bytes` of them per topic): what a pod that just started is
+    /// sent.
+    pub fn snapshot(&self, max_bytes: usize) -> Vec<Snapshot> {
+        let mut out = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (topic, log) in &shard.logs {
+                let (Some(sequencer), Some(_)) = (log.sequencer(), log.head().epoch) else {
+                    continue;
+                };
+                let mut kept = Vec::new();
+                let mut bytes = 0;
+                for message in log.last(log.len()).into_iter().rev() {
+                    bytes += message.footprint();
+                    if bytes > max_bytes {
+                        break;
+                    }
+                    kept.push(message);
+                }
+                kept.reverse();
+                out.push(Snapshot {
+                    topic: topic.clone(),
+                    head: log.head(),
+                    sequencer,
+                    kept,
+                });
+            }
+        }
+        out
     }
 
     /// Drops messages past their age everywhere, and forgets the idlest
