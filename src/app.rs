@@ -161,6 +161,7 @@ pub async fn run(
     );
     let metrics = Metrics::new(Sources {
         hub: hub.clone(),
+        history: history.clone(),
         mesh: mesh.clone(),
         counters: counters.clone(),
     })?;

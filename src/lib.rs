@@ -1,17 +1,20 @@
 //! herald: a Kubernetes-native real-time message publishing service.
 //!
 //! Backend services call the gRPC `Publisher` API on any pod. The pod checks
-//! the message once, delivers it to its own WebSocket users and hands it to
-//! the cluster, which sends it once to every other pod; each of those delivers
-//! it to its own users. No broker sits in between: the pods are the broker.
+//! the message once and has it numbered by its topic's sequencer (itself,
+//! or the pod it forwards the draft to), which keeps it in the topic's
+//! history, delivers it to its own WebSocket users and sends it once to
+//! every other pod; each of those keeps and delivers it in the same order.
+//! No broker sits in between: the pods are the broker, and every pod's
+//! history lets a user resume on any pod.
 //!
 //! ```text
-//!   backend ──gRPC──▶ grpc ──┐                       ┌──▶ ws session ──▶ user
-//!                            ▼                       │
-//!                        publish ──▶ hub (topic → mailboxes) ──▶ ws session ──▶ user
-//!                            │           ▲
-//!                            ▼           │
-//!                   cluster::Mesh ──peer stream──▶ other pods' Mesh ──▶ their hub
+//!   backend ──gRPC──▶ grpc ──┐                                ┌──▶ ws session ──▶ user
+//!                            ▼                                │
+//!                        publish ──▶ local (history + hub, one order) ──▶ ws session ──▶ user
+//!                            │ forward        ▲ numbered
+//!                            ▼                │
+//!                   cluster::Mesh ◀──peer streams──▶ other pods' Mesh ──▶ their local
 //!                            ▲
 //!             cluster::discovery (kubernetes | dns | static | none)
 //! ```
@@ -22,6 +25,8 @@
 //! - [`topic`], [`message`]: the domain values every part shares.
 //! - [`publish`]: the one publish path both front doors use.
 //! - [`hub`]: the local topic registry; knows no transport and no peers.
+//! - [`history`]: each topic's head, sequencer and kept messages (pure).
+//! - [`local`]: history and hub changed together, in each topic's order.
 //! - [`ws`]: the WebSocket gateway (`GET /ws`) and protocol v1.
 //! - [`auth`]: JWTs for WebSocket users, topic permissions, gRPC API tokens.
 //! - [`grpc`]: tonic adapters for the public API.

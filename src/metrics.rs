@@ -17,6 +17,7 @@ use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
 use crate::cluster::Mesh;
+use crate::history::History;
 use crate::hub::Hub;
 use crate::stats::{Counters, read};
 
@@ -43,6 +44,8 @@ pub enum MetricsError {
 pub struct Sources {
     /// The topic registry.
     pub hub: Hub,
+    /// Per-topic history.
+    pub history: History,
     /// The broadcast group.
     pub mesh: Mesh,
     /// The event counters.
@@ -174,6 +177,26 @@ fn register(meter: &Meter, sources: Sources) {
         "herald_topics",
         "Topics with at least one subscriber on this pod.",
         |s| s.hub.stats().topics(),
+    );
+    gauge(
+        "herald_history_bytes",
+        "Bytes of messages this pod keeps for resumes and history.",
+        |s| s.history.stats().bytes() as u64,
+    );
+    gauge(
+        "herald_history_messages",
+        "Messages this pod keeps for resumes and history.",
+        |s| s.history.stats().messages() as u64,
+    );
+    gauge(
+        "herald_history_topics",
+        "Topics whose position this pod knows.",
+        |s| s.history.stats().topics() as u64,
+    );
+    counter(
+        "herald_history_evicted_total",
+        "Kept messages dropped: for the count, byte or age bound, or because a hole or a new epoch broke their run.",
+        |s| s.history.stats().evicted(),
     );
     let pacing = sources.clone();
     meter

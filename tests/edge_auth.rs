@@ -339,3 +339,27 @@ async fn a_client_publish_with_bad_data_gets_invalid_data_and_the_connection_sta
     );
     user.still_usable().await;
 }
+
+#[tokio::test]
+async fn history_needs_the_permission_subscribe_needs() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &[]).await;
+    pod.publish("secret:1", "1").await;
+    let token = sign(&claims("42", &["room:*"]), SECRET);
+    let bearer = format!("Bearer {token}");
+    let (mut user, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("token accepted");
+    for topic in ["secret:1", "user:7"] {
+        let reply = user
+            .request(json!({"op": "history", "topic": topic, "ref": "h"}))
+            .await;
+        assert_eq!(reply["error"]["code"], "forbidden", "{reply}");
+        assert!(reply.get("messages").is_none(), "{reply}");
+    }
+    let own = user
+        .request(json!({"op": "history", "topic": "user:42", "ref": "h"}))
+        .await;
+    assert_eq!(own["ok"], true, "{own}");
+    user.still_usable().await;
+}

@@ -148,6 +148,7 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
             return;
         }
     };
+    mesh.heard_from(&theirs.address);
     let ours = PeerFrame::from(settings.hello());
     if wire::answer(&mut stream, &ours).await.is_err() {
         return;

@@ -54,6 +54,8 @@ pub struct Link {
     address: String,
     queue: mpsc::Sender<Item>,
     stop: CancellationToken,
+    /// Cuts a backoff short: the peer was just heard from.
+    wake: tokio::sync::Notify,
     connected: AtomicBool,
     /// The peer's node id, from its last hello.
     node: Mutex<Option<NodeId>>,
@@ -78,6 +80,7 @@ impl Link {
             address,
             queue,
             stop: CancellationToken::new(),
+            wake: tokio::sync::Notify::new(),
             connected: AtomicBool::new(false),
             node: Mutex::new(None),
             is_self: AtomicBool::new(false),
@@ -159,6 +162,14 @@ impl Link {
         sent.is_ok()
     }
 
+    /// Connects again now if the link is waiting out a backoff: the peer
+    /// just dialled this pod, so it is up.
+    pub fn wake(&self) {
+        if !self.is_connected() {
+            self.wake.notify_one();
+        }
+    }
+
     /// Ends the link: the peer left the set.
     pub fn stop(&self) {
         self.stop.cancel();
@@ -238,6 +249,7 @@ pub async fn run(link: Arc<Link>, queue: Queue, mesh: Mesh, shutdown: Cancellati
             () = link.stop.cancelled() => return,
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = link.wake.notified() => {}
         }
     }
 }

@@ -475,6 +475,20 @@ impl Mesh {
             .sequence(vec![draft], &|message| self.relay(message));
     }
 
+    /// A peer at `address` just dialled this pod: if the link to it is
+    /// backing off, it connects again now.
+    pub fn heard_from(&self, address: &str) {
+        if let Some(link) = self
+            .inner
+            .links
+            .load()
+            .iter()
+            .find(|l| l.address() == address)
+        {
+            link.wake();
+        }
+    }
+
     /// The heads of `topics` as this pod knows them.
     pub fn heads(&self, topics: &[Topic]) -> Vec<Head> {
         topics
