@@ -209,6 +209,12 @@ the chart tests.
 {{- with $v.limits.allowedOrigins }}
 {{- $args = append $args (printf "--allowed-origins=%s" (join "," .)) }}
 {{- end }}
+{{- $args = append $args (printf "--history-messages=%d" (int64 $v.history.messages)) }}
+{{- $args = append $args (printf "--history-age=%s" $v.history.maxAge) }}
+{{- $args = append $args (printf "--history-bytes=%d" (int64 $v.history.maxBytes)) }}
+{{- with $v.history.offTopics }}
+{{- $args = append $args (printf "--history-off=%s" (join "," .)) }}
+{{- end }}
 {{- $args = append $args (printf "--auth=%s" $v.auth.mode) }}
 {{- if eq $v.auth.mode "jwt" }}
 {{- $flag := splitList "=" (include "herald.jwtKeyFlag" .) }}
