@@ -34,6 +34,14 @@ bench-floor: ## What an ideal server reaches on S1's and S4's load shapes on thi
 	  $(CARGO) bench --bench floor; } > $(FLOOR_REPORT)
 	@cat $(FLOOR_REPORT)
 
+RESUME_REPORT = bench/results/$(shell date -u +%Y-%m-%d)-resume-$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown).md
+
+.PHONY: bench-resume
+bench-resume: ## Scenario R: rolling restart of 3 pods with 3,000 resuming users at 200 msg/s; report to bench/results/
+	@mkdir -p bench/results
+	$(CARGO) bench --bench resume > $(RESUME_REPORT)
+	@cat $(RESUME_REPORT)
+
 # nats-server for `make bench-nats` and the harness's smoke test (tests/
 # bench_smoke.rs): Debian's package, unpacked under target/ (no system
 # install, no root needed once the package lists are there).

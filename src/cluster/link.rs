@@ -530,6 +530,15 @@ mod tests {
         let expected = sent.clone();
         let reader = tokio::spawn(async move {
             started.await.expect("started");
+            // A pod that has not synced asks its first peer to.
+            let ask = wire::read_frame(&mut peer, &mut buf, 1 << 20)
+                .await
+                .expect("reads")
+                .expect("not closed");
+            assert!(
+                matches!(ask.kind, Some(peer_frame::Kind::SyncRequest(_))),
+                "{ask:?}"
+            );
             for message in &expected {
                 let frame = wire::read_frame(&mut peer, &mut buf, 1 << 20)
                     .await

@@ -1,0 +1,397 @@
+//! Scenario R (resume): a rolling restart at a realistic size. Three pods
+//! (release builds, as processes on 127.0.0.1-3, static discovery), 3,000
+//! users on one topic spread over them, a backend publishing 200 msg/s
+//! through whichever pods answer (retrying with an idempotency key). Each
+//! pod in turn gets SIGTERM, drains its users over 5 s (close 1012) and is
+//! started again; every user reconnects to another pod and resumes with
+//! `since` = the last position it holds.
+//!
+//! Reported: messages acknowledged; deliveries lost (an acknowledged
+//! message a user never got) and duplicated (an offset a user got twice,
+//! or out of order); resumes that recovered and that did not; per drain,
+//! the time from SIGTERM until the last of the pod's users had resumed and
+//! received a message published after its resume; the other users' p99
+//! latency meanwhile.
+//!
+//! Run with `make bench-resume` (or `cargo bench --bench resume`); about
+//! a minute. Under test runners it does nothing (the behaviour is tested
+//! by tests/continuity.rs).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use herald::proto::v1::PublishRequest;
+use herald::proto::v1::publisher_client::PublisherClient;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+const HTTP: u16 = 38080;
+const GRPC: u16 = 39090;
+const PEER: u16 = 37070;
+const TOPIC: &str = "bench:r";
+const USERS: usize = 3_000;
+const RATE: u64 = 200;
+const DRAIN_WINDOW: &str = "5s";
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn spawn(i: usize) -> Child {
+    let ip = IPS[i];
+    let peers: Vec<String> = IPS.iter().map(|ip| format!("{ip}:{PEER}")).collect();
+    let log =
+        std::fs::File::create(format!("target/bench/resume-pod{}.log", i + 1)).expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .arg(format!("--http-addr={ip}:{HTTP}"))
+        .arg(format!("--grpc-addr={ip}:{GRPC}"))
+        .arg(format!("--peer-addr={ip}:{PEER}"))
+        .arg("--discovery=static")
+        .arg(format!("--peers={}", peers.join(",")))
+        .arg(format!("--drain-window={DRAIN_WINDOW}"))
+        .arg("--max-connection-rate=100000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("herald starts")
+}
+
+async fn ready(i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect((IPS[i], HTTP)).await.ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(b"GET /readyz HTTP/1.0\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = Vec::new();
+            stream.read_to_end(&mut out).await.ok()?;
+            Some(out.starts_with(b"HTTP/1.0 200") || out.starts_with(b"HTTP/1.1 200"))
+        };
+        if tokio::time::timeout(Duration::from_secs(1), probe)
+            .await
+            .ok()
+            .flatten()
+            == Some(true)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pod {i} not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What one user saw.
+#[derive(Default)]
+struct Seen {
+    first: Option<u64>,
+    last: u64,
+    count: u64,
+    disorder: u64,
+    gaps: u64,
+    recovered: u64,
+    not_recovered: u64,
+    /// When it resumed and then got a live message, per connection after
+    /// the first: (pod left, microseconds when caught up).
+    caught_up: Vec<(usize, u64)>,
+    latencies: Vec<u64>,
+}
+
+/// One user: subscribed to the topic across pods until `done`, resuming
+/// with `since` after every reconnect.
+async fn user(n: usize, done: watch::Receiver<bool>) -> Seen {
+    let mut seen = Seen::default();
+    let mut held: Option<(String, u64)> = None;
+    let mut at = n;
+    let mut left: Option<usize> = None;
+    loop {
+        let pod = at % IPS.len();
+        at += 1;
+        let url = format!("ws://{}:{HTTP}/ws", IPS[pod]);
+        let Ok(Ok((mut socket, _))) = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await
+        else {
+            tokio::time::sleep(Duration::from_millis(100 + (n as u64 % 400))).await;
+            continue;
+        };
+        let mut request = json!({"op": "subscribe", "topic": TOPIC, "ref": "s"});
+        if let Some((epoch, offset)) = &held {
+            request["since"] = json!({"epoch": epoch, "offset": offset});
+        }
+        if socket
+            .send(Message::text(request.to_string()))
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let mut waiting_live = left.is_some();
+        let mut resumed_at = 0;
+        loop {
+            let next = match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+                Err(_) if *done.borrow() => return seen,
+                Err(_) => continue,
+                Ok(next) => next,
+            };
+            let text = match next {
+                Some(Ok(Message::Text(text))) => text,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    left = Some(pod);
+                    break;
+                }
+                Some(Ok(_)) => continue,
+            };
+            for line in text.split('\n') {
+                let Ok(frame) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                match frame["op"].as_str() {
+                    Some("reply") => {
+                        let position = (
+                            frame["epoch"].as_str().unwrap_or_default().to_owned(),
+                            frame["offset"].as_u64().unwrap_or(0),
+                        );
+                        match frame["recovered"].as_bool() {
+                            Some(true) => {
+                                seen.recovered += 1;
+                                resumed_at = position.1;
+                            }
+                            Some(false) => {
+                                seen.not_recovered += 1;
+                                held = Some(position);
+                            }
+                            None => held = Some(position),
+                        }
+                    }
+                    Some("message") => {
+                        let epoch = frame["epoch"].as_str().unwrap_or_default().to_owned();
+                        let offset = frame["offset"].as_u64().unwrap_or(0);
+                        let follows = held.as_ref().is_some_and(|(e, o)| {
+                            (*e == epoch && offset == o + 1) || (e.is_empty() && offset == 1)
+                        });
+                        if !follows {
+                            seen.disorder += 1;
+                        }
+                        seen.first.get_or_insert(offset);
+                        seen.last = offset;
+                        seen.count += 1;
+                        held = Some((epoch, offset));
+                        if let Some(sent) = frame["data"]["t"].as_u64() {
+                            let now = unix_micros();
+                            if waiting_live && offset > resumed_at {
+                                waiting_live = false;
+                                seen.caught_up.push((left.unwrap_or(0), now));
+                            }
+                            if !waiting_live && n.is_multiple_of(10) {
+                                seen.latencies.push(now.saturating_sub(sent));
+                            }
+                        }
+                    }
+                    Some("gap") => seen.gaps += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// The backend: one publish every 1/RATE s through the pods in turn;
+/// returns the highest offset acknowledged and how many were.
+async fn backend(stop: watch::Receiver<bool>) -> (u64, u64, u64) {
+    let mut clients: Vec<Option<PublisherClient<tonic::transport::Channel>>> =
+        vec![None, None, None];
+    let mut every = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    let (mut acked, mut highest, mut failed) = (0, 0, 0);
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        every.tick().await;
+        let key = format!("r{n}");
+        let mut done = false;
+        for attempt in 0..30 {
+            let pod = ((n + attempt) % 3) as usize;
+            if clients[pod].is_none() {
+                clients[pod] = PublisherClient::connect(format!("http://{}:{GRPC}", IPS[pod]))
+                    .await
+                    .ok();
+            }
+            let Some(client) = clients[pod].as_mut() else {
+                continue;
+            };
+            let request = PublishRequest {
+                topic: TOPIC.into(),
+                data: json!({"n": n, "t": unix_micros()}).to_string().into_bytes(),
+                idempotency_key: key.clone(),
+            };
+            match tokio::time::timeout(Duration::from_secs(1), client.publish(request)).await {
+                Ok(Ok(reply)) => {
+                    acked += 1;
+                    highest = highest.max(reply.into_inner().offset);
+                    done = true;
+                    break;
+                }
+                _ => clients[pod] = None,
+            }
+        }
+        if !done {
+            failed += 1;
+        }
+        n += 1;
+    }
+    (acked, highest, failed)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() {
+    if !std::env::args().any(|arg| arg == "--bench") {
+        // Test runners list and run bench targets: there is nothing to
+        // test here (tests/continuity.rs holds the behaviour).
+        return;
+    }
+    std::fs::create_dir_all("target/bench").expect("log dir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let mut pods: Vec<Child> = (0..3).map(spawn).collect();
+    for i in 0..3 {
+        ready(i).await;
+    }
+    let (done_tx, done) = watch::channel(false);
+    let started = Instant::now();
+    let users: Vec<_> = (0..USERS)
+        .map(|n| tokio::spawn(user(n, done.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let publishing = tokio::spawn(backend(stop));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut drain_starts = Vec::new();
+    for (i, pod) in pods.iter_mut().enumerate() {
+        drain_starts.push(unix_micros());
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pod.id().to_string())
+            .status();
+        let exit = Instant::now();
+        while pod.try_wait().ok().flatten().is_none() {
+            assert!(
+                exit.elapsed() < Duration::from_secs(30),
+                "pod {i} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        *pod = spawn(i);
+        ready(i).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_tx.send(true).expect("backend listens");
+    let (acked, highest, failed) = publishing.await.expect("backend ends");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done_tx.send(true).expect("users listen");
+    let mut all = Vec::new();
+    for user in users {
+        all.push(user.await.expect("user ends"));
+    }
+    let elapsed = started.elapsed();
+    for pod in &mut pods {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pod.id().to_string())
+            .status();
+        let _ = pod.wait();
+    }
+
+    // Every user subscribed before the first publish and got a contiguous
+    // run of offsets (disorder is counted apart): what it lacks of 1 to the
+    // highest acknowledged offset is lost.
+    let lost: u64 = all
+        .iter()
+        .map(|s| {
+            let received = match s.first {
+                Some(first) if first <= highest => s.last.min(highest) + 1 - first,
+                _ => 0,
+            };
+            highest - received
+        })
+        .sum();
+    let duplicated: u64 = all.iter().map(|s| s.disorder).sum();
+    let gaps: u64 = all.iter().map(|s| s.gaps).sum();
+    let recovered: u64 = all.iter().map(|s| s.recovered).sum();
+    let not_recovered: u64 = all.iter().map(|s| s.not_recovered).sum();
+    let mut latencies: Vec<u64> = all
+        .iter()
+        .flat_map(|s| s.latencies.iter().copied())
+        .collect();
+    latencies.sort_unstable();
+    println!("# Scenario R (resume): rolling restart of 3 pods, {USERS} users, {RATE} msg/s\n");
+    println!(
+        "- Machine: {} CPUs; loopback; pods are release builds as processes; the users and the backend share the cores.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "- Drain window {DRAIN_WINDOW}; each pod restarted in turn, 3 s apart; run took {:.0} s.\n",
+        elapsed.as_secs_f64()
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| messages acknowledged (highest offset) | {acked} ({highest}); {failed} not acknowledged after 30 tries |"
+    );
+    println!("| deliveries lost (acknowledged, never received) | {lost} |");
+    println!("| deliveries duplicated or out of order | {duplicated} |");
+    println!("| gap events | {gaps} |");
+    println!("| resumes recovered / not recovered | {recovered} / {not_recovered} |");
+    for (i, start) in drain_starts.iter().enumerate() {
+        let last = all
+            .iter()
+            .flat_map(|s| {
+                s.caught_up
+                    .iter()
+                    .filter(|(pod, _)| *pod == i)
+                    .map(|(_, at)| *at)
+            })
+            .max();
+        let users = all
+            .iter()
+            .filter(|s| s.caught_up.iter().any(|(pod, _)| *pod == i))
+            .count();
+        if let Some(last) = last {
+            println!(
+                "| drain of pod {}: SIGTERM → last of its {users} users resumed and live | {:.2} s |",
+                i + 1,
+                last.saturating_sub(*start) as f64 / 1e6
+            );
+        }
+    }
+    println!(
+        "| latency of a tenth of the users over the whole run (publish → parsed), p50 / p99 / max | {:.2} / {:.2} / {:.2} ms |",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+}
