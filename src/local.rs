@@ -96,7 +96,8 @@ struct Keys {
 }
 
 impl Keys {
-    fn get(&mut self, topic: &Topic, key: &Arc<str>) -> Option<Receipt> {
+    /// Forgets keys past the window, and the oldest beyond the bound.
+    fn trim(&mut self) {
         let now = Instant::now();
         while let Some((at, ..)) = self.order.front()
             && (now.duration_since(*at) > KEY_WINDOW || self.order.len() > MAX_KEYS)
@@ -105,10 +106,15 @@ impl Keys {
                 self.seen.remove(&(topic, key));
             }
         }
+    }
+
+    fn get(&mut self, topic: &Topic, key: &Arc<str>) -> Option<Receipt> {
+        self.trim();
         self.seen.get(&(topic.clone(), key.clone())).copied()
     }
 
     fn insert(&mut self, message: &Message) {
+        self.trim();
         if let Some(key) = message.key() {
             let receipt = Receipt {
                 id: message.id(),
@@ -184,9 +190,33 @@ impl Local {
                     }
                 })
             })
-            .collect();
+            .collect::<Vec<_>>();
         self.inner.hub.write_out(pending);
+        // A draft of this pod's that came back to be numbered here (its
+        // route changed on the way): its publish is waiting for it.
+        self.answer(&receipts);
         receipts
+    }
+
+    /// Answers the publish of draft `draft` of this pod, whose key another
+    /// pod found already used, with the first message's receipt.
+    pub fn answer_repeat(&self, draft: MessageId, receipt: Receipt) {
+        if let Some(waiter) = self.waiting().remove(&draft) {
+            let _ = waiter.send(receipt);
+        }
+    }
+
+    /// Answers the publishes of this pod waiting for these receipts.
+    pub fn answer(&self, receipts: &[Receipt]) {
+        let mut waiting = self.waiting();
+        if waiting.is_empty() {
+            return;
+        }
+        for receipt in receipts {
+            if let Some(waiter) = waiting.remove(&receipt.id) {
+                let _ = waiter.send(*receipt);
+            }
+        }
     }
 
     /// Takes messages another pod numbered: keeps and delivers each that
@@ -208,18 +238,7 @@ impl Local {
             }
         }
         self.inner.hub.write_out(pending);
-        if arrived.is_empty() {
-            return;
-        }
-        let mut waiting = self.waiting();
-        if waiting.is_empty() {
-            return;
-        }
-        for receipt in arrived {
-            if let Some(waiter) = waiting.remove(&receipt.id) {
-                let _ = waiter.send(receipt);
-            }
-        }
+        self.answer(&arrived);
     }
 
     /// Adds `message` to its log and offers it to the topic's subscribers
@@ -262,8 +281,10 @@ impl Local {
             let log = entry.log();
             let head = log.head();
             let replay = since.map(|since| log.since(&topic, since)).transpose()?;
-            membership.subscribe(topic)?;
+            let fresh = membership.subscribe(topic)?;
             let (recovered, replay) = match replay {
+                // Already subscribed: where it stands, and nothing again.
+                _ if !fresh => (None, Vec::new()),
                 None => (None, Vec::new()),
                 Some(Since::Recovered(replay)) => (Some(true), replay),
                 Some(Since::Lost) => (Some(false), Vec::new()),
@@ -334,9 +355,24 @@ impl Local {
     /// `successor`.
     pub fn hand_over(&self, topic: &Topic, head: Position, successor: NodeId) {
         let me = self.inner.node;
+        let mut pending = Pending::default();
         self.inner.history.with(topic, |entry| {
-            entry.log_mut().hand_over(head, successor, me)
+            if entry.log_mut().hand_over(head, successor, me).is_some() {
+                let hub = &self.inner.hub;
+                hub.offer_event(topic, gap_frame(topic, head), &mut pending);
+            }
         });
+        self.inner.hub.write_out(pending);
+    }
+
+    /// Hands `topic`, which this pod numbers, to `successor` and returns
+    /// its head, read under the same lock as the change: a publish this pod
+    /// numbers is either in the head or numbered after the handover (then
+    /// in an epoch of its own, never at an offset the successor will use).
+    pub fn hand_on(&self, topic: &Topic, successor: NodeId) -> Position {
+        self.inner
+            .history
+            .with(topic, |entry| entry.log_mut().hand_on(successor))
     }
 
     /// Messages of `topic` up to `head` were lost on the way to this pod:

@@ -217,6 +217,12 @@ impl Publisher {
         let mut receipts: Vec<Option<Receipt>> = vec![None; count];
         let mut here = Vec::new();
         let mut waits = Vec::new();
+        // Whatever ends this call (an error, the caller going away), no
+        // forwarded publish stays registered as waiting.
+        let mut guard = Waiting {
+            local: &inner.local,
+            ids: Vec::new(),
+        };
         for (index, draft) in drafts.into_iter().enumerate() {
             if let Some(key) = &draft.key
                 && let Some(earlier) = inner.local.receipt_for(&draft.topic, key)
@@ -229,12 +235,11 @@ impl Publisher {
                 Route::To(node) => {
                     let (id, topic) = (draft.id, draft.topic.clone());
                     let wait = inner.local.expect(id);
-                    if inner.relay.forward(node, draft) {
-                        waits.push((index, id, topic, wait));
-                    } else {
-                        inner.local.forget(id);
+                    guard.ids.push(id);
+                    if !inner.relay.forward(node, draft) {
                         return Err(PublishError::Unconfirmed(topic));
                     }
+                    waits.push((index, topic, wait));
                 }
             }
         }
@@ -251,17 +256,29 @@ impl Publisher {
             }
         }
         let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
-        for (index, id, topic, wait) in waits {
+        for (index, topic, wait) in waits {
             match tokio::time::timeout_at(deadline, wait).await {
                 Ok(Ok(receipt)) => receipts[index] = Some(receipt),
-                _ => {
-                    inner.local.forget(id);
-                    return Err(PublishError::Unconfirmed(topic));
-                }
+                _ => return Err(PublishError::Unconfirmed(topic)),
             }
         }
         stats::add(&inner.counters.published, count as u64);
         Ok(receipts.into_iter().flatten().collect())
+    }
+}
+
+/// Forwarded publishes of one call still registered as waiting; dropping
+/// it forgets them.
+struct Waiting<'a> {
+    local: &'a Local,
+    ids: Vec<crate::message::MessageId>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            self.local.forget(id);
+        }
     }
 }
 

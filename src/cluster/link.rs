@@ -10,7 +10,7 @@
 //! beyond it messages are dropped for that peer, counted and logged (the
 //! peer sees the hole in the topic's offsets and tells its subscribers).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,14 +23,17 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::mesh::{Mesh, PeerInfo};
 use super::{handshake, wire};
-use crate::message::{Draft, Message, NodeId};
-use crate::proto::v1::{Envelope, Forward, Heads, Hello, PeerFrame, SyncRequest, peer_frame};
+use crate::message::{Draft, Epoch, Message, NodeId, Position};
+use crate::proto::v1::{Envelope, Forward, Head, Heads, Hello, PeerFrame, SyncRequest, peer_frame};
 use crate::stats::{self, Counters};
 use crate::telemetry::trace;
 use crate::topic::Topic;
 
 /// How long connecting and the handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a pod that has not synced its history asks a peer again.
+const SYNC_ASK_EVERY: Duration = Duration::from_secs(1);
 
 /// Most bytes of queued messages put in one write on the peer wire.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -61,9 +64,10 @@ pub struct Link {
     node: Mutex<Option<NodeId>>,
     is_self: AtomicBool,
     dropped: AtomicU64,
-    /// Topics of messages dropped for the peer since their heads were last
-    /// sent to it.
-    lost: Mutex<HashSet<Topic>>,
+    /// The last position of each topic whose messages were dropped for the
+    /// peer (queue full, or written into a stream that broke) since it was
+    /// last told.
+    lost: Mutex<HashMap<Topic, Position>>,
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
     counters: Arc<Counters>,
@@ -122,17 +126,26 @@ impl Link {
     /// logged at powers of two) when the queue is full.
     pub fn offer(&self, message: &Arc<Message>) {
         if !self.offer_item(Item::Message(Arc::clone(message))) && !self.is_self() {
-            self.lost
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(message.topic().clone());
+            self.lose(message);
         }
+    }
+
+    /// Books `message` as never to reach the peer.
+    fn lose(&self, message: &Message) {
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.insert(message.topic().clone(), message.position());
     }
 
     /// Queues `draft` for the peer to number; false if the queue is full
     /// or the peer is this pod.
     pub fn forward(&self, draft: Draft, hops: u32) -> bool {
         self.offer_item(Item::Forward(draft, hops))
+    }
+
+    /// Queues a frame of the cluster's own without waiting; false if the
+    /// queue is full.
+    pub fn offer_control(&self, kind: peer_frame::Kind) -> bool {
+        self.offer_item(Item::Control(kind))
     }
 
     /// Queues a frame of the cluster's own behind everything queued
@@ -279,20 +292,36 @@ async fn stream_wire(
     let mut queue = queue.clone().lock_owned().await;
     up(link, backoff, node);
     let mut out = BytesMut::new();
-    if mesh.asks_for_sync() {
-        // A pod that just started asks its first peer for what it keeps.
-        let ask = PeerFrame {
-            kind: Some(peer_frame::Kind::SyncRequest(SyncRequest {})),
-        };
-        wire::encode(&ask, &mut out);
+    // Messages in the write under way: lost if the stream breaks in it.
+    let mut writing: Vec<Arc<Message>> = Vec::new();
+    let mut probe = [0u8; 64];
+    // Now and then: a pod that has not synced asks (again) for what its
+    // peers keep.
+    let mut sync_check = tokio::time::interval(SYNC_ASK_EVERY);
+    // What was lost on a stream before this one is told first.
+    if let Some(heads) = lost_heads(link, &mut queue, &mut out, &mut writing) {
         if let Err(e) = stream.write_all(&out).await {
+            lose_all(link, &mut writing);
             return LinkError::Stream(e.to_string());
         }
         out.clear();
+        writing.clear();
+        tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after losing messages for it");
     }
-    let mut probe = [0u8; 64];
     loop {
         tokio::select! {
+            _ = sync_check.tick() => {
+                if mesh.asks_for_sync() {
+                    let ask = PeerFrame {
+                        kind: Some(peer_frame::Kind::SyncRequest(SyncRequest {})),
+                    };
+                    wire::encode(&ask, &mut out);
+                    if let Err(e) = stream.write_all(&out).await {
+                        return LinkError::Stream(e.to_string());
+                    }
+                    out.clear();
+                }
+            }
             read = stream.read(&mut probe) => match read {
                 // The peer sends nothing after its hello; the connection
                 // ends when it goes.
@@ -304,44 +333,75 @@ async fn stream_wire(
                 let Some(item) = item else {
                     return LinkError::Stream("queue closed".into());
                 };
-                wire::encode(&frame(item, &link.address), &mut out);
+                encode(item, &link.address, &mut out, &mut writing);
                 // Whatever else is queued goes in the same write.
                 while out.len() < WRITE_BATCH_BYTES {
                     let Ok(item) = queue.try_recv() else { break };
-                    wire::encode(&frame(item, &link.address), &mut out);
+                    encode(item, &link.address, &mut out, &mut writing);
                 }
                 if let Err(e) = stream.write_all(&out).await {
+                    lose_all(link, &mut writing);
                     return LinkError::Stream(e.to_string());
                 }
                 out.clear();
-                if let Some(heads) = lost_heads(link, mesh, &mut queue, &mut out) {
+                writing.clear();
+                if let Some(heads) = lost_heads(link, &mut queue, &mut out, &mut writing) {
                     if let Err(e) = stream.write_all(&out).await {
+                        lose_all(link, &mut writing);
                         return LinkError::Stream(e.to_string());
                     }
                     out.clear();
-                    tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after dropping messages for it");
+                    writing.clear();
+                    tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after losing messages for it");
                 }
             }
         }
     }
 }
 
-/// After messages were dropped for the peer: once nothing is queued, the
-/// heads of their topics go into `out` (read first, so that every message
-/// up to them that was not dropped has been written before). An item found
+/// Encodes `item` into `out`, noting a message in `writing`.
+fn encode(item: Item, peer: &str, out: &mut BytesMut, writing: &mut Vec<Arc<Message>>) {
+    if let Item::Message(message) = &item {
+        writing.push(Arc::clone(message));
+    }
+    wire::encode(&frame(item, peer), out);
+}
+
+/// The messages of a write that failed will not reach the peer.
+fn lose_all(link: &Link, writing: &mut Vec<Arc<Message>>) {
+    for message in writing.drain(..) {
+        link.lose(&message);
+    }
+}
+
+/// After messages were lost for the peer: once nothing is queued, the last
+/// lost position of each of their topics goes into `out` (everything the
+/// peer gets of those topics up to it was written before). An item found
 /// queued instead goes into `out`, and the heads wait for the next turn.
 /// Returns how many heads, when there is something to write.
-fn lost_heads(link: &Link, mesh: &Mesh, queue: &mut Queue, out: &mut BytesMut) -> Option<usize> {
-    let topics: Vec<Topic> = {
+fn lost_heads(
+    link: &Link,
+    queue: &mut Queue,
+    out: &mut BytesMut,
+    writing: &mut Vec<Arc<Message>>,
+) -> Option<usize> {
+    let lost: Vec<(Topic, Position)> = {
         let mut lost = link.lost.lock().unwrap_or_else(|p| p.into_inner());
         if lost.is_empty() {
             return None;
         }
         lost.drain().collect()
     };
-    let heads = mesh.heads(&topics);
     match queue.try_recv() {
         Err(mpsc::error::TryRecvError::Empty) => {
+            let heads: Vec<Head> = lost
+                .iter()
+                .map(|(topic, at)| Head {
+                    topic: topic.to_string(),
+                    epoch: at.epoch.map_or(0, Epoch::as_u64),
+                    offset: at.offset,
+                })
+                .collect();
             let count = heads.len();
             let frame = PeerFrame {
                 kind: Some(peer_frame::Kind::Heads(Heads { heads })),
@@ -350,11 +410,13 @@ fn lost_heads(link: &Link, mesh: &Mesh, queue: &mut Queue, out: &mut BytesMut) -
             Some(count)
         }
         Ok(item) => {
-            link.lost
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(topics);
-            wire::encode(&self::frame(item, &link.address), out);
+            let mut again = link.lost.lock().unwrap_or_else(|p| p.into_inner());
+            for (topic, at) in lost {
+                // A loss booked meanwhile is later.
+                again.entry(topic).or_insert(at);
+            }
+            drop(again);
+            encode(item, &link.address, out, writing);
             Some(0)
         }
         Err(mpsc::error::TryRecvError::Disconnected) => None,

@@ -33,7 +33,9 @@ use super::link::{self, Link};
 use super::{PeerSet, handshake};
 use crate::local::Local;
 use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp, TraceContext};
-use crate::proto::v1::{Envelope, Head, Heads, Hello, Leaving, PeerFrame, Snapshot, peer_frame};
+use crate::proto::v1::{
+    Envelope, Head, Heads, Hello, Leaving, PeerFrame, Receipt, Snapshot, peer_frame,
+};
 use crate::publish::{Relay, Route, validate};
 use crate::stats::Counters;
 use crate::telemetry::trace;
@@ -43,6 +45,16 @@ use crate::topic::Topic;
 /// How many times a draft is forwarded before a pod numbers it itself
 /// (views of who is live differ for a moment while membership changes).
 pub const MAX_HOPS: u32 = 2;
+
+/// The highest offset a peer may send: 2^53, the largest integer every JSON
+/// reader (JavaScript's numbers) holds exactly. A topic would take 28,000
+/// years at 10,000 messages a second to reach it.
+pub const MAX_OFFSET: u64 = 1 << 53;
+
+/// `offset` if it can be a message's place (1 to [`MAX_OFFSET`]).
+fn valid_offset(offset: u64) -> Option<u64> {
+    (1..=MAX_OFFSET).contains(&offset).then_some(offset)
+}
 
 /// Most topics one handover frame carries.
 const HEADS_PER_FRAME: usize = 1_000;
@@ -114,8 +126,8 @@ struct Inner {
     /// This pod handed its topics on: it numbers nothing more while
     /// another pod is live.
     leaving: AtomicBool,
-    /// This pod asked a peer for what it keeps.
-    sync_asked: AtomicBool,
+    /// When this pod last asked a peer for what it keeps.
+    sync_asked: Mutex<Option<Instant>>,
     /// This pod has what a peer keeps (or found no peer to ask): until
     /// then it numbers no topic it knows nothing of while a peer is live.
     synced: AtomicBool,
@@ -146,7 +158,7 @@ impl Mesh {
                 by_address: Mutex::default(),
                 left: Mutex::default(),
                 leaving: AtomicBool::new(false),
-                sync_asked: AtomicBool::new(false),
+                sync_asked: Mutex::new(None),
                 synced: AtomicBool::new(false),
                 discovered: AtomicBool::new(false),
                 settled: AtomicBool::new(false),
@@ -295,11 +307,17 @@ impl Mesh {
             return;
         }
         let me = inner.settings.node;
-        let heads = inner.local.history().sequenced_by(me);
-        for (topic, head) in &heads {
-            let successor = first_ranked(topic, &successors).unwrap_or(me);
-            inner.local.hand_over(topic, *head, successor);
-        }
+        let heads: Vec<(Topic, Position)> = inner
+            .local
+            .history()
+            .sequenced_by(me)
+            .into_iter()
+            .map(|(topic, _)| {
+                let successor = first_ranked(&topic, &successors).unwrap_or(me);
+                let head = inner.local.hand_on(&topic, successor);
+                (topic, head)
+            })
+            .collect();
         let successors: Vec<String> = successors.iter().map(NodeId::to_string).collect();
         let frames: Vec<Leaving> = heads
             .chunks(HEADS_PER_FRAME)
@@ -384,6 +402,7 @@ impl Mesh {
                     let answering = self.clone().answer_sync(from).instrument(span);
                     self.inner.tracker.spawn(answering);
                 }
+                Some(peer_frame::Kind::Receipt(receipt)) => self.take_receipt(&receipt),
                 Some(peer_frame::Kind::Heads(heads)) => {
                     self.deliver(std::mem::take(&mut together), None);
                     self.take_heads(&heads);
@@ -410,8 +429,8 @@ impl Mesh {
                 .sequencer
                 .parse::<NodeId>()
                 .map_err(|e| format!("bad sequencer {:?}: {e}", envelope.sequencer))?;
-            if envelope.offset == 0 {
-                return Err("offset 0".into());
+            if valid_offset(envelope.offset).is_none() {
+                return Err(format!("offset {} out of range", envelope.offset));
             }
             let stamp = Stamp {
                 epoch,
@@ -470,9 +489,48 @@ impl Mesh {
         {
             return;
         }
-        self.inner
-            .local
-            .sequence(vec![draft], &|message| self.relay(message));
+        let parent = draft.trace.clone();
+        let (id, origin) = (draft.id, draft.origin);
+        let receipts = trace::in_deliver_span(parent.as_deref(), || {
+            let topic = draft.topic.clone();
+            let relay = |message: &Arc<Message>| self.relay(message);
+            let receipts = self.inner.local.sequence(vec![draft], &relay);
+            tracing::debug!(%id, %topic, "numbered and delivered a message forwarded from a peer");
+            receipts
+        });
+        // The key was used before: the forwarding pod hears where the first
+        // one landed (it may never get that message again).
+        if let Some(first) = receipts.first().filter(|r| r.id != id) {
+            let receipt = Receipt {
+                draft: id.to_string(),
+                id: first.id.to_string(),
+                epoch: first.stamp.epoch.as_u64(),
+                offset: first.stamp.offset,
+                sequencer: first.stamp.sequencer.to_string(),
+            };
+            let links = self.inner.links.load();
+            if let Some(link) = links.iter().find(|l| l.node() == Some(origin)) {
+                link.offer_control(peer_frame::Kind::Receipt(receipt));
+            }
+        }
+    }
+
+    /// Where a draft of this pod's with a used key landed the first time.
+    fn take_receipt(&self, receipt: &Receipt) {
+        let parsed = (|| {
+            let draft = receipt.draft.parse::<MessageId>().ok()?;
+            let stamp = Stamp {
+                epoch: Epoch::from_u64(receipt.epoch)?,
+                offset: valid_offset(receipt.offset)?,
+                sequencer: receipt.sequencer.parse().ok()?,
+            };
+            let id = receipt.id.parse().ok()?;
+            Some((draft, crate::local::Receipt { id, stamp }))
+        })();
+        match parsed {
+            Some((draft, first)) => self.inner.local.answer_repeat(draft, first),
+            None => tracing::warn!("dropping an invalid receipt from a peer"),
+        }
     }
 
     /// A peer at `address` just dialled this pod: if the link to it is
@@ -489,21 +547,6 @@ impl Mesh {
         }
     }
 
-    /// The heads of `topics` as this pod knows them.
-    pub fn heads(&self, topics: &[Topic]) -> Vec<Head> {
-        topics
-            .iter()
-            .filter_map(|topic| {
-                let head = self.inner.local.history().read(topic, |log| log.head())?;
-                Some(Head {
-                    topic: topic.to_string(),
-                    epoch: head.epoch?.as_u64(),
-                    offset: head.offset,
-                })
-            })
-            .collect()
-    }
-
     /// Heads of topics whose messages the peer dropped for this pod: any
     /// offset up to them not received is lost here.
     fn take_heads(&self, heads: &Heads) {
@@ -518,11 +561,20 @@ impl Mesh {
         }
     }
 
-    /// Whether the stream that just came up should carry this pod's sync
-    /// request: the first one of a pod that has not synced.
+    /// Whether a stream should carry a sync request now: this pod has not
+    /// synced, and has not asked in the last [`SYNC_PATIENCE`] twice over
+    /// (the peer asked may not have had a stream back yet).
     pub fn asks_for_sync(&self) -> bool {
         let inner = &self.inner;
-        !inner.synced.load(Ordering::Acquire) && !inner.sync_asked.swap(true, Ordering::AcqRel)
+        if inner.synced.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut asked = inner.sync_asked.lock().unwrap_or_else(|p| p.into_inner());
+        if asked.is_some_and(|at| at.elapsed() < 2 * SYNC_PATIENCE) {
+            return false;
+        }
+        *asked = Some(Instant::now());
+        true
     }
 
     /// Sends the pod `to` what this pod keeps of every topic, on the
@@ -587,10 +639,11 @@ impl Mesh {
         let Some(head) = &snapshot.head else {
             return;
         };
-        let (Ok(topic), Some(epoch), Ok(sequencer)) = (
+        let (Ok(topic), Some(epoch), Ok(sequencer), true) = (
             Topic::new(&head.topic),
             Epoch::from_u64(head.epoch),
             snapshot.sequencer.parse::<NodeId>(),
+            head.offset <= MAX_OFFSET,
         ) else {
             tracing::warn!(topic = %head.topic, "dropping an invalid snapshot from a peer");
             return;
@@ -619,8 +672,11 @@ impl Mesh {
             .filter_map(|s| s.parse().ok())
             .collect();
         for head in &leaving.heads {
-            let (Ok(topic), Some(epoch)) = (Topic::new(&head.topic), Epoch::from_u64(head.epoch))
-            else {
+            let (Ok(topic), Some(epoch), true) = (
+                Topic::new(&head.topic),
+                Epoch::from_u64(head.epoch),
+                head.offset <= MAX_OFFSET,
+            ) else {
                 continue;
             };
             if let Some(successor) = first_ranked(&topic, &successors) {

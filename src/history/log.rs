@@ -123,25 +123,45 @@ impl Log {
             Some(epoch) if self.sequencer == Some(me) || self.handed => {
                 (epoch, self.head.offset + 1)
             }
-            _ => (Epoch::new_for(topic), 1),
+            _ => loop {
+                // A new epoch is never the one the log holds (29 random
+                // bits: a repeat is rare, but it would be a fork).
+                let epoch = Epoch::new_for(topic);
+                if Some(epoch) != self.head.epoch {
+                    break (epoch, 1);
+                }
+            },
         }
     }
 
     /// Records that a leaving sequencer handed `head` on to `successor`;
-    /// `me` is this pod. Only a head this log has not passed is taken.
-    pub fn hand_over(&mut self, head: Position, successor: NodeId, me: NodeId) {
+    /// `me` is this pod. Only a head of the log's own epoch (or of a log
+    /// that knew nothing) that it has not passed is taken. Returns the head
+    /// before when the handed one is later (messages up to it were lost on
+    /// the way here: its subscribers must be told).
+    pub fn hand_over(&mut self, head: Position, successor: NodeId, me: NodeId) -> Option<Position> {
         if self.head.epoch.is_some()
-            && self.head.epoch == head.epoch
-            && self.head.offset > head.offset
+            && (self.head.epoch != head.epoch || self.head.offset > head.offset)
         {
-            return;
+            return None;
         }
-        if self.head != head {
+        let before = self.head;
+        let moved = self.head != head;
+        if moved {
             self.drop_run();
             self.head = head;
         }
         self.sequencer = Some(successor);
         self.handed = successor == me;
+        (moved && before.epoch.is_some()).then_some(before)
+    }
+
+    /// Hands this pod's topic on to `successor`: the head stays, the
+    /// successor numbers what follows. Returns the head handed.
+    pub fn hand_on(&mut self, successor: NodeId) -> Position {
+        self.sequencer = Some(successor);
+        self.handed = false;
+        self.head
     }
 
     /// Adds `message` (keeping it if `keep`, up to `max_kept` messages) and
@@ -155,6 +175,9 @@ impl Log {
     ) -> Fit {
         let stamp = message.stamp();
         let fit = match self.head.epoch {
+            // A first message past offset 1: what came before it never
+            // reached this log.
+            None if stamp.offset > 1 => Fit::Hole { after: self.head },
             None => Fit::Next,
             Some(epoch) if epoch == stamp.epoch => {
                 if stamp.offset <= self.head.offset {
@@ -185,13 +208,12 @@ impl Log {
         fit
     }
 
-    /// Moves the head on to `head` of the same epoch without its messages
-    /// (they were lost on the way here): the run is dropped. Returns the
-    /// head before, if it moved.
+    /// Moves the head on to `head` without its messages (they were lost on
+    /// the way here; `head` may be of a new epoch): the run is dropped.
+    /// Returns the head before, if it moved.
     pub fn skip_to(&mut self, head: Position) -> Option<Position> {
-        if self.head.epoch.is_none()
-            || self.head.epoch != head.epoch
-            || head.offset <= self.head.offset
+        if head.epoch.is_none()
+            || (self.head.epoch == head.epoch && head.offset <= self.head.offset)
         {
             return None;
         }
@@ -618,11 +640,36 @@ mod tests {
     }
 
     #[test]
+    fn skipping_to_a_head_of_a_new_epoch_moves_to_it() {
+        let (old, new) = (new_epoch(), new_epoch());
+        let mut log = filled(old, 3, 10);
+        assert_eq!(
+            log.skip_to(Position::at(new, 2)),
+            Some(Position::at(old, 3))
+        );
+        assert_eq!(
+            log.add(&message(new, 3), true, 10, Instant::now()),
+            Fit::Next
+        );
+    }
+
+    #[test]
+    fn a_first_message_past_offset_one_is_a_hole() {
+        let mut log = Log::default();
+        assert_eq!(
+            log.add(&message(new_epoch(), 5), true, 10, Instant::now()),
+            Fit::Hole {
+                after: Position::default()
+            }
+        );
+    }
+
+    #[test]
     fn skipping_to_a_later_head_drops_the_run_and_nothing_else_moves_it() {
         let epoch = new_epoch();
         let mut log = filled(epoch, 3, 10);
         assert_eq!(log.skip_to(Position::at(epoch, 3)), None);
-        assert_eq!(log.skip_to(Position::at(new_epoch(), 9)), None);
+        assert_eq!(log.skip_to(Position::default()), None);
         assert_eq!(
             log.skip_to(Position::at(epoch, 7)),
             Some(Position::at(epoch, 3))

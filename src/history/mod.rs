@@ -167,8 +167,11 @@ impl Entry<'_> {
         let keep = if self.keep { self.max_kept } else { 0 };
         let added = self.log.restore(head, sequencer, kept, keep);
         self.added += added.len();
-        self.kept
-            .extend(added.iter().map(|m| (m.topic().clone(), m.stamp().offset)));
+        // Older than anything the shard kept since: first to be evicted.
+        for message in added.iter().rev() {
+            self.kept
+                .push_front((message.topic().clone(), message.stamp().offset));
+        }
     }
 
     /// Drops the run because messages up to `head` were lost on the way

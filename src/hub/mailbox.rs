@@ -156,9 +156,10 @@ struct Shared {
 }
 
 struct State {
-    queue: VecDeque<Outgoing>,
-    /// Items pushed by the session itself still queued (at most): room
-    /// beyond the capacity.
+    /// What is queued, each with whether the session pushed it itself.
+    queue: VecDeque<(Outgoing, bool)>,
+    /// Items the session pushed itself still queued: room beyond the
+    /// capacity.
     allowance: usize,
     /// The session has ended: nothing more is queued.
     gone: bool,
@@ -206,18 +207,27 @@ impl State {
     fn take(&mut self, batch: &mut Vec<Outgoing>) {
         let mut size = 0;
         while size < COALESCE_BYTES {
-            let Some(next) = self.queue.pop_front() else {
+            let Some(next) = self.pop() else {
                 break;
             };
             size += next.frame().len() + 1;
             batch.push(next);
-            self.allowance = self.allowance.saturating_sub(1);
         }
     }
 
-    /// Queues `item`; says who writes it, as [`Sender::offer`] does.
-    fn queue(&mut self, item: Outgoing, shared: &Shared) -> Offer {
-        self.queue.push_back(item);
+    fn pop(&mut self) -> Option<Outgoing> {
+        let (item, own) = self.queue.pop_front()?;
+        if own {
+            self.allowance -= 1;
+        }
+        Some(item)
+    }
+
+    /// Queues `item` (`own`: pushed by the session itself); says who writes
+    /// it, as [`Sender::offer`] does.
+    fn queue(&mut self, item: Outgoing, own: bool, shared: &Shared) -> Offer {
+        self.allowance += usize::from(own);
+        self.queue.push_back((item, own));
         match self.writer {
             Writer::Delivery => Offer::Queued,
             Writer::Idle if shared.wire.is_some() => {
@@ -256,7 +266,7 @@ impl Sender {
             shared.slow.cancel();
             return Offer::MarkedSlow;
         }
-        state.queue(item.clone(), shared)
+        state.queue(item.clone(), false, shared)
     }
 
     /// Queues the session's own `items` (replies, a resume's replay, events)
@@ -271,8 +281,7 @@ impl Sender {
         }
         let mut offer = Offer::Queued;
         for item in items {
-            state.allowance += 1;
-            let this = state.queue(item, shared);
+            let this = state.queue(item, true, shared);
             if this != Offer::Queued {
                 offer = this;
             }
@@ -286,7 +295,7 @@ impl Sender {
     /// queued.
     pub(super) fn ready_since(&self) -> Option<(Instant, bool)> {
         let state = self.shared.lock();
-        let arrived = state.queue.front()?.received();
+        let arrived = state.queue.front()?.0.received();
         Some(match state.hold_until {
             Some(until) if until > arrived => (until, true),
             _ => (arrived, false),
@@ -334,8 +343,11 @@ impl Sender {
                     break;
                 }
                 Written::Busy => {
+                    // Back in front, counted as live messages (the
+                    // allowance errs towards less room, for a client
+                    // whose socket is full anyway).
                     for message in batch.drain(..).rev() {
-                        state.queue.push_front(message);
+                        state.queue.push_front((message, false));
                     }
                     state.writer = Writer::Session;
                     break;
@@ -388,10 +400,7 @@ impl Mailbox {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         let mut state = self.shared.lock();
         match state.writer {
-            Writer::Session => {
-                state.allowance = state.allowance.saturating_sub(1);
-                state.queue.pop_front()
-            }
+            Writer::Session => state.pop(),
             Writer::Idle | Writer::Delivery => None,
         }
     }
@@ -450,6 +459,7 @@ impl Drop for Mailbox {
         let mut state = self.shared.lock();
         state.gone = true;
         state.queue.clear();
+        state.allowance = 0;
     }
 }
 

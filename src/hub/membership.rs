@@ -56,11 +56,6 @@ impl Membership {
         pending.record_own(&self.sender, self.sender.push(items));
     }
 
-    /// Whether the session holds `topic`.
-    pub fn holds(&self, topic: &Topic) -> bool {
-        self.topics.contains(topic)
-    }
-
     /// The number of topics subscribed.
     pub fn len(&self) -> usize {
         self.topics.len()

@@ -94,11 +94,6 @@ impl Requests {
                     stats::add(&refused.forbidden, 1);
                     let message = format!("your token does not allow subscribing to {topic}");
                     protocol::error(reference, ErrorCode::Forbidden, &message)
-                } else if self.membership.holds(&topic) {
-                    // Already subscribed: the reply says where it stands
-                    // now; nothing is replayed a second time.
-                    let head = self.local.page(&topic, None, 0).map(|p| p.head);
-                    protocol::subscribed(reference, head.unwrap_or_default(), None)
                 } else {
                     let subscribed =
                         self.local
