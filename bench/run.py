@@ -198,6 +198,106 @@ def row(name, r):
             f"{r['bench_cpu_seconds']:.2f} | {r['wakeup_late_ms']['p99']:.2f} |")
 
 
+def metrics(ip):
+    """The pod's Prometheus samples, name (with labels) -> value."""
+    with urllib.request.urlopen(f"http://{ip}:{HTTP_PORT}/metrics", timeout=5) as r:
+        body = r.read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def history_cost(args, log_dir, raw, commit, now):
+    """S1, S2 and S4 with history on (the default) and off
+    (`--history-messages=0`), in one sitting, variants interleaved per
+    scenario; returns the report's lines."""
+    variants = [(), ("--history-messages=0",)]
+    names = {(): "history on", ("--history-messages=0",): "history off"}
+    secs, s2_secs = ("3s", "2s") if args.quick else ("10s", "5s")
+    repeats = 1 if args.quick else 3
+    s2_steps = [500, 1000] if args.quick else [500, 1000, 2000, 4000, 8000]
+    common = ["--connect-rate=2000", "--payload-bytes=128"]
+
+    def run(pids, label, extra):
+        return bench(args.bin_dir, pids, label, extra, raw)
+
+    s1, s2, s4, kept = {}, {}, {}, {}
+    for flags in variants:
+        pids = start_pods(args.bin_dir, log_dir, "h-s1", flags=flags)
+        s1[flags] = [run(pids, f"S1 {names[flags]} #{n + 1}",
+                         common + ["--users=1000", "--topics=shared", "--rate=200",
+                                   f"--duration={secs}"])[0] for n in range(repeats)]
+        m = metrics(IPS[0])
+        kept[flags] = (m.get("herald_history_bytes", 0), m.get("herald_history_messages", 0))
+    for flags in variants:
+        pids = start_pods(args.bin_dir, log_dir, "h-s2", flags=flags)
+        s2[flags] = []
+        for rate in s2_steps:
+            runs = [run(pids, f"S2 {names[flags]} {rate}/s #{n + 1}",
+                        common + ["--users=1000", "--topics=shared", f"--rate={rate}",
+                                  f"--duration={s2_secs}"])[0] for n in range(repeats)]
+            s2[flags].append((rate, runs))
+            if not any(clean(r) for r in runs):
+                break
+    for flags in variants:
+        pids = start_pods(args.bin_dir, log_dir, "h-s4", flags=flags)
+        s4[flags] = [run(pids, f"S4 {names[flags]} #{n + 1}",
+                         common + ["--users=5000", "--topics=per-user", "--rate=2000",
+                                   f"--duration={secs}"])[0] for n in range(repeats)]
+    stop_pods()
+
+    md = [f"# herald: the cost of history, {now:%Y-%m-%d %H:%M} UTC, commit {commit}\n",
+          f"- Machine: {machine()}; the load generator shares the cores with both pods.",
+          "- Cluster: 2 pods, static discovery, 127.0.0.1-2; users round-robin over both, "
+          "publishing through gRPC on 127.0.0.1; 128-byte payloads.",
+          f"- History on: the defaults (1,000 messages per topic, 5 min, 256 MiB); off: "
+          f"`--history-messages=0`. Medians of {repeats}; produced by "
+          f"`bench/run.py --history-cost`.\n",
+          "| scenario | history on | history off |", "|---|---|---|"]
+
+    def cell(rs):
+        return (f"{median(rs, lambda r: r['deliveries_per_sec']):.0f} deliv/s, lost "
+                f"{sum(r['lost'] for r in rs)}, p50 {median(rs, p50):.2f} ms, p99 "
+                f"{median(rs, p99):.2f} ms, "
+                f"{median(rs, lambda r: r['server']['cpu_us_per_delivery'] or 0):.2f} CPU-µs/deliv")
+
+    on, off = variants
+    md.append(f"| S1: 200 msg/s to 1,000 users | {cell(s1[on])} | {cell(s1[off])} |")
+
+    def best(steps):
+        ok = [rate for rate, runs in steps if all(clean(r) for r in runs)]
+        return max(ok, default=0)
+    md.append(f"| S2: highest clean rate (all runs: no loss, p99 < 100 ms) | {best(s2[on])} msg/s "
+              f"| {best(s2[off])} msg/s |")
+    for rate in sorted({rate for f in variants for rate, _ in s2[f]}):
+        row_ = []
+        for f in variants:
+            runs = dict(s2[f]).get(rate)
+            row_.append(cell(runs) if runs else "not run")
+        md.append(f"| S2 at {rate} msg/s | {row_[0]} | {row_[1]} |")
+    md.append(f"| S4: 5,000 users on own topics, 2,000 msg/s | {cell(s4[on])} | {cell(s4[off])} |")
+    size, count = kept[on]
+    per = size / count if count else 0
+    md.append(f"\nKept after S1 with history on, pod 1: {count:.0f} messages in {size:.0f} bytes "
+              f"({per:.0f} bytes per kept message of a 128-byte payload).\n")
+    md.append("## Every run\n")
+    md.append("| run | publish msg/s | deliveries/s | received/expected | dup | p50 | p90 | "
+              "p99 | p99.9 | max | server CPU s | CPU-µs/deliv | bench CPU s | wake-up p99 |")
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for group in (s1, s4):
+        for rs in group.values():
+            for r in rs:
+                md.append(row(r["label"], r))
+    for steps in s2.values():
+        for _, runs in steps:
+            for r in runs:
+                md.append(row(r["label"], r))
+    return md
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bin-dir", default=os.path.join(ROOT, "target", "release"))
@@ -208,6 +308,8 @@ def main():
                         help="what to measure: herald's pods, or a NATS cluster for comparison")
     parser.add_argument("--nats-server", default="nats-server",
                         help="the nats-server binary, with --server=nats")
+    parser.add_argument("--history-cost", action="store_true",
+                        help="only S1, S2 and S4, each with history on and off")
     args = parser.parse_args()
     server = args.server
 
@@ -238,7 +340,16 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     log_dir = os.path.join(ROOT, "target", "bench")
     os.makedirs(log_dir, exist_ok=True)
+    if args.history_cost:
+        stem = f"{now:%Y-%m-%d}-history-{commit}"
     raw = open(os.path.join(args.out, f"{stem}.json"), "w")
+    if args.history_cost:
+        md = history_cost(args, log_dir, raw, commit, now)
+        path = os.path.join(args.out, f"{stem}.md")
+        with open(path, "w") as f:
+            f.write("\n".join(md) + "\n")
+        print(f"\nwrote {path}")
+        return
 
     secs = "3s" if args.quick else "10s"
     s2_secs = "2s" if args.quick else "5s"
