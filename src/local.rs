@@ -161,8 +161,14 @@ impl Local {
     /// Numbers `drafts` as their topics' sequencer, keeps them, hands each
     /// to `relay` (under the topic's lock, so every peer's queue holds a
     /// topic in order) and delivers them here. A draft whose idempotency
-    /// key was seen gets the earlier receipt and is not published again.
-    pub fn sequence(&self, drafts: Vec<Draft>, relay: &dyn Fn(&Arc<Message>)) -> Vec<Receipt> {
+    /// key was seen gets the earlier receipt and is not published again. A
+    /// draft of a topic this pod has just handed on comes back (`Err`): it
+    /// goes to the successor.
+    pub fn sequence(
+        &self,
+        drafts: Vec<Draft>,
+        relay: &dyn Fn(&Arc<Message>),
+    ) -> Vec<Result<Receipt, Draft>> {
         let me = self.inner.node;
         let mut pending = Pending::default();
         let receipts = drafts
@@ -173,9 +179,11 @@ impl Local {
                     if let Some(key) = &draft.key
                         && let Some(earlier) = self.keys().get(&topic, key)
                     {
-                        return earlier;
+                        return Ok(earlier);
                     }
-                    let (epoch, offset) = entry.log().next_stamp(&topic, me);
+                    let Some((epoch, offset)) = entry.log().next_stamp(&topic, me) else {
+                        return Err(draft);
+                    };
                     let stamp = Stamp {
                         epoch,
                         offset,
@@ -184,17 +192,22 @@ impl Local {
                     let message = Arc::new(Message::new(draft, stamp));
                     relay(&message);
                     self.keep_and_offer(entry, &message, &mut pending);
-                    Receipt {
+                    Ok(Receipt {
                         id: message.id(),
                         stamp,
-                    }
+                    })
                 })
             })
             .collect::<Vec<_>>();
         self.inner.hub.write_out(pending);
         // A draft of this pod's that came back to be numbered here (its
         // route changed on the way): its publish is waiting for it.
-        self.answer(&receipts);
+        let numbered: Vec<Receipt> = receipts
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .copied()
+            .collect();
+        self.answer(&numbered);
         receipts
     }
 
@@ -367,8 +380,8 @@ impl Local {
 
     /// Hands `topic`, which this pod numbers, to `successor` and returns
     /// its head, read under the same lock as the change: a publish this pod
-    /// numbers is either in the head or numbered after the handover (then
-    /// in an epoch of its own, never at an offset the successor will use).
+    /// numbered is in the head, and one that reaches [`sequence`](Self::sequence)
+    /// after it comes back to go to the successor.
     pub fn hand_on(&self, topic: &Topic, successor: NodeId) -> Position {
         self.inner
             .history

@@ -206,6 +206,25 @@ impl Publisher {
         result
     }
 
+    /// Forwards `draft` (the `index`th of its call) to `node` and returns
+    /// what to wait on for its receipt.
+    fn forward(
+        &self,
+        node: crate::message::NodeId,
+        index: usize,
+        draft: Draft,
+        guard: &mut Waiting<'_>,
+    ) -> Result<(usize, Topic, tokio::sync::oneshot::Receiver<Receipt>), PublishError> {
+        let inner = &self.inner;
+        let (id, topic) = (draft.id, draft.topic.clone());
+        let wait = inner.local.expect(id);
+        guard.ids.push(id);
+        if !inner.relay.forward(node, draft) {
+            return Err(PublishError::Unconfirmed(topic));
+        }
+        Ok((index, topic, wait))
+    }
+
     /// Numbers the drafts whose topics this pod orders (they reach the
     /// peers, then this pod's subscribers, so the hop to other pods
     /// overlaps with local writes), forwards the others to their
@@ -232,15 +251,7 @@ impl Publisher {
             }
             match inner.relay.route(&draft.topic) {
                 Route::Here => here.push((index, draft)),
-                Route::To(node) => {
-                    let (id, topic) = (draft.id, draft.topic.clone());
-                    let wait = inner.local.expect(id);
-                    guard.ids.push(id);
-                    if !inner.relay.forward(node, draft) {
-                        return Err(PublishError::Unconfirmed(topic));
-                    }
-                    waits.push((index, topic, wait));
-                }
+                Route::To(node) => waits.push(self.forward(node, index, draft, &mut guard)?),
             }
         }
         if !here.is_empty() {
@@ -251,8 +262,17 @@ impl Publisher {
                     .local
                     .sequence(drafts, &|message| relay.relay(message))
             });
-            for (index, receipt) in indices.into_iter().zip(numbered) {
-                receipts[index] = Some(receipt);
+            for (index, numbered) in indices.into_iter().zip(numbered) {
+                match numbered {
+                    Ok(receipt) => receipts[index] = Some(receipt),
+                    // Handed on meanwhile: the successor numbers it.
+                    Err(draft) => match inner.relay.route(&draft.topic) {
+                        Route::To(node) => {
+                            waits.push(self.forward(node, index, draft, &mut guard)?)
+                        }
+                        Route::Here => return Err(PublishError::Unconfirmed(draft.topic)),
+                    },
+                }
             }
         }
         let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;

@@ -73,6 +73,8 @@ pub struct Log {
     /// A leaving sequencer handed the head to this pod: it may go on
     /// numbering the epoch.
     handed: bool,
+    /// This pod handed the topic on: it numbers no more of it.
+    handed_away: bool,
     run: VecDeque<Arc<Message>>,
     bytes: usize,
     touched: Option<Instant>,
@@ -117,9 +119,13 @@ impl Log {
     /// The position `me` numbers the next message at, as the topic's
     /// sequencer: the head's epoch goes on when `me` numbered the head or
     /// was handed it; otherwise (a sequencer that vanished, or nothing
-    /// known) a new epoch starts at 1.
-    pub fn next_stamp(&self, topic: &Topic, me: NodeId) -> (Epoch, u64) {
-        match self.head.epoch {
+    /// known) a new epoch starts at 1. `None` once `me` handed the topic
+    /// on: the draft goes to the successor.
+    pub fn next_stamp(&self, topic: &Topic, me: NodeId) -> Option<(Epoch, u64)> {
+        if self.handed_away {
+            return None;
+        }
+        Some(match self.head.epoch {
             Some(epoch) if self.sequencer == Some(me) || self.handed => {
                 (epoch, self.head.offset + 1)
             }
@@ -131,7 +137,7 @@ impl Log {
                     break (epoch, 1);
                 }
             },
-        }
+        })
     }
 
     /// Records that a leaving sequencer handed `head` on to `successor`;
@@ -161,6 +167,7 @@ impl Log {
     pub fn hand_on(&mut self, successor: NodeId) -> Position {
         self.sequencer = Some(successor);
         self.handed = false;
+        self.handed_away = true;
         self.head
     }
 
@@ -197,6 +204,7 @@ impl Log {
         self.head = message.position();
         self.sequencer = Some(stamp.sequencer);
         self.handed = false;
+        self.handed_away = false;
         self.touched = Some(now);
         if keep && max_kept > 0 {
             self.bytes += message.footprint();
@@ -539,8 +547,13 @@ mod tests {
         let epoch = new_epoch();
         let log = filled(epoch, 3, 10);
         let numbering: NodeId = format!("{NODE:x}").parse().expect("node id");
-        assert_eq!(log.next_stamp(&topic(), numbering), (epoch, 4));
-        let (other, offset) = log.next_stamp(&topic(), NodeId::random());
+        assert_eq!(
+            log.next_stamp(&topic(), numbering).expect("not handed on"),
+            (epoch, 4)
+        );
+        let (other, offset) = log
+            .next_stamp(&topic(), NodeId::random())
+            .expect("not handed on");
         assert_ne!(other, epoch);
         assert_eq!(offset, 1);
     }
@@ -551,16 +564,27 @@ mod tests {
         let mut log = filled(epoch, 3, 10);
         let me = NodeId::random();
         log.hand_over(Position::at(epoch, 3), me, me);
-        assert_eq!(log.next_stamp(&topic(), me), (epoch, 4));
+        assert_eq!(log.next_stamp(&topic(), me), Some((epoch, 4)));
         assert_eq!(log.len(), 3, "the run up to the handed head stays");
 
         let mut behind = filled(epoch, 2, 10);
         behind.hand_over(Position::at(epoch, 3), me, me);
-        assert_eq!(behind.next_stamp(&topic(), me), (epoch, 4));
+        assert_eq!(behind.next_stamp(&topic(), me), Some((epoch, 4)));
         assert!(
             behind.is_empty(),
             "a run that misses the handed head is dropped"
         );
+    }
+
+    #[test]
+    fn a_topic_handed_on_is_numbered_no_more_here() {
+        let epoch = new_epoch();
+        let mut log = filled(epoch, 3, 10);
+        let numbering: NodeId = format!("{NODE:x}").parse().expect("node id");
+        let successor = NodeId::random();
+        assert_eq!(log.hand_on(successor), Position::at(epoch, 3));
+        assert_eq!(log.next_stamp(&topic(), numbering), None);
+        assert_eq!(log.sequencer(), Some(successor));
     }
 
     #[test]
