@@ -204,6 +204,14 @@ async fn a_pod_added_to_endpoints_starts_receiving_and_a_removed_one_is_no_longe
     let joined = [(cluster.peer(IPS[1]), true), (cluster.peer(IPS[2]), true)];
     wait_peers(&cluster.pods[0], &joined).await;
     cluster.pods[0].publish("t", r#""after""#).await;
+    // "before" (offset 1) never reached the third pod while it was out of
+    // the group: its user is told before "after" (offset 2).
+    let gap = third.next().await;
+    assert_eq!(
+        (gap["op"].clone(), gap["offset"].clone()),
+        (json!("gap"), json!(1)),
+        "{gap}"
+    );
     assert_eq!(third.message("t").await, json!("after"));
 
     cluster.list(&IPS[..2]);

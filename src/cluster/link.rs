@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -299,14 +299,8 @@ async fn stream_wire(
     // peers keep.
     let mut sync_check = tokio::time::interval(SYNC_ASK_EVERY);
     // What was lost on a stream before this one is told first.
-    if let Some(heads) = lost_heads(link, &mut queue, &mut out, &mut writing) {
-        if let Err(e) = stream.write_all(&out).await {
-            lose_all(link, &mut writing);
-            return LinkError::Stream(e.to_string());
-        }
-        out.clear();
-        writing.clear();
-        tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after losing messages for it");
+    if let Err(e) = tell_lost(&mut stream, link, &mut queue, &mut out, &mut writing).await {
+        return e;
     }
     loop {
         tokio::select! {
@@ -339,24 +333,51 @@ async fn stream_wire(
                     let Ok(item) = queue.try_recv() else { break };
                     encode(item, &link.address, &mut out, &mut writing);
                 }
-                if let Err(e) = stream.write_all(&out).await {
-                    lose_all(link, &mut writing);
-                    return LinkError::Stream(e.to_string());
+                if let Err(e) = send(&mut stream, link, &mut out, &mut writing).await {
+                    return e;
                 }
-                out.clear();
-                writing.clear();
-                if let Some(heads) = lost_heads(link, &mut queue, &mut out, &mut writing) {
-                    if let Err(e) = stream.write_all(&out).await {
-                        lose_all(link, &mut writing);
-                        return LinkError::Stream(e.to_string());
-                    }
-                    out.clear();
-                    writing.clear();
-                    tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after losing messages for it");
+                if let Err(e) = tell_lost(&mut stream, link, &mut queue, &mut out, &mut writing).await {
+                    return e;
                 }
             }
         }
     }
+}
+
+/// Writes `out`; if the stream breaks, the messages in it (`writing`) are
+/// booked as lost for the peer.
+async fn send<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    link: &Link,
+    out: &mut BytesMut,
+    writing: &mut Vec<Arc<Message>>,
+) -> Result<(), LinkError> {
+    if let Err(e) = stream.write_all(out).await {
+        lose_all(link, writing);
+        return Err(LinkError::Stream(e.to_string()));
+    }
+    out.clear();
+    writing.clear();
+    Ok(())
+}
+
+/// Tells the peer where topics stand whose messages were lost for it, once
+/// nothing is queued before (see [`lost_heads`]).
+async fn tell_lost<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    link: &Link,
+    queue: &mut Queue,
+    out: &mut BytesMut,
+    writing: &mut Vec<Arc<Message>>,
+) -> Result<(), LinkError> {
+    let Some(heads) = lost_heads(link, queue, out, writing) else {
+        return Ok(());
+    };
+    send(stream, link, out, writing).await?;
+    if heads > 0 {
+        tracing::debug!(peer = %link.address, topics = heads, "told a peer where topics stand after losing messages for it");
+    }
+    Ok(())
 }
 
 /// Encodes `item` into `out`, noting a message in `writing`.
