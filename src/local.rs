@@ -405,11 +405,21 @@ impl Local {
 
     /// Takes what a peer keeps of `topic` into its log, without
     /// delivering any of it (it is history: the live messages reach
-    /// subscribers on their own). Their idempotency keys are remembered.
+    /// subscribers on their own), except a `gap` to subscribers when the
+    /// log knew nothing before. Their idempotency keys are remembered.
     pub fn restore(&self, topic: &Topic, head: Position, sequencer: NodeId, kept: &[Arc<Message>]) {
-        self.inner
-            .history
-            .with(topic, |entry| entry.restore(head, sequencer, kept));
+        let mut pending = Pending::default();
+        self.inner.history.with(topic, |entry| {
+            let knew = entry.log().head();
+            entry.restore(head, sequencer, kept);
+            // Users who subscribed while this pod knew nothing of the
+            // topic stood at "nothing yet": they are told where it stands.
+            if knew.epoch.is_none() && entry.log().head() != knew {
+                let hub = &self.inner.hub;
+                hub.offer_event(topic, gap_frame(topic, entry.log().head()), &mut pending);
+            }
+        });
+        self.inner.hub.write_out(pending);
         let mut keys = self.keys();
         for message in kept {
             keys.insert(message);
