@@ -195,7 +195,11 @@ async fn user(n: usize, done: watch::Receiver<bool>) -> Seen {
                             seen.latencies.push(unix_micros().saturating_sub(sent));
                         }
                     }
-                    Some("\"gap\"") => seen.gaps += 1,
+                    Some("\"gap\"") => {
+                        // Told: the position it holds is now the gap's.
+                        seen.gaps += 1;
+                        held = Some((string(line, "epoch").to_owned(), number(line, "offset")));
+                    }
                     _ => {}
                 }
             }

@@ -31,6 +31,9 @@ pub enum Route {
     Here,
     /// Another pod: forward the draft to it.
     To(NodeId),
+    /// No pod can number it now (this one has not learnt the cluster's
+    /// topics yet, and no peer is reachable): refuse, to be retried.
+    Unavailable,
 }
 
 /// Carries messages between this pod and the others: the seam for
@@ -252,6 +255,7 @@ impl Publisher {
             match inner.relay.route(&draft.topic) {
                 Route::Here => here.push((index, draft)),
                 Route::To(node) => waits.push(self.forward(node, index, draft, &mut guard)?),
+                Route::Unavailable => return Err(PublishError::Unconfirmed(draft.topic)),
             }
         }
         if !here.is_empty() {
@@ -270,7 +274,9 @@ impl Publisher {
                         Route::To(node) => {
                             waits.push(self.forward(node, index, draft, &mut guard)?)
                         }
-                        Route::Here => return Err(PublishError::Unconfirmed(draft.topic)),
+                        Route::Here | Route::Unavailable => {
+                            return Err(PublishError::Unconfirmed(draft.topic));
+                        }
                     },
                 }
             }

@@ -187,6 +187,7 @@ async fn a_pod_of_another_cluster_is_refused_with_a_clear_log_line() {
             "--discovery=static".into(),
             peers.clone(),
             "--cluster-name=prod/herald".into(),
+            "--peer-ready-timeout=1s".into(),
         ],
         &[],
     );
@@ -197,12 +198,16 @@ async fn a_pod_of_another_cluster_is_refused_with_a_clear_log_line() {
             "--discovery=static".into(),
             peers,
             "--cluster-name=staging/herald".into(),
+            "--peer-ready-timeout=1s".into(),
         ],
         &[],
     );
     let line = ours.wait_for_log("refusing a peer stream").await;
     assert!(line.contains("staging/herald"), "{line}");
     theirs.wait_for_log("peer refused the handshake").await;
+    // With no peer of its own cluster, a pod publishes once its wait for
+    // peers is over (before, it refuses: it may not know the topics yet).
+    theirs.wait_ready().await;
     // Neither delivers the other's messages.
     let mut user = User::connect(&ours.ws_url()).await;
     user.subscribe("t").await;

@@ -483,11 +483,19 @@ impl Mesh {
                 return;
             }
         };
-        if hops < MAX_HOPS
-            && let Route::To(node) = self.route(&draft.topic)
-            && self.send_forward(node, draft.clone(), hops + 1)
-        {
-            return;
+        match self.route(&draft.topic) {
+            Route::To(node)
+                if hops < MAX_HOPS && self.send_forward(node, draft.clone(), hops + 1) =>
+            {
+                return;
+            }
+            Route::Unavailable => {
+                // Not synced and no peer live yet: the forwarding pod's
+                // publish times out as unconfirmed and is retried.
+                tracing::debug!(topic = %draft.topic, "not numbering a forwarded draft before syncing");
+                return;
+            }
+            _ => {}
         }
         let parent = draft.trace.clone();
         let (id, origin) = (draft.id, draft.origin);
@@ -751,8 +759,15 @@ impl Relay for Mesh {
             _ => {}
         }
         // A pod that has not synced yet may not know the topic exists:
-        // it leaves new ones to its peers.
-        let synced = inner.synced.load(Ordering::Acquire);
+        // it leaves new ones to its peers, and with none live yet it
+        // numbers nothing (until the wait for peers has timed out: then it
+        // may be alone for good).
+        let synced = inner.synced.load(Ordering::Acquire)
+            || inner.started.elapsed() >= inner.settings.ready_timeout;
+        let alone = inner.links.load().iter().all(|l| l.is_self());
+        if !synced && !alone && live.is_empty() {
+            return Route::Unavailable;
+        }
         let mut candidates = live;
         if (!leaving && synced) || candidates.is_empty() {
             candidates.push(me);
