@@ -275,47 +275,7 @@ impl Local {
         }
         self.keys().insert(message);
         hub.offer(message, pending);
-        // A session behind on the topic reads this message from history
-        // later; one whose position has just left the history cannot.
-        for sender in pending.take_behind() {
-            if sender
-                .behind_at(message.topic())
-                .is_some_and(|at| !entry.log().covers(at))
-            {
-                sender.mark_slow();
-                pending.marked_slow();
-            }
-        }
         true
-    }
-
-    /// Catches a session up on the topics it is behind on, one step: up to
-    /// its catch-up room of messages per topic from history, in their
-    /// place; once it reaches the head it is live on the topic again. A
-    /// position the history no longer covers gets a `gap` to the head.
-    pub fn catch_up(&self, membership: &Membership) {
-        let mut pending = Pending::default();
-        let room = membership.catch_up_room();
-        for (topic, at) in membership.behind() {
-            self.inner.history.with(&topic, |entry| {
-                let log = entry.log();
-                match log.since(&topic, at) {
-                    Ok(Since::Recovered(mut messages)) => {
-                        let done = messages.len() <= room;
-                        messages.truncate(room);
-                        let at = messages.last().map_or(at, |m| m.position());
-                        let items = messages.into_iter().map(Outgoing::Message).collect();
-                        membership.catch_up(&topic, items, at, done, &mut pending);
-                    }
-                    Ok(Since::Lost) | Err(_) => {
-                        let head = log.head();
-                        let gap = vec![Outgoing::text(gap_frame(&topic, head))];
-                        membership.catch_up(&topic, gap, head, true, &mut pending);
-                    }
-                }
-            });
-        }
-        self.inner.hub.write_out(pending);
     }
 
     /// Subscribes `membership` to `topic` and queues, in this order, what

@@ -347,16 +347,6 @@ impl Log {
         }
     }
 
-    /// Whether every message after `at` is still here (or there is none):
-    /// a reader standing at `at` can still catch up.
-    pub fn covers(&self, at: Position) -> bool {
-        self.head.epoch == at.epoch
-            && (at.offset == self.head.offset
-                || self
-                    .first_kept()
-                    .is_some_and(|first| first <= at.offset + 1))
-    }
-
     /// The last `limit` kept messages, oldest first.
     pub fn last(&self, limit: usize) -> Vec<Arc<Message>> {
         let skip = self.run.len().saturating_sub(limit);

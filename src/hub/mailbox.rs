@@ -24,17 +24,13 @@
 //! do not count against its capacity: a resume's replay or a burst of
 //! replies never makes a session slow by itself.
 //!
-//! Delivery never waits. When a queue is full, a published message is not
-//! queued: the session is *behind* on its topic, from the position before
-//! that message, and the topic's next messages are not queued for it
-//! either ([`Offer::Behind`]); the session catches up from the topic's
-//! history at its own pace (see `crate::local`), and is marked *slow* only
-//! if its position leaves the history first. A slow session is told to
-//! close (the WebSocket gateway uses close code 1013, "try again later")
-//! and the hub counts one slow-client disconnect; so is one whose own
-//! frame finds the queue full. Other subscribers are never delayed.
+//! Delivery never waits. When a queue is full, the session is behind by a
+//! whole queue and is marked *slow*: the message is dropped for it, its
+//! session is told to close (the WebSocket gateway uses close code 1013,
+//! "try again later") and the hub counts one slow-client disconnect. Its
+//! other subscribers are not delayed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -44,8 +40,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::pacing::Pacing;
-use crate::message::{Message, Position};
-use crate::topic::Topic;
+use crate::message::Message;
 
 /// Identifies one session within a hub.
 pub type SessionId = u64;
@@ -139,9 +134,6 @@ pub enum Offer {
     Deferred(Instant),
     /// The queue was full: the session has just been marked slow.
     MarkedSlow,
-    /// The session is behind on the message's topic: not queued; the
-    /// session reads it from history.
-    Behind,
     /// The session is already slow or gone; the message was dropped.
     Dropped,
 }
@@ -160,8 +152,6 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when the turn passes to the session, or more is queued in it.
     turn: Notify,
-    /// Woken when the session falls behind on a topic.
-    fell_behind: Notify,
     slow: CancellationToken,
 }
 
@@ -179,9 +169,6 @@ struct State {
     writer: Writer,
     /// With a write delay: no message is written before this.
     hold_until: Option<Instant>,
-    /// Topics the session is behind on, and the last position of each it
-    /// has queued.
-    behind: HashMap<Topic, Position>,
 }
 
 /// Who writes the queue out.
@@ -274,90 +261,12 @@ impl Sender {
         if state.gone || state.slow {
             return Offer::Dropped;
         }
-        let message = item.message();
-        // NB: the emptiness check first keeps a hash of the topic off the
-        // path of every session that is not behind.
-        if !state.behind.is_empty()
-            && let Some(message) = message
-            && state.behind.contains_key(message.topic())
-        {
-            return Offer::Behind;
-        }
         if state.queue.len() >= shared.capacity + state.allowance {
-            if let Some(message) = message {
-                let stamp = message.stamp();
-                let before = Position::at(stamp.epoch, stamp.offset.saturating_sub(1));
-                state.behind.insert(message.topic().clone(), before);
-                shared.fell_behind.notify_one();
-                return Offer::Behind;
-            }
             state.slow = true;
             shared.slow.cancel();
             return Offer::MarkedSlow;
         }
         state.queue(item.clone(), false, shared)
-    }
-
-    /// Where the session stands on `topic`, if it is behind on it.
-    pub fn behind_at(&self, topic: &Topic) -> Option<Position> {
-        self.shared.lock().behind.get(topic).copied()
-    }
-
-    /// The topics the session is behind on and has room to catch up on
-    /// now (half its queue is free), with the position of each.
-    pub fn catching_up(&self) -> Vec<(Topic, Position)> {
-        let state = self.shared.lock();
-        if state.slow || state.gone || state.queue.len() > self.shared.capacity / 2 {
-            return Vec::new();
-        }
-        state.behind.iter().map(|(t, p)| (t.clone(), *p)).collect()
-    }
-
-    /// Most messages one catch-up step queues for one topic.
-    pub fn catch_up_room(&self) -> usize {
-        (self.shared.capacity / 2).max(1)
-    }
-
-    /// Queues `items`, read from `topic`'s history after where the session
-    /// stood; it now stands at `at`, or (`done`) is live on the topic
-    /// again. Says who writes them, as [`offer`](Self::offer) does.
-    pub fn caught_up(
-        &self,
-        topic: &Topic,
-        items: Vec<Outgoing>,
-        at: Position,
-        done: bool,
-    ) -> Offer {
-        let shared = &*self.shared;
-        let mut state = shared.lock();
-        if state.gone || state.slow {
-            return Offer::Dropped;
-        }
-        if done {
-            state.behind.remove(topic);
-        } else {
-            state.behind.insert(topic.clone(), at);
-        }
-        let mut offer = Offer::Queued;
-        for item in items {
-            let this = state.queue(item, false, shared);
-            if this != Offer::Queued {
-                offer = this;
-            }
-        }
-        offer
-    }
-
-    /// The session left `topic`: it is no longer behind on it.
-    pub fn forget(&self, topic: &Topic) {
-        self.shared.lock().behind.remove(topic);
-    }
-
-    /// Marks the session slow: it is to be closed (1013).
-    pub fn mark_slow(&self) {
-        let mut state = self.shared.lock();
-        state.slow = true;
-        self.shared.slow.cancel();
     }
 
     /// Queues the session's own `items` (replies, a resume's replay, events)
@@ -539,26 +448,6 @@ impl Mailbox {
         self.shared.slow.cancelled().await;
     }
 
-    /// Whether the session is behind on some topic (and catches up from
-    /// history).
-    pub fn is_behind(&self) -> bool {
-        !self.shared.lock().behind.is_empty()
-    }
-
-    /// Resolves when the session should take its next step of catching up:
-    /// `every` after the last while it is behind on a topic, and as soon
-    /// as it falls behind. Cancel-safe.
-    pub async fn catch_up_due(&self, every: std::time::Duration) {
-        loop {
-            let fell = self.shared.fell_behind.notified();
-            if self.is_behind() {
-                tokio::time::sleep(every).await;
-                return;
-            }
-            fell.await;
-        }
-    }
-
     /// Whether the session has been marked slow.
     pub fn is_slow(&self) -> bool {
         self.shared.slow.is_cancelled()
@@ -594,10 +483,8 @@ pub(super) fn channel(
             slow: false,
             writer: Writer::Idle,
             hold_until: None,
-            behind: HashMap::new(),
         }),
         turn: Notify::new(),
-        fell_behind: Notify::new(),
         slow: CancellationToken::new(),
     });
     (
@@ -678,52 +565,10 @@ mod tests {
         frames.iter().map(Vec::len).collect()
     }
 
-    #[test]
-    fn a_full_mailbox_puts_the_session_behind_on_the_topic_and_skips_its_next_messages() {
-        let (tx, mailbox) = channel(7, 2, None, Arc::default());
-        let [a, b, c, d] = [1, 2, 3, 4].map(|o| Outgoing::Message(sample("t", o, "{}")));
-        assert_eq!(tx.offer(&a), Offer::Queued);
-        assert_eq!(tx.offer(&b), Offer::Queued);
-        assert_eq!(tx.offer(&c), Offer::Behind);
-        let topic = Topic::new("t").expect("valid");
-        let at = tx.behind_at(&topic).expect("behind");
-        assert_eq!(at.offset, 2, "it stands at the last message queued");
-        assert_eq!(
-            tx.offer(&d),
-            Offer::Behind,
-            "later ones are read from history too"
-        );
-        assert!(mailbox.is_behind() && !mailbox.is_slow());
-        assert!(tx.catching_up().is_empty(), "no room yet");
-        drop(mailbox);
-    }
-
     #[tokio::test]
-    async fn a_caught_up_session_is_live_again_with_the_history_in_its_place() {
+    async fn a_full_mailbox_marks_the_session_slow_once_and_drops_the_rest() {
         let (tx, mut mailbox) = channel(7, 2, None, Arc::default());
-        let topic = Topic::new("t").expect("valid");
-        for offset in 1..=3 {
-            tx.offer(&Outgoing::Message(sample("t", offset, "{}")));
-        }
-        while mailbox.try_recv().is_some() {}
-        mailbox.release();
-        let behind = tx.catching_up();
-        assert_eq!(behind.len(), 1);
-        let read = Outgoing::Message(sample("t", 3, "{}"));
-        tx.caught_up(&topic, vec![read], behind[0].1, true);
-        assert!(!mailbox.is_behind());
-        let live = Outgoing::Message(sample("t", 4, "{}"));
-        assert_ne!(tx.offer(&live), Offer::Behind);
-        let offsets: Vec<_> = std::iter::from_fn(|| mailbox.try_recv())
-            .map(|m| m.message().map(|m| m.stamp().offset))
-            .collect();
-        assert_eq!(offsets, [Some(3), Some(4)]);
-    }
-
-    #[tokio::test]
-    async fn a_full_mailbox_marks_the_session_slow_once_a_frame_of_its_own_finds_no_room() {
-        let (tx, mut mailbox) = channel(7, 2, None, Arc::default());
-        let frame = Outgoing::text("{}");
+        let frame = message();
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert!(!mailbox.is_slow());
@@ -828,11 +673,14 @@ mod tests {
         let (tx, mailbox) = channel(1, 2, None, Arc::default());
         let replay: Vec<_> = (0..5).map(|_| message()).collect();
         assert_eq!(tx.push(replay), Offer::Queued);
-        let text = || Outgoing::text("{}");
-        assert_eq!(tx.offer(&text()), Offer::Queued, "room beside the replay");
-        assert_eq!(tx.offer(&text()), Offer::Queued);
         assert_eq!(
-            tx.offer(&text()),
+            tx.offer(&message()),
+            Offer::Queued,
+            "room beside the replay"
+        );
+        assert_eq!(tx.offer(&message()), Offer::Queued);
+        assert_eq!(
+            tx.offer(&message()),
             Offer::MarkedSlow,
             "the capacity still holds"
         );

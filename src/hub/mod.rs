@@ -118,8 +118,6 @@ pub struct Delivery {
 pub struct Pending {
     claimed: Vec<Sender>,
     held: Vec<(Instant, Sender)>,
-    /// Sessions that were behind on the message last offered.
-    behind: Vec<Sender>,
     delivery: Delivery,
 }
 
@@ -130,20 +128,8 @@ impl Pending {
         match offer {
             Offer::Claimed => self.claimed.push(sender.clone()),
             Offer::Deferred(until) => self.held.push((until, sender.clone())),
-            Offer::Queued | Offer::MarkedSlow | Offer::Dropped | Offer::Behind => {}
+            Offer::Queued | Offer::MarkedSlow | Offer::Dropped => {}
         }
-    }
-
-    /// The sessions that were behind on the messages offered since the
-    /// last call: they read them from history instead.
-    pub fn take_behind(&mut self) -> Vec<Sender> {
-        std::mem::take(&mut self.behind)
-    }
-
-    /// Books a session marked slow outside an offer (its position left
-    /// the history): counted like one an offer found full.
-    pub fn marked_slow(&mut self) {
-        self.delivery.marked_slow += 1;
     }
 
     /// Books what one offer to `sender` did.
@@ -161,7 +147,6 @@ impl Pending {
             }
             Offer::MarkedSlow => delivery.marked_slow += 1,
             Offer::Dropped => delivery.dropped += 1,
-            Offer::Behind => self.behind.push(sender.clone()),
         }
     }
 }
@@ -287,7 +272,6 @@ impl Hub {
             claimed,
             held,
             delivery,
-            behind: _,
         } = pending;
         self.inner.flusher.write_out(claimed);
         self.inner.flusher.hold(held);
@@ -531,40 +515,48 @@ mod tests {
     }
 
     #[test]
-    fn a_session_behind_its_queue_does_not_stop_the_others() {
+    fn a_slow_session_is_marked_once_and_does_not_stop_the_others() {
         let hub = Hub::new();
+        let ids = Ids;
         let (mut slow, slow_box) = hub.join(1, 10);
         let (mut fast, mut fast_box) = hub.join(16, 10);
         slow.subscribe(topic("t")).expect("under limit");
         fast.subscribe(topic("t")).expect("under limit");
 
-        let deliveries: Vec<_> = (1..=3)
-            .map(|offset| hub.deliver(&sample("t", offset, "1")))
+        let deliveries: Vec<_> = (0..3)
+            .map(|_| hub.deliver(&message(&ids, "t", "1")))
             .collect();
-        let one = Delivery {
-            queued: 1,
-            marked_slow: 0,
-            dropped: 0,
-        };
-        assert_eq!(deliveries[0].queued, 2);
         assert_eq!(
-            deliveries[1..],
-            [one, one],
-            "the slow one reads them from history"
+            deliveries[0],
+            Delivery {
+                queued: 2,
+                marked_slow: 0,
+                dropped: 0
+            }
         );
-        assert!(slow_box.is_behind() && !slow_box.is_slow());
-        let mut pending = Pending::default();
-        hub.offer(&sample("t", 4, "1"), &mut pending);
         assert_eq!(
-            pending.take_behind().len(),
-            1,
-            "the caller hears who is behind"
+            deliveries[1],
+            Delivery {
+                queued: 1,
+                marked_slow: 1,
+                dropped: 0
+            }
         );
-        hub.write_out(pending);
+        assert_eq!(
+            deliveries[2],
+            Delivery {
+                queued: 1,
+                marked_slow: 0,
+                dropped: 1
+            }
+        );
+        assert!(slow_box.is_slow());
+        assert_eq!(hub.stats().slow_disconnects(), 1);
+        assert_eq!(hub.stats().dropped(), 2);
         let mut fast_frames = 0;
         while fast_box.try_recv().is_some() {
             fast_frames += 1;
         }
-        assert_eq!(fast_frames, 4);
+        assert_eq!(fast_frames, 3);
     }
 }

@@ -23,10 +23,8 @@
 //! How a session ends, and what the client sees:
 //! - the client closes, or the socket fails: the session ends;
 //! - a client message over the size limit: close code 1009;
-//! - it fell so far behind that its position left the topic's history (or
-//!   a frame of its own found its queue full), or a write stalled for two
-//!   heartbeat intervals: close code 1013; a client merely behind its
-//!   queue is caught up from history instead;
+//! - its mailbox overflowed (slow client) or a write stalled for two
+//!   heartbeat intervals: close code 1013;
 //! - the pod drains (SIGTERM): close code 1012 (reconnect elsewhere), at a
 //!   moment drawn at random within the drain window, so a pod's users do
 //!   not all reconnect in the same second;
@@ -51,10 +49,6 @@ use super::requests::Requests;
 use super::socket::Outlet;
 use crate::hub::{Mailbox, Outgoing, Wire, Written};
 use crate::stats::{self, Counters};
-
-/// How often a session behind on a topic takes its next step of catching up
-/// from history.
-const CATCH_UP_POLL: Duration = Duration::from_millis(5);
 
 /// How long a closing handshake may take before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,12 +154,6 @@ where
             () = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
                 held = None;
                 write_turn(&outlet, &mut mailbox, &mut batch, closing.as_mut(), period).await
-            }
-            // NB: while behind, the session polls its catch-up: the queue
-            // drains by whoever writes it, with no signal to this task.
-            () = mailbox.catch_up_due(CATCH_UP_POLL) => {
-                requests.catch_up();
-                Ok(())
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= 2 * period {
