@@ -276,6 +276,18 @@ impl Position {
             offset,
         }
     }
+
+    /// A position as clients write it: an epoch's 10 characters, or `""`
+    /// for none.
+    pub fn parse(epoch: &str, offset: u64) -> Result<Self, BadEpoch> {
+        let epoch = (!epoch.is_empty()).then(|| epoch.parse()).transpose()?;
+        Ok(Self { epoch, offset })
+    }
+
+    /// The epoch as clients read it: 10 characters, or `""` for none.
+    pub fn epoch_text(&self) -> String {
+        self.epoch.map(|e| e.to_string()).unwrap_or_default()
+    }
 }
 
 /// The place one message got in its topic's order, and the pod that gave
@@ -405,7 +417,7 @@ impl Message {
 /// reached this connection; its position is now `at`, and the next message
 /// follows it. `{"op":"gap","topic":T,"epoch":E,"offset":N}`.
 pub fn gap_frame(topic: &Topic, at: Position) -> String {
-    let epoch = at.epoch.map(|e| e.to_string()).unwrap_or_default();
+    let epoch = at.epoch_text();
     format!(
         r#"{{"op":"gap","topic":"{topic}","epoch":"{epoch}","offset":{}}}"#,
         at.offset

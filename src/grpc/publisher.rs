@@ -7,7 +7,7 @@ use tracing::Instrument;
 use crate::cluster::Mesh;
 use crate::history::BadPosition;
 use crate::local::{Local, Receipt};
-use crate::message::{Epoch, Position, TraceContext};
+use crate::message::{Position, TraceContext};
 use crate::proto::v1::publisher_server::Publisher as PublisherApi;
 use crate::proto::v1::{
     HistoryMessage, HistoryRequest, HistoryResponse, ListPeersRequest, ListPeersResponse,
@@ -53,22 +53,13 @@ fn response(receipt: Receipt) -> PublishResponse {
 
 /// A position from the API; `INVALID_ARGUMENT` if malformed.
 fn position(proto: &ProtoPosition) -> Result<Position, Status> {
-    if proto.epoch.is_empty() {
-        return Ok(Position {
-            epoch: None,
-            offset: proto.offset,
-        });
-    }
-    let epoch = proto
-        .epoch
-        .parse::<Epoch>()
-        .map_err(|e| Status::invalid_argument(format!("since.epoch: {e}")))?;
-    Ok(Position::at(epoch, proto.offset))
+    Position::parse(&proto.epoch, proto.offset)
+        .map_err(|e| Status::invalid_argument(format!("since.epoch: {e}")))
 }
 
 fn proto_position(position: Position) -> ProtoPosition {
     ProtoPosition {
-        epoch: position.epoch.map(|e| e.to_string()).unwrap_or_default(),
+        epoch: position.epoch_text(),
         offset: position.offset,
     }
 }

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::message::{Epoch, Message, Position};
+use crate::message::{Message, Position};
 use crate::topic::Topic;
 
 /// The stable error codes of protocol v1. Clients branch on these strings;
@@ -133,17 +133,7 @@ fn position(raw: &RawValue) -> Result<Position, String> {
         |why: &str| format!("`since` must be {{\"epoch\": string, \"offset\": integer}}: {why}");
     let parsed: RawPosition<'_> =
         serde_json::from_str(raw.get()).map_err(|e| malformed(&e.to_string()))?;
-    if parsed.epoch.is_empty() {
-        return Ok(Position {
-            epoch: None,
-            offset: parsed.offset,
-        });
-    }
-    let epoch = parsed
-        .epoch
-        .parse::<Epoch>()
-        .map_err(|e| malformed(&e.to_string()))?;
-    Ok(Position::at(epoch, parsed.offset))
+    Position::parse(&parsed.epoch, parsed.offset).map_err(|e| malformed(&e.to_string()))
 }
 
 /// Splits a client text frame into its non-empty lines.
@@ -285,7 +275,7 @@ impl<'a> Reply<'a> {
 
     fn at(self, position: Position) -> Self {
         Self {
-            epoch: Some(position.epoch.map(|e| e.to_string()).unwrap_or_default()),
+            epoch: Some(position.epoch_text()),
             offset: Some(position.offset),
             ..self
         }
@@ -389,7 +379,7 @@ mod tests {
 
     #[test]
     fn parses_since_and_history() {
-        let epoch = Epoch::new_for(&Topic::new("t").expect("valid"));
+        let epoch = crate::message::Epoch::new_for(&Topic::new("t").expect("valid"));
         let line =
             format!(r#"{{"op":"subscribe","topic":"t","since":{{"epoch":"{epoch}","offset":7}}}}"#);
         let sub = parse(&line).expect("valid");
