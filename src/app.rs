@@ -117,6 +117,7 @@ pub async fn run(
         history,
         telemetry: _,
         drain_window,
+        demo,
         check_config: _,
     } = args;
     // `shutdown` starts the drain; `stop` ends serving; `stop_links` ends the
@@ -239,8 +240,11 @@ pub async fn run(
     );
     let admin_router = http::admin(health.clone(), metrics.clone());
     let (public_router, admin_listener) = match listeners.admin {
-        Some(listener) => (http::public(gateway), Some(listener)),
-        None => (http::public(gateway).merge(admin_router.clone()), None),
+        Some(listener) => (http::public(gateway, demo), Some(listener)),
+        None => (
+            http::public(gateway, demo).merge(admin_router.clone()),
+            None,
+        ),
     };
     let http = axum::serve(
         SharedListener::new(listeners.http),

@@ -88,6 +88,10 @@ pub struct ServeArgs {
     /// users, spread evenly so they do not all reconnect at once.
     #[arg(long, env = "HERALD_DRAIN_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_window: Duration,
+    /// Serve the demo chat at `GET /demo` (and a link to it at `GET /`);
+    /// it needs `--client-publish` to send. `make run` turns it on.
+    #[arg(long, env = "HERALD_DEMO")]
+    pub demo: bool,
     /// Check the configuration, print it and exit without serving.
     #[arg(long, env = "HERALD_CHECK_CONFIG")]
     pub check_config: bool,

@@ -1,4 +1,4 @@
-//! The HTTP routers: the public one (`GET /ws`) and the admin one (probes
+//! The HTTP routers: the public one (`GET /ws`, `GET /herald.js`, the demo) and the admin one (probes
 //! and metrics). Both share the HTTP port unless `--admin-addr` moves the
 //! admin router to its own listener, so an Ingress for `/ws` never exposes
 //! metrics.
@@ -9,15 +9,18 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::assets;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::ws::{self, Gateway};
 
-/// `GET /ws`.
-pub fn public(gateway: Gateway) -> Router {
+/// `GET /ws` and the browser files of [`assets`] (`/herald.js`; with
+/// `demo`, `/demo` and `/`).
+pub fn public(gateway: Gateway, demo: bool) -> Router {
     Router::new()
         .route("/ws", get(ws::upgrade))
         .with_state(gateway)
+        .merge(assets::router(demo))
 }
 
 /// `GET /healthz`, `GET /readyz`, `GET /metrics`.

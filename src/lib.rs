@@ -32,11 +32,13 @@
 //! - [`grpc`]: tonic adapters for the public API.
 //! - [`cluster`]: peer discovery and the pod-to-pod broadcast group.
 //! - [`http`]: the HTTP routers: `/ws`; `/healthz`, `/readyz`, `/metrics`.
+//! - [`assets`]: the browser files: `/herald.js` and the demo chat.
 //! - [`stats`], [`metrics`], [`telemetry`]: counters, their export, logs and
 //!   traces.
 //! - [`client`]: the operator commands `herald publish` and `herald peers`.
 
 pub mod app;
+pub mod assets;
 pub mod auth;
 pub mod client;
 pub mod cluster;

@@ -37,6 +37,9 @@ pub enum TopicError {
     },
 }
 
+/// FNV-1a's starting value (its 64-bit offset basis).
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a of `bytes`, continuing from `hash`.
 pub fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     for byte in bytes {
@@ -61,7 +64,7 @@ impl Topic {
     /// A hash of the name that every pod and every build computes alike
     /// (FNV-1a): what rendezvous ranks and epochs are made from.
     pub fn stable_hash(&self) -> u64 {
-        fnv1a(0xcbf2_9ce4_8422_2325, self.0.as_bytes())
+        fnv1a(FNV_OFFSET, self.0.as_bytes())
     }
 
     /// Checks `name` without allocating.

@@ -1,0 +1,2 @@
+// herald JavaScript client: being written.
+export class Herald {}
