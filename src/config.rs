@@ -128,8 +128,8 @@ pub struct LimitArgs {
     /// Most topics one connection may subscribe to.
     #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
     pub max_subscriptions: usize,
-    /// Messages queued for one connection before it counts as slow and is
-    /// closed with code 1013.
+    /// Messages queued for one connection; past it, the connection is
+    /// behind on the topic and reads it from history at its own pace.
     #[arg(long, env = "HERALD_CLIENT_QUEUE", default_value_t = 1024)]
     pub client_queue: usize,
     /// How often the server pings each WebSocket; a connection that sends

@@ -278,6 +278,43 @@ impl Local {
         true
     }
 
+    /// Catches a session up on the topics it is behind on, one step: up to
+    /// its catch-up room of messages per topic from history, in their
+    /// place; once it reaches the head it is live on the topic again. A
+    /// position the history no longer covers gets a `gap` to the head.
+    pub fn catch_up(&self, membership: &Membership) {
+        let mut pending = Pending::default();
+        let room = membership.catch_up_room();
+        for (topic, at) in membership.behind() {
+            self.inner.history.with(&topic, |entry| {
+                let log = entry.log();
+                // One more than the room says whether this step reaches the head.
+                match log.since_at_most(&topic, at, room + 1) {
+                    Ok(Since::Recovered(mut messages)) => {
+                        let done = messages.len() <= room;
+                        messages.truncate(room);
+                        let at = messages.last().map_or(at, |m| m.position());
+                        let items = messages.into_iter().map(Outgoing::Message).collect();
+                        membership.catch_up(&topic, items, at, done, &mut pending);
+                    }
+                    // The history no longer holds what follows `at` (the
+                    // session read slower than the history keeps, or the
+                    // topic broke meanwhile): a `gap` to the head, counted
+                    // as dropped, and live from there.
+                    Ok(Since::Lost) | Err(_) => {
+                        let head = log.head();
+                        if head.epoch == at.epoch {
+                            pending.missed(head.offset.saturating_sub(at.offset));
+                        }
+                        let gap = vec![Outgoing::text(gap_frame(&topic, head))];
+                        membership.catch_up(&topic, gap, head, true, &mut pending);
+                    }
+                }
+            });
+        }
+        self.inner.hub.write_out(pending);
+    }
+
     /// Subscribes `membership` to `topic` and queues, in this order, what
     /// `frames` makes of the outcome (the reply), then the replay when
     /// `since` is recovered; live messages follow. Nothing is subscribed
@@ -328,15 +365,12 @@ impl Local {
                     messages: log.last(limit),
                     recovered: None,
                 }),
-                Some(since) => Ok(match log.since(topic, since)? {
-                    Since::Recovered(mut messages) => {
-                        messages.truncate(limit);
-                        Page {
-                            head,
-                            messages,
-                            recovered: Some(true),
-                        }
-                    }
+                Some(since) => Ok(match log.since_at_most(topic, since, limit)? {
+                    Since::Recovered(messages) => Page {
+                        head,
+                        messages,
+                        recovered: Some(true),
+                    },
                     Since::Lost => Page {
                         head,
                         messages: Vec::new(),

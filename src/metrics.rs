@@ -225,6 +225,11 @@ fn register(meter: &Meter, sources: Sources) {
         "Messages queued for a connection on this pod (one per subscriber).",
         |s| s.hub.stats().delivered(),
     );
+    counter(
+        "herald_messages_behind_total",
+        "Messages not queued live for a connection behind on their topic: it reads them from history as it catches up.",
+        |s| s.hub.stats().behind(),
+    );
     let dropped = sources.clone();
     meter
         .u64_observable_counter("herald_messages_dropped_total")

@@ -307,6 +307,17 @@ impl Log {
     /// The messages after `since` in `topic` (this log's), or why they
     /// cannot be given.
     pub fn since(&self, topic: &Topic, since: Position) -> Result<Since, BadPosition> {
+        self.since_at_most(topic, since, usize::MAX)
+    }
+
+    /// The first `limit` messages after `since`, as [`since`](Self::since)
+    /// gives them.
+    pub fn since_at_most(
+        &self,
+        topic: &Topic,
+        since: Position,
+        limit: usize,
+    ) -> Result<Since, BadPosition> {
         if let Some(epoch) = since.epoch
             && !epoch.belongs_to(topic)
         {
@@ -319,7 +330,7 @@ impl Log {
             // "From the start": only if the run still holds offset 1.
             return Ok(match (self.head.offset, self.first_kept()) {
                 (0, _) => Since::Recovered(Vec::new()),
-                (_, Some(1)) => Since::Recovered(self.run.iter().cloned().collect()),
+                (_, Some(1)) => Since::Recovered(self.run.iter().take(limit).cloned().collect()),
                 _ => Since::Lost,
             });
         };
@@ -340,7 +351,7 @@ impl Log {
             Some(first) if first <= since.offset + 1 => {
                 let skip = (since.offset + 1 - first) as usize;
                 Ok(Since::Recovered(
-                    self.run.iter().skip(skip).cloned().collect(),
+                    self.run.iter().skip(skip).take(limit).cloned().collect(),
                 ))
             }
             _ => Ok(Since::Lost),

@@ -24,13 +24,18 @@
 //! do not count against its capacity: a resume's replay or a burst of
 //! replies never makes a session slow by itself.
 //!
-//! Delivery never waits. When a queue is full, the session is behind by a
-//! whole queue and is marked *slow*: the message is dropped for it, its
-//! session is told to close (the WebSocket gateway uses close code 1013,
-//! "try again later") and the hub counts one slow-client disconnect. Its
-//! other subscribers are not delayed.
+//! Delivery never waits. When a queue is full, a published message is not
+//! queued: the session is *behind* on its topic, from the position before
+//! that message, and neither the topic's next messages nor its events are
+//! queued for it ([`Offer::Behind`]). Whenever its queue drains to half,
+//! the session is woken ([`Mailbox::catch_up_due`]) to read the next half
+//! queue from the topic's history (see `crate::local`), until it is live
+//! again. Only a frame of the session's own that finds the queue full
+//! marks it *slow*: it is told to close (the WebSocket gateway uses close
+//! code 1013, "try again later") and the hub counts one slow-client
+//! disconnect. Other subscribers are never delayed.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -40,7 +45,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::pacing::Pacing;
-use crate::message::Message;
+use crate::message::{Message, Position};
+use crate::topic::Topic;
 
 /// Identifies one session within a hub.
 pub type SessionId = u64;
@@ -134,6 +140,9 @@ pub enum Offer {
     Deferred(Instant),
     /// The queue was full: the session has just been marked slow.
     MarkedSlow,
+    /// The session is behind on the message's topic: not queued; the
+    /// session reads it from history.
+    Behind,
     /// The session is already slow or gone; the message was dropped.
     Dropped,
 }
@@ -152,6 +161,9 @@ struct Shared {
     state: Mutex<State>,
     /// Woken when the turn passes to the session, or more is queued in it.
     turn: Notify,
+    /// Woken when a session behind on a topic has room to catch up again:
+    /// its queue has drained to half its capacity.
+    room: Notify,
     slow: CancellationToken,
 }
 
@@ -169,6 +181,9 @@ struct State {
     writer: Writer,
     /// With a write delay: no message is written before this.
     hold_until: Option<Instant>,
+    /// Topics the session is behind on, and the last position of each it
+    /// has queued.
+    behind: HashMap<Topic, Position>,
 }
 
 /// Who writes the queue out.
@@ -204,10 +219,10 @@ impl Shared {
 impl State {
     /// Moves queued messages into `batch`, up to [`COALESCE_BYTES`] (and at
     /// least one).
-    fn take(&mut self, batch: &mut Vec<Outgoing>) {
+    fn take(&mut self, batch: &mut Vec<Outgoing>, shared: &Shared) {
         let mut size = 0;
         while size < COALESCE_BYTES {
-            let Some(next) = self.pop() else {
+            let Some(next) = self.pop(shared) else {
                 break;
             };
             size += next.frame().len() + 1;
@@ -215,12 +230,25 @@ impl State {
         }
     }
 
-    fn pop(&mut self) -> Option<Outgoing> {
+    /// Takes the first queued item. A session behind on a topic is woken
+    /// to catch up once this leaves its queue half empty.
+    fn pop(&mut self, shared: &Shared) -> Option<Outgoing> {
         let (item, own) = self.queue.pop_front()?;
         if own {
             self.allowance -= 1;
         }
+        if !self.behind.is_empty() && self.queue.len() == low_water(shared.capacity) {
+            shared.room.notify_one();
+        }
         Some(item)
+    }
+
+    /// Whether the session is behind on a topic and has room to catch up.
+    fn can_catch_up(&self, capacity: usize) -> bool {
+        !self.behind.is_empty()
+            && !self.slow
+            && !self.gone
+            && self.queue.len() <= low_water(capacity)
     }
 
     /// Queues `item` (`own`: pushed by the session itself); says who writes
@@ -252,21 +280,98 @@ impl Sender {
         self.shared.id
     }
 
-    /// Offers `message` without waiting, applying the slow-client policy.
-    /// On [`Offer::Claimed`] the caller must write the session out with
+    /// Offers a published message, or a frame of no topic, without
+    /// waiting, applying the slow-client policy. On [`Offer::Claimed`] the
+    /// caller must write the session out with
     /// [`write_claimed`](Self::write_claimed), after offering to the rest.
     pub fn offer(&self, item: &Outgoing) -> Offer {
+        self.offer_on(item.message().map(|m| m.topic()), item)
+    }
+
+    /// Offers an item of `topic` (its message, or an event such as `gap`),
+    /// as [`offer`](Self::offer) does. A session behind on the topic gets
+    /// neither: its catch-up reads the messages from history and finds a
+    /// break there itself, in its place.
+    pub fn offer_in(&self, topic: &Topic, item: &Outgoing) -> Offer {
+        self.offer_on(Some(topic), item)
+    }
+
+    fn offer_on(&self, topic: Option<&Topic>, item: &Outgoing) -> Offer {
         let shared = &*self.shared;
         let mut state = shared.lock();
         if state.gone || state.slow {
             return Offer::Dropped;
         }
+        // NB: the emptiness check first keeps a hash of the topic off the
+        // path of every session that is not behind.
+        if !state.behind.is_empty()
+            && let Some(topic) = topic
+            && state.behind.contains_key(topic)
+        {
+            return Offer::Behind;
+        }
         if state.queue.len() >= shared.capacity + state.allowance {
+            if let Some(message) = item.message() {
+                let stamp = message.stamp();
+                let before = Position::at(stamp.epoch, stamp.offset.saturating_sub(1));
+                state.behind.insert(message.topic().clone(), before);
+                return Offer::Behind;
+            }
             state.slow = true;
             shared.slow.cancel();
             return Offer::MarkedSlow;
         }
         state.queue(item.clone(), false, shared)
+    }
+
+    /// The topics the session is behind on, with where it stands on each,
+    /// when it has room to catch up now (its queue is half empty).
+    pub fn catching_up(&self) -> Vec<(Topic, Position)> {
+        let state = self.shared.lock();
+        if !state.can_catch_up(self.shared.capacity) {
+            return Vec::new();
+        }
+        state.behind.iter().map(|(t, p)| (t.clone(), *p)).collect()
+    }
+
+    /// Most messages one catch-up step queues for one topic.
+    pub fn catch_up_room(&self) -> usize {
+        (self.shared.capacity - low_water(self.shared.capacity)).max(1)
+    }
+
+    /// Queues `items`, read from `topic`'s history after where the session
+    /// stood; it now stands at `at`, or (`done`) is live on the topic
+    /// again. Says who writes them, as [`offer`](Self::offer) does.
+    pub fn caught_up(
+        &self,
+        topic: &Topic,
+        items: Vec<Outgoing>,
+        at: Position,
+        done: bool,
+    ) -> Offer {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        if state.gone || state.slow {
+            return Offer::Dropped;
+        }
+        if done {
+            state.behind.remove(topic);
+        } else {
+            state.behind.insert(topic.clone(), at);
+        }
+        let mut offer = Offer::Queued;
+        for item in items {
+            let this = state.queue(item, false, shared);
+            if this != Offer::Queued {
+                offer = this;
+            }
+        }
+        offer
+    }
+
+    /// The session left `topic`: it is no longer behind on it.
+    pub fn forget(&self, topic: &Topic) {
+        self.shared.lock().behind.remove(topic);
     }
 
     /// Queues the session's own `items` (replies, a resume's replay, events)
@@ -318,7 +423,7 @@ impl Sender {
             {
                 let mut state = shared.lock();
                 debug_assert_eq!(state.writer, Writer::Delivery);
-                state.take(batch);
+                state.take(batch, shared);
                 if batch.is_empty() {
                     state.writer = Writer::Idle;
                     return None;
@@ -400,7 +505,7 @@ impl Mailbox {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         let mut state = self.shared.lock();
         match state.writer {
-            Writer::Session => state.pop(),
+            Writer::Session => state.pop(&self.shared),
             Writer::Idle | Writer::Delivery => None,
         }
     }
@@ -410,7 +515,7 @@ impl Mailbox {
     pub fn take(&mut self, batch: &mut Vec<Outgoing>) {
         let mut state = self.shared.lock();
         if state.writer == Writer::Session {
-            state.take(batch);
+            state.take(batch, &self.shared);
         }
     }
 
@@ -448,6 +553,25 @@ impl Mailbox {
         self.shared.slow.cancelled().await;
     }
 
+    /// Whether the session is behind on some topic (and catches up from
+    /// history).
+    pub fn is_behind(&self) -> bool {
+        !self.shared.lock().behind.is_empty()
+    }
+
+    /// Resolves when the session, behind on a topic, has room for its next
+    /// step of catching up: at once if it has, else when its queue drains
+    /// to half its capacity. Costs nothing while it waits. Cancel-safe.
+    pub async fn catch_up_due(&self) {
+        loop {
+            let room = self.shared.room.notified();
+            if self.shared.lock().can_catch_up(self.shared.capacity) {
+                return;
+            }
+            room.await;
+        }
+    }
+
     /// Whether the session has been marked slow.
     pub fn is_slow(&self) -> bool {
         self.shared.slow.is_cancelled()
@@ -461,6 +585,12 @@ impl Drop for Mailbox {
         state.queue.clear();
         state.allowance = 0;
     }
+}
+
+/// How full a queue may be for its session to take a step of catching up:
+/// half its capacity, so each step reads a batch worth the wake-up.
+fn low_water(capacity: usize) -> usize {
+    capacity / 2
 }
 
 /// Makes a mailbox holding at most `capacity` messages for session `id`,
@@ -483,8 +613,10 @@ pub(super) fn channel(
             slow: false,
             writer: Writer::Idle,
             hold_until: None,
+            behind: HashMap::new(),
         }),
         turn: Notify::new(),
+        room: Notify::new(),
         slow: CancellationToken::new(),
     });
     (
@@ -565,10 +697,78 @@ mod tests {
         frames.iter().map(Vec::len).collect()
     }
 
+    #[test]
+    fn a_full_mailbox_puts_the_session_behind_on_the_topic_and_skips_its_next_messages() {
+        let (tx, mailbox) = channel(7, 2, None, Arc::default());
+        let [a, b, c, d] = [1, 2, 3, 4].map(|o| Outgoing::Message(sample("t", o, "{}")));
+        assert_eq!(tx.offer(&a), Offer::Queued);
+        assert_eq!(tx.offer(&b), Offer::Queued);
+        assert_eq!(tx.offer(&c), Offer::Behind);
+        assert_eq!(
+            tx.offer(&d),
+            Offer::Behind,
+            "later ones are read from history too"
+        );
+        let topic = Topic::new("t").expect("valid");
+        let gap = Outgoing::text("{}");
+        assert_eq!(
+            tx.offer_in(&topic, &gap),
+            Offer::Behind,
+            "and so are the topic's events"
+        );
+        assert!(mailbox.is_behind() && !mailbox.is_slow());
+        assert!(tx.catching_up().is_empty(), "no room yet");
+        drop(mailbox);
+    }
+
     #[tokio::test]
-    async fn a_full_mailbox_marks_the_session_slow_once_and_drops_the_rest() {
+    async fn a_session_behind_is_woken_to_catch_up_once_its_queue_drains_to_half() {
+        let (tx, mut mailbox) = channel(7, 4, None, Arc::default());
+        for offset in 1..=5 {
+            tx.offer(&Outgoing::Message(sample("t", offset, "{}")));
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(50), mailbox.catch_up_due());
+        assert!(waiting.await.is_err(), "a full queue has no room");
+        mailbox.try_recv().expect("queued");
+        assert!(tx.catching_up().is_empty(), "3 of 4 still queued");
+        mailbox.try_recv().expect("queued");
+        let due = tokio::time::timeout(Duration::from_secs(5), mailbox.catch_up_due());
+        due.await.expect("woken at half");
+        let behind = tx.catching_up();
+        let topic = Topic::new("t").expect("valid");
+        assert_eq!(
+            behind,
+            [(topic, Position::at(behind[0].1.epoch.expect("epoch"), 4))]
+        );
+        assert_eq!(tx.catch_up_room(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_caught_up_session_is_live_again_with_the_history_in_its_place() {
         let (tx, mut mailbox) = channel(7, 2, None, Arc::default());
-        let frame = message();
+        let topic = Topic::new("t").expect("valid");
+        for offset in 1..=3 {
+            tx.offer(&Outgoing::Message(sample("t", offset, "{}")));
+        }
+        while mailbox.try_recv().is_some() {}
+        mailbox.release();
+        let behind = tx.catching_up();
+        assert_eq!(behind.len(), 1);
+        let read = Outgoing::Message(sample("t", 3, "{}"));
+        tx.caught_up(&topic, vec![read], behind[0].1, true);
+        assert!(!mailbox.is_behind());
+        let live = Outgoing::Message(sample("t", 4, "{}"));
+        assert_ne!(tx.offer(&live), Offer::Behind);
+        let offsets: Vec<_> = std::iter::from_fn(|| mailbox.try_recv())
+            .map(|m| m.message().map(|m| m.stamp().offset))
+            .collect();
+        assert_eq!(offsets, [Some(3), Some(4)]);
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_marks_the_session_slow_once_a_frame_of_its_own_finds_no_room() {
+        let (tx, mut mailbox) = channel(7, 2, None, Arc::default());
+        let frame = Outgoing::text("{}");
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert_eq!(tx.offer(&frame), Offer::Queued);
         assert!(!mailbox.is_slow());
@@ -673,14 +873,11 @@ mod tests {
         let (tx, mailbox) = channel(1, 2, None, Arc::default());
         let replay: Vec<_> = (0..5).map(|_| message()).collect();
         assert_eq!(tx.push(replay), Offer::Queued);
+        let text = || Outgoing::text("{}");
+        assert_eq!(tx.offer(&text()), Offer::Queued, "room beside the replay");
+        assert_eq!(tx.offer(&text()), Offer::Queued);
         assert_eq!(
-            tx.offer(&message()),
-            Offer::Queued,
-            "room beside the replay"
-        );
-        assert_eq!(tx.offer(&message()), Offer::Queued);
-        assert_eq!(
-            tx.offer(&message()),
+            tx.offer(&text()),
             Offer::MarkedSlow,
             "the capacity still holds"
         );

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use super::{Hub, Outgoing, Pending, Sender};
+use crate::message::Position;
 use crate::topic::Topic;
 
 /// A session's subscriptions. Dropping it unsubscribes from every topic, so
@@ -47,7 +48,42 @@ impl Membership {
 
     /// Unsubscribes from `topic`. False if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &Topic) -> bool {
-        self.topics.remove(topic) && self.hub.remove(topic, self.sender.id())
+        let left = self.topics.remove(topic) && self.hub.remove(topic, self.sender.id());
+        // After leaving the hub: no offer can put it behind again.
+        self.sender.forget(topic);
+        left
+    }
+
+    /// The topics the session is behind on and has room to catch up on
+    /// now, with where it stands on each.
+    pub fn behind(&self) -> Vec<(Topic, Position)> {
+        let mut behind = self.sender.catching_up();
+        behind.retain(|(topic, _)| {
+            let held = self.topics.contains(topic);
+            if !held {
+                self.sender.forget(topic);
+            }
+            held
+        });
+        behind
+    }
+
+    /// Most messages one catch-up step may queue for one topic.
+    pub fn catch_up_room(&self) -> usize {
+        self.sender.catch_up_room()
+    }
+
+    /// Queues `items` read from `topic`'s history; the session now stands
+    /// at `at`, or (`done`) is live on the topic again.
+    pub fn catch_up(
+        &self,
+        topic: &Topic,
+        items: Vec<Outgoing>,
+        at: Position,
+        done: bool,
+        pending: &mut Pending,
+    ) {
+        pending.record_own(&self.sender, self.sender.caught_up(topic, items, at, done));
     }
 
     /// Queues the session's own frames (replies, a replay), in order after

@@ -72,6 +72,12 @@ impl Requests {
         }
     }
 
+    /// One step of catching up on the topics the connection fell behind on
+    /// (see [`Local::catch_up`]).
+    pub fn catch_up(&self) {
+        self.local.catch_up(&self.membership);
+    }
+
     /// Queues one reply.
     fn reply(&self, reply: String) {
         let mut pending = Pending::default();

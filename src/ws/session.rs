@@ -23,8 +23,10 @@
 //! How a session ends, and what the client sees:
 //! - the client closes, or the socket fails: the session ends;
 //! - a client message over the size limit: close code 1009;
-//! - its mailbox overflowed (slow client) or a write stalled for two
-//!   heartbeat intervals: close code 1013;
+//! - a write stalled for two heartbeat intervals, or a frame of its own
+//!   found its queue full: close code 1013; a client merely behind its
+//!   queue is caught up from history instead, and told with a `gap` if the
+//!   history no longer holds what it missed;
 //! - the pod drains (SIGTERM): close code 1012 (reconnect elsewhere), at a
 //!   moment drawn at random within the drain window, so a pod's users do
 //!   not all reconnect in the same second;
@@ -155,6 +157,10 @@ where
                 held = None;
                 write_turn(&outlet, &mut mailbox, &mut batch, closing.as_mut(), period).await
             }
+            () = mailbox.catch_up_due() => {
+                requests.catch_up();
+                Ok(())
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= 2 * period {
                     Err(End::HeartbeatTimeout)
@@ -192,7 +198,19 @@ where
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+        // The closing handshake: send ours, then read (and drop) until the
+        // client's answer, so the socket is not reset under frames the
+        // client has yet to read (a pong, a request) and it sees the code.
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(message)) = socket.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
     } else if end == End::Client {
         // Completes the closing handshake if the client started one.
         let _ = timeout(CLOSE_TIMEOUT, socket.close()).await;
