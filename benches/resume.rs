@@ -13,9 +13,16 @@
 //! received a message published after its resume; the other users' p99
 //! latency meanwhile.
 //!
-//! Run with `make bench-resume` (or `cargo bench --bench resume`); about
-//! a minute. Under test runners it does nothing (the behaviour is tested
-//! by tests/continuity.rs).
+//! The resume storm (`storm`): 5,000 users on one pod, which is SIGKILLed;
+//! 100 messages are published to their topic while they are away, then
+//! they all reconnect at once to the two survivors and resume with `since`.
+//! Reported: how long until every one has its 100 messages (recovered and
+//! live), the survivors' peak memory, and the p99 latency of 1,000 other
+//! users on another topic before and during the storm.
+//!
+//! Run with `make bench-resume` (or `cargo bench --bench resume`, with
+//! `-- storm` for the storm); about a minute each. Under test runners it
+//! does nothing (the behaviour is tested by tests/continuity.rs).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -290,7 +297,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(run());
+    if std::env::args().any(|arg| arg == "storm") {
+        runtime.block_on(storm());
+    } else {
+        runtime.block_on(run());
+    }
 }
 
 async fn run() {
@@ -419,5 +430,262 @@ async fn run() {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
+    );
+}
+
+/// Users of the storm's killed pod, the messages each recovers, and the
+/// users on the survivors who watch their latency meanwhile.
+const STORM_USERS: usize = 5_000;
+const STORM_BACKLOG: u64 = 100;
+const STORM_OTHERS: usize = 1_000;
+const STORM_TOPIC: &str = "bench:storm";
+const OTHER_TOPIC: &str = "bench:others";
+/// The others' topic's publish rate during the storm.
+const OTHER_RATE: u64 = 50;
+
+/// A storm user: subscribes on pod 1, holds its position when the pod
+/// dies, waits for `go`, then resumes on a survivor; returns when it holds
+/// `STORM_BACKLOG` messages after its position, with whether the resume
+/// recovered.
+async fn storm_user(
+    n: usize,
+    subscribed: tokio::sync::mpsc::Sender<()>,
+    mut go: watch::Receiver<bool>,
+) -> Option<(bool, u64)> {
+    let url = format!("ws://{}:{HTTP}/ws", IPS[0]);
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.ok()?;
+    let request = json!({"op": "subscribe", "topic": STORM_TOPIC, "ref": "s"});
+    socket.send(Message::text(request.to_string())).await.ok()?;
+    let mut held = None;
+    while let Some(Ok(frame)) = socket.next().await {
+        if let Message::Text(text) = frame
+            && text.contains("\"reply\"")
+        {
+            held = Some((string(&text, "epoch").to_owned(), number(&text, "offset")));
+            let _ = subscribed.send(()).await;
+        }
+    }
+    // The pod is gone: wait for everyone's signal, then all at once.
+    let (epoch, offset) = held?;
+    let _ = go.wait_for(|go| *go).await;
+    let survivor = IPS[1 + n % 2];
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{survivor}:{HTTP}/ws"))
+        .await
+        .ok()?;
+    let request = json!({"op": "subscribe", "topic": STORM_TOPIC, "ref": "s",
+        "since": {"epoch": epoch, "offset": offset}});
+    socket.send(Message::text(request.to_string())).await.ok()?;
+    let (mut recovered, mut got) = (false, 0);
+    while let Some(Ok(frame)) = socket.next().await {
+        let Message::Text(text) = frame else { continue };
+        for line in text.split('\n') {
+            match field(line, "op") {
+                Some("\"reply\"") => recovered = field(line, "recovered") == Some("true"),
+                Some("\"message\"") => got += 1,
+                _ => {}
+            }
+        }
+        if got >= STORM_BACKLOG || (!recovered && got == 0) {
+            return Some((recovered, unix_micros()));
+        }
+    }
+    None
+}
+
+/// One of the survivors' other users: latencies of its topic's messages,
+/// each with when it arrived.
+async fn other_user(n: usize, done: watch::Receiver<bool>) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    let url = format!("ws://{}:{HTTP}/ws", IPS[1 + n % 2]);
+    let Ok((mut socket, _)) = tokio_tungstenite::connect_async(&url).await else {
+        return seen;
+    };
+    let request = json!({"op": "subscribe", "topic": OTHER_TOPIC});
+    if socket
+        .send(Message::text(request.to_string()))
+        .await
+        .is_err()
+    {
+        return seen;
+    }
+    while !*done.borrow() {
+        let Ok(Some(Ok(Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_millis(500), socket.next()).await
+        else {
+            continue;
+        };
+        let now = unix_micros();
+        for line in text.split('\n') {
+            if field(line, "op") == Some("\"message\"") {
+                seen.push((now, now.saturating_sub(number(line, "t"))));
+            }
+        }
+    }
+    seen
+}
+
+/// Publishes `count` messages to `topic` through pod `pod`, `rate` a
+/// second (0: as fast as each is acknowledged), until `stop`.
+async fn publish(pod: usize, topic: &str, count: u64, rate: u64, stop: watch::Receiver<bool>) {
+    let mut client = PublisherClient::connect(format!("http://{}:{GRPC}", IPS[pod]))
+        .await
+        .expect("publisher connects");
+    let mut every = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    for n in 0..count {
+        if *stop.borrow() {
+            return;
+        }
+        if rate > 0 {
+            every.tick().await;
+        }
+        let request = PublishRequest {
+            topic: topic.into(),
+            data: json!({"n": n, "t": unix_micros()}).to_string().into_bytes(),
+            ..PublishRequest::default()
+        };
+        client.publish(request).await.expect("publish accepted");
+    }
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_mib(pod: &Child) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pod.id())).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn p99_ms(latencies: impl Iterator<Item = u64>) -> (f64, usize) {
+    let mut sorted: Vec<u64> = latencies.collect();
+    sorted.sort_unstable();
+    (percentile(&sorted, 0.99), sorted.len())
+}
+
+async fn storm() {
+    // The survivors first: one of them numbers the storm's topic from its
+    // first message on (the sequencer sticks to the pod that numbered the
+    // last message), so killing pod 1 does not start a new epoch.
+    let mut pods: Vec<Option<Child>> = vec![None, Some(spawn(1)), Some(spawn(2))];
+    ready(1).await;
+    ready(2).await;
+    let (_never, quiet) = watch::channel(false);
+    publish(1, STORM_TOPIC, 1, 0, quiet.clone()).await;
+    pods[0] = Some(spawn(0));
+    ready(0).await;
+
+    let (done_tx, done) = watch::channel(false);
+    let others: Vec<_> = (0..STORM_OTHERS)
+        .map(|n| tokio::spawn(other_user(n, done.clone())))
+        .collect();
+    let (go_tx, go) = watch::channel(false);
+    let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::channel(STORM_USERS);
+    let users: Vec<_> = (0..STORM_USERS)
+        .map(|n| tokio::spawn(storm_user(n, subscribed_tx.clone(), go.clone())))
+        .collect();
+    for _ in 0..STORM_USERS {
+        subscribed
+            .recv()
+            .await
+            .expect("every storm user subscribes");
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    // On a thread of its own, as in scenario R: the users' reading never
+    // delays a publish or its timestamp.
+    let live = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(publish(1, OTHER_TOPIC, u64::MAX, OTHER_RATE, stop))
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline_end = unix_micros();
+
+    if let Some(mut victim) = pods[0].take() {
+        let _ = victim.kill();
+        let _ = victim.wait();
+    }
+    publish(2, STORM_TOPIC, STORM_BACKLOG, 0, quiet).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let storm_start = unix_micros();
+    go_tx.send(true).expect("users wait");
+    let mut ends = Vec::new();
+    let mut recovered = 0;
+    for user in users {
+        let ended = tokio::time::timeout(Duration::from_secs(120), user).await;
+        if let Ok(Ok(Some((was_recovered, at)))) = ended {
+            recovered += usize::from(was_recovered);
+            ends.push(at.saturating_sub(storm_start));
+        }
+    }
+    let storm_end = unix_micros();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send(true).expect("publisher listens");
+    live.join().expect("publisher ends");
+    done_tx.send(true).expect("others listen");
+    let mut seen = Vec::new();
+    for other in others {
+        seen.extend(other.await.expect("other ends"));
+    }
+    let peaks: Vec<f64> = pods.iter().flatten().map(peak_mib).collect();
+    for pod in pods.iter_mut().flatten() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pod.id().to_string())
+            .status();
+        let _ = pod.wait();
+    }
+
+    ends.sort_unstable();
+    // By when each message was published, so one held up by the storm
+    // counts in it however late it arrives.
+    let sent = |(at, latency): &(u64, u64)| (at - latency, *latency);
+    let before = p99_ms(
+        seen.iter()
+            .map(sent)
+            .filter(|(t, _)| *t < baseline_end)
+            .map(|(_, l)| l),
+    );
+    let during = p99_ms(
+        seen.iter()
+            .map(sent)
+            .filter(|(t, _)| (storm_start..=storm_end).contains(t))
+            .map(|(_, l)| l),
+    );
+    println!(
+        "# Resume storm: {STORM_USERS} users of a SIGKILLed pod resume {STORM_BACKLOG} messages each at once\n"
+    );
+    println!(
+        "- Machine: {} CPUs; loopback; pods are release builds as processes; the users and the publishers share the cores.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "- 3 pods; the storm's users reconnect to the 2 survivors (half each); {STORM_OTHERS} other users on the survivors, on a topic published at {OTHER_RATE} msg/s.\n"
+    );
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| resumes recovered (of {STORM_USERS}) | {recovered} ({} completed) |",
+        ends.len()
+    );
+    println!(
+        "| from \"all reconnect\" until all have their {STORM_BACKLOG} messages, p50 / max | {:.2} / {:.2} s |",
+        percentile(&ends, 0.5) * 1e-3,
+        percentile(&ends, 1.0) * 1e-3
+    );
+    println!(
+        "| other users' latency p99, before / during the storm | {:.2} ms ({} messages) / {:.2} ms ({} messages) |",
+        before.0, before.1, during.0, during.1
+    );
+    println!(
+        "| survivors' peak resident memory | {} |",
+        peaks
+            .iter()
+            .map(|m| format!("{m:.0} MiB"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }

@@ -46,6 +46,14 @@ bench-resume: ## Scenario R: rolling restart of 3 pods with 3,000 resuming users
 	$(CARGO) bench --bench resume > $(RESUME_REPORT)
 	@cat $(RESUME_REPORT)
 
+STORM_REPORT = bench/results/$(shell date -u +%Y-%m-%d)-storm-$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown).md
+
+.PHONY: bench-storm
+bench-storm: ## Resume storm: 5,000 users of a SIGKILLed pod resume 100 messages each at once; report to bench/results/
+	@mkdir -p bench/results
+	$(CARGO) bench --bench resume -- storm > $(STORM_REPORT)
+	@cat $(STORM_REPORT)
+
 # nats-server for `make bench-nats` and the harness's smoke test (tests/
 # bench_smoke.rs): Debian's package, unpacked under target/ (no system
 # install, no root needed once the package lists are there).
