@@ -36,7 +36,10 @@ function canBind(host, port) {
   return new Promise((resolve) => {
     const server = createServer();
     server.once("error", () => resolve(false));
-    server.listen({ host, port, exclusive: true }, () => server.close(() => resolve(port || server.address().port)));
+    server.listen({ host, port, exclusive: true }, () => {
+      const bound = server.address().port;
+      server.close(() => resolve(bound));
+    });
   });
 }
 
