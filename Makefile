@@ -10,6 +10,7 @@ CARGO ?= cargo
 include mk/chart.mk
 include mk/fuzz.mk
 include mk/bench.mk
+include mk/js.mk
 
 .PHONY: help run build test test-rust lint fmt cluster e2e
 
@@ -17,13 +18,15 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
 		awk 'BEGIN {FS = ":.*## "}; !seen[$$1]++ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-run: ## Build and run one pod: WebSocket on :8080, gRPC on :9090, no Kubernetes
-	$(CARGO) run --release --bin herald -- serve
+run: ## Build and run one pod: WebSocket on :8080, gRPC on :9090, the demo chat, no Kubernetes
+	$(CARGO) build --release --bin herald
+	@echo "herald: open http://127.0.0.1:8080/demo (two tabs to chat); Ctrl-C stops it"
+	target/release/herald serve --demo --client-publish
 
 build: ## Build the release binary
 	$(CARGO) build --release --locked --bin herald
 
-test: test-rust chart-test deploy-check ## Run every test: Rust unit and integration tests, chart checks
+test: test-rust test-js chart-test deploy-check ## Run every test: Rust unit and integration tests, JavaScript client and demo, chart checks
 	@echo "make test: all passed"
 
 test-rust: nats-server ## Rust unit and integration tests (cargo nextest when installed)
