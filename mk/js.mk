@@ -19,7 +19,7 @@ JS_DEPS  := $(JS_TESTS)/node_modules/.installed
 test-js: js-deps $(CHROMIUM) ## JavaScript client and demo tests: Node against real pods, headless Chromium
 	$(CARGO) build --bin herald
 	cd $(JS_TESTS) && HERALD_BIN=$(CURDIR)/target/debug/herald CHROMIUM=$(CHROMIUM) \
-		$(NODE) --test --test-concurrency=1 node/ browser/
+		$(NODE) --test --test-concurrency=1 --test-timeout=60000 node/ browser/
 
 js-deps: $(JS_DEPS) ## Install the JavaScript test tooling (npm ci in tests/js)
 
