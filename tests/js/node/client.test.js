@@ -178,3 +178,12 @@ test("a request with no reply within requestTimeout fails with timeout, and clos
   await assert.rejects(herald.publish("room:1", 3), { code: "closed" });
   assert.deepEqual(states, ["closed"]);
 });
+
+test("the npm package's version is the crate's, and it has no runtime dependencies", async () => {
+  const { readFileSync } = await import("node:fs");
+  const { ROOT } = await import("../lib/pods.js");
+  const pkg = JSON.parse(readFileSync(`${ROOT}/clients/js/package.json`, "utf8"));
+  const crate = /^version = "([^"]+)"/m.exec(readFileSync(`${ROOT}/Cargo.toml`, "utf8"))[1];
+  assert.equal(pkg.version, crate);
+  assert.equal(pkg.dependencies, undefined);
+});
