@@ -32,7 +32,7 @@ async function shows(page, text) {
   await eventually(`"${text}" on ${page.url()}`, async () => (await lines(page)).some((l) => l.text === text));
 }
 
-test("two demo pages on two pods chat, and the first keeps every message exactly once when its pod is SIGKILLed and it moves to the other pod", async () => {
+test("two demo pages on two pods chat, and the first keeps every message exactly once when its pod is SIGKILLed and it moves to the other pod", async (t) => {
   mkdirSync(SHOTS, { recursive: true });
   const cluster = await startCluster({ count: 2, flags: ["--client-publish", "--client-publish-rate=10000", "--demo"] });
   cleanup.push(() => cluster.stop());
@@ -84,9 +84,17 @@ test("two demo pages on two pods chat, and the first keeps every message exactly
     }
   })();
   await shows(alice, "tick 10");
+  // The page records when its state and resume lines change, by its own clock.
+  await alice.evaluate(() => {
+    window.seen = {};
+    window.herald.on("state", (state) => state === "connected" && (window.seen.connected ??= performance.now()));
+  });
+  const killedAt = await alice.evaluate(() => performance.now());
   await victim.kill();
   await eventually("alice connected to the other pod", async () => (await alice.textContent("#pod")) === survivor.wsUrl && (await alice.textContent("#state")) === "connected");
   await eventually("alice's resume line", async () => (await notes(alice)).some((n) => n.startsWith("resumed on")));
+  const reconnected = await alice.evaluate(() => window.seen.connected);
+  t.diagnostic(`SIGKILL → the page connected again ${Math.round(reconnected - killedAt)} ms (from just before the kill)`);
   await sleep(500);
   publishing = false;
   await publisher;
