@@ -136,6 +136,34 @@ test("a resume the server cannot recover tells the subscription recovered false 
   assert.deepEqual(resumes, [{ recovered: false, epoch: "newnewnewn", offset: 2 }]);
 });
 
+test("a resume position the new pod rejects is retried without since and reported as recovered false", async (t) => {
+  const pod = await fakePod((request, socket) => {
+    if (request.op !== "subscribe") return;
+    if (pod.sockets.length === 1) {
+      sendFrame(socket, ok(request, { epoch: "aaaaaaaaaa", offset: 4 }), message("room:1", "aaaaaaaaaa", 5));
+      setTimeout(() => socket.terminate(), 50);
+    } else if (request.since) {
+      sendFrame(socket, { op: "reply", ref: request.ref, ok: false, error: { code: "invalid_position", message: "past the head" } });
+    } else {
+      sendFrame(socket, ok(request, { epoch: "bbbbbbbbbb", offset: 1 }), message("room:1", "bbbbbbbbbb", 2));
+    }
+  });
+  t.after(() => pod.close());
+  const herald = new Herald(pod.url, fast);
+  t.after(() => herald.close());
+  const seen = [];
+  const resumes = [];
+  const errors = [];
+  const sub = herald.subscribe("room:1", (msg) => seen.push(msg.offset));
+  sub.on("resume", (r) => resumes.push(r));
+  sub.on("error", (e) => errors.push(e));
+  await eventually("the message after the fresh subscribe", () => seen.length === 2);
+  assert.deepEqual(seen, [5, 2]);
+  assert.deepEqual(resumes, [{ recovered: false, epoch: "bbbbbbbbbb", offset: 1 }]);
+  assert.deepEqual(errors, []);
+  assert.deepEqual(pod.sockets[1].requests.map((r) => r.since), [{ epoch: "aaaaaaaaaa", offset: 5 }, undefined]);
+});
+
 test("a socket that does not answer ping within the timeout is dropped and replaced", async (t) => {
   const pod = await fakePod(); // never answers anything
   t.after(() => pod.close());
