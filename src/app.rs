@@ -26,6 +26,7 @@ use crate::cluster::discovery::index::Filter;
 use crate::cluster::discovery::kubernetes::Kubernetes;
 use crate::cluster::discovery::{Discovery as DiscoverySource, PeerSet};
 use crate::cluster::inbound;
+use crate::cluster::secret::ClusterSecret;
 use crate::cluster::{Mesh, MeshSettings};
 use crate::config::{
     AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, HistoryArgs, ListenArgs, ServeArgs,
@@ -43,6 +44,26 @@ use crate::stats::Counters;
 use crate::ws::socket::{Connection, SharedListener};
 use crate::ws::{EdgeLimits, Gateway, session};
 use crate::{grpc, http, tls};
+
+/// The cluster secret peers prove, watched for changes; without one, a
+/// warning when the pod has peers to find.
+fn cluster_secret(
+    cluster: &ClusterArgs,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<Option<ClusterSecret>> {
+    let Some(path) = &cluster.cluster_secret_file else {
+        if cluster.discovery != DiscoveryKind::None {
+            tracing::warn!(
+                "no --cluster-secret-file: any pod that reaches the peer port and names this cluster can join it and publish to every topic"
+            );
+        }
+        return Ok(None);
+    };
+    let secret = ClusterSecret::load(path)?;
+    tracker.spawn(secret.clone().watch(stop.clone()));
+    Ok(Some(secret))
+}
 
 /// How long the final shutdown waits for tasks after the servers stopped.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -141,6 +162,7 @@ pub async fn run(
     let grpc_tls = tls::grpc_server(&tls)?;
     let peer_tls = tls::peer(&tls)?;
     let tracker = TaskTracker::new();
+    let secret = cluster_secret(&cluster, &tracker, &stop)?;
     let counters = Arc::new(Counters::default());
     let hub = Hub::with_write_delay(limits.write_delay);
     let history = History::new(history_limits(&history)?);
@@ -154,6 +176,7 @@ pub async fn run(
             max_message_bytes: limits.max_message_bytes,
             ready_timeout: cluster.peer_ready_timeout,
             tls: peer_tls.clone(),
+            secret,
         },
         local.clone(),
         tracker.clone(),

@@ -353,6 +353,13 @@ pub struct ClusterArgs {
     /// join only peers with the same identity.
     #[arg(long, env = "HERALD_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// A file holding the cluster's shared secret: pods prove to each other
+    /// that they hold it in the peer handshake (a fresh challenge each way;
+    /// the secret never crosses the wire), and refuse a peer that does not.
+    /// Re-read when the file changes. Unset: the peer port accepts any pod
+    /// of the same cluster name (logged as a warning at start).
+    #[arg(long, env = "HERALD_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
     /// Longest a new pod waits for streams to all discovered peers before it
     /// reports ready anyway.
     #[arg(long, env = "HERALD_PEER_READY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -268,6 +268,11 @@ fn register(meter: &Meter, sources: Sources) {
         |s| read(&s.counters.discovery_errors),
     );
     counter(
+        "herald_peer_auth_failures_total",
+        "Peer handshakes refused because the peer did not prove the cluster secret (either side).",
+        |s| read(&s.counters.peer_auth_failures),
+    );
+    counter(
         "herald_peer_reconnects_total",
         "Peer streams re-established after a break.",
         |s| read(&s.counters.peer_reconnects),

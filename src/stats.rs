@@ -77,6 +77,9 @@ pub struct Counters {
     pub peer_queue_drops: AtomicU64,
     /// Peer streams re-established after a break.
     pub peer_reconnects: AtomicU64,
+    /// Peer handshakes refused (either side) because the peer did not
+    /// prove the cluster secret.
+    pub peer_auth_failures: AtomicU64,
     /// Failures reading the discovery source.
     pub discovery_errors: AtomicU64,
     /// Requests refused at the edge, by reason.

@@ -39,7 +39,7 @@ mod error;
 pub mod extract;
 pub mod jwt;
 pub mod patterns;
-mod reload;
+pub(crate) mod reload;
 
 pub use api_tokens::{ApiTokens, MAX_API_TOKEN_BYTES, bearer, parse_bearer};
 pub use error::AuthError;

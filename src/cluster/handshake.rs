@@ -5,14 +5,14 @@ use crate::message::NodeId;
 use crate::proto::v1::{Hello, PeerFrame, peer_frame};
 
 /// The peer protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The oldest peer protocol version this build still accepts. Raised only
 /// when a version has been out for at least one release, so that two
 /// adjacent herald versions always work together during a rolling upgrade.
-/// (Version 2, which numbers every topic's messages, replaced 1 before any
-/// release: no running pod speaks 1.)
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// (Version 2 numbered every topic's messages and 3 added the proof of the
+/// cluster secret, both before any release: no running pod speaks 1 or 2.)
+pub const MIN_PROTOCOL_VERSION: u32 = 3;
 
 /// Why a peer's hello is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,16 +38,21 @@ pub enum Refusal {
     /// The first frame was not a hello.
     #[error("the first frame was not a hello")]
     NoHello,
+    /// The peer did not prove that it holds the cluster secret.
+    #[error("the peer did not prove that it holds the cluster secret (--cluster-secret-file)")]
+    NoProof,
 }
 
-/// This pod's hello.
-pub fn hello(cluster: &str, node: NodeId, address: &str) -> Hello {
+/// This pod's hello, with its challenge `nonce` and (a listener's) `proof`.
+pub fn hello(cluster: &str, node: NodeId, address: &str, nonce: Vec<u8>, proof: Vec<u8>) -> Hello {
     Hello {
         cluster: cluster.to_owned(),
         protocol_version: PROTOCOL_VERSION,
         min_protocol_version: MIN_PROTOCOL_VERSION,
         node: node.to_string(),
         address: address.to_owned(),
+        nonce,
+        proof,
     }
 }
 
@@ -85,13 +90,25 @@ mod tests {
 
     #[test]
     fn same_cluster_and_version_is_accepted() {
-        let h = hello("ns/herald", NodeId::random(), "10.0.0.1:7070");
+        let h = hello(
+            "ns/herald",
+            NodeId::random(),
+            "10.0.0.1:7070",
+            Vec::new(),
+            Vec::new(),
+        );
         assert_eq!(check(&h, "ns/herald"), Ok(()));
     }
 
     #[test]
     fn another_cluster_is_refused() {
-        let h = hello("other/herald", NodeId::random(), "10.0.0.1:7070");
+        let h = hello(
+            "other/herald",
+            NodeId::random(),
+            "10.0.0.1:7070",
+            Vec::new(),
+            Vec::new(),
+        );
         assert!(matches!(
             check(&h, "ns/herald"),
             Err(Refusal::OtherCluster { .. })
@@ -100,7 +117,7 @@ mod tests {
 
     #[test]
     fn an_adjacent_newer_version_that_still_accepts_ours_is_accepted() {
-        let mut h = hello("c", NodeId::random(), "a");
+        let mut h = hello("c", NodeId::random(), "a", Vec::new(), Vec::new());
         h.protocol_version = PROTOCOL_VERSION + 1;
         h.min_protocol_version = PROTOCOL_VERSION;
         assert_eq!(check(&h, "c"), Ok(()));
@@ -108,7 +125,7 @@ mod tests {
 
     #[test]
     fn a_version_without_overlap_is_refused() {
-        let mut h = hello("c", NodeId::random(), "a");
+        let mut h = hello("c", NodeId::random(), "a", Vec::new(), Vec::new());
         h.protocol_version = PROTOCOL_VERSION + 2;
         h.min_protocol_version = PROTOCOL_VERSION + 1;
         assert!(matches!(check(&h, "c"), Err(Refusal::Version { .. })));

@@ -15,9 +15,11 @@ use tokio_util::task::TaskTracker;
 
 use super::handshake;
 use super::mesh::{Mesh, SNAPSHOT_BYTES};
+use super::secret::{self, Role};
 use super::wire::{self, PeerIo};
 use crate::message::NodeId;
 use crate::proto::v1::{PeerFrame, Refusal, peer_frame};
+use crate::stats;
 
 /// How long a connecting peer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -148,11 +150,31 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
             return;
         }
     };
-    mesh.heard_from(&theirs.address);
-    let ours = PeerFrame::from(settings.hello());
+    let nonce = secret::nonce();
+    let proof = settings.prove(Role::Listener, &theirs.nonce, &nonce);
+    let ours = PeerFrame::from(settings.hello(nonce.clone(), proof));
     if wire::answer(&mut stream, &ours).await.is_err() {
         return;
     }
+    // Nothing is taken from the peer before it proved the secret.
+    let proven =
+        match tokio::time::timeout(HELLO_TIMEOUT, wire::read_proof(&mut stream, &mut buf)).await {
+            Ok(Ok(mac)) => settings.proven(Role::Dialer, &nonce, &theirs.nonce, &mac),
+            Ok(Err(_)) | Err(_) => false,
+        };
+    if !proven {
+        stats::add(&mesh.counters().peer_auth_failures, 1);
+        let refusal = handshake::Refusal::NoProof;
+        tracing::warn!(peer = %theirs.address, %refusal, "refusing a peer stream");
+        let refused = PeerFrame {
+            kind: Some(peer_frame::Kind::Refusal(Refusal {
+                reason: refusal.to_string(),
+            })),
+        };
+        let _ = wire::send(&mut stream, &refused).await;
+        return;
+    }
+    mesh.heard_from(&theirs.address);
     // A snapshot (one topic's newest history, for a pod that just started)
     // is the largest frame a peer sends.
     let max = settings.max_message_bytes + MAX_ENVELOPE_OVERHEAD + 2 * SNAPSHOT_BYTES;

@@ -22,14 +22,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::mesh::{Mesh, PeerInfo};
+use super::secret::{self, Role};
 use super::{handshake, wire};
 use crate::message::{Draft, Epoch, Message, NodeId, Position};
-use crate::proto::v1::{Envelope, Forward, Head, Heads, Hello, PeerFrame, SyncRequest, peer_frame};
+use crate::proto::v1::{
+    Envelope, Forward, Head, Heads, Hello, PeerFrame, Proof, SyncRequest, peer_frame,
+};
 use crate::stats::{self, Counters};
 use crate::telemetry::trace;
 use crate::topic::Topic;
 
 /// How long connecting and the handshake may take.
+/// Most bytes kept of what a peer sends on an outgoing stream: a refusal.
+const MAX_HEARD: usize = 4096;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often a pod that has not synced its history asks a peer again.
@@ -276,7 +282,8 @@ async fn stream_wire(
     backoff: &mut Backoff,
 ) -> LinkError {
     let settings = mesh.settings();
-    let hello = PeerFrame::from(settings.hello());
+    let challenge = secret::nonce();
+    let hello = PeerFrame::from(settings.hello(challenge.clone(), Vec::new()));
     let dialled = wire::dial(&link.address, settings.tls.as_ref(), &hello);
     let (mut stream, theirs) = match tokio::time::timeout(CONNECT_TIMEOUT, dialled).await {
         Err(_) => return LinkError::Connect("handshake timed out".into()),
@@ -287,6 +294,19 @@ async fn stream_wire(
         Ok(node) => node,
         Err(e) => return e,
     };
+    if !settings.proven(Role::Listener, &challenge, &theirs.nonce, &theirs.proof) {
+        stats::add(&link.counters.peer_auth_failures, 1);
+        return LinkError::Refused(handshake::Refusal::NoProof.to_string());
+    }
+    // Ours, first on the stream: the peer takes nothing before it.
+    let proof = PeerFrame {
+        kind: Some(peer_frame::Kind::Proof(Proof {
+            mac: settings.prove(Role::Dialer, &theirs.nonce, &challenge),
+        })),
+    };
+    if let Err(e) = wire::send(&mut stream, &proof).await {
+        return LinkError::Stream(e.to_string());
+    }
     // NB: the previous stream may still hold the queue for a moment after
     // it broke; this waits for it to be given back.
     let mut queue = queue.clone().lock_owned().await;
@@ -295,6 +315,8 @@ async fn stream_wire(
     // Messages in the write under way: lost if the stream breaks in it.
     let mut writing: Vec<Arc<Message>> = Vec::new();
     let mut probe = [0u8; 64];
+    // What the peer sent on the stream (only a refusal is expected).
+    let mut heard = BytesMut::new();
     // Now and then: a pod that has not synced asks (again) for what its
     // peers keep.
     let mut sync_check = tokio::time::interval(SYNC_ASK_EVERY);
@@ -317,10 +339,19 @@ async fn stream_wire(
                 }
             }
             read = stream.read(&mut probe) => match read {
-                // The peer sends nothing after its hello; the connection
-                // ends when it goes.
-                Ok(0) => return LinkError::Stream("closed by the peer".into()),
-                Ok(_) => {}
+                // The peer sends nothing after its hello but a refusal
+                // (of this pod's proof); the connection ends when it goes.
+                Ok(0) => {
+                    return match wire::refusal_in(&mut heard) {
+                        Some(reason) => LinkError::Refused(reason),
+                        None => LinkError::Stream("closed by the peer".into()),
+                    };
+                }
+                Ok(n) => {
+                    if heard.len() < MAX_HEARD {
+                        heard.extend_from_slice(&probe[..n]);
+                    }
+                }
                 Err(e) => return LinkError::Stream(e.to_string()),
             },
             item = queue.recv() => {
@@ -561,6 +592,7 @@ mod tests {
             max_message_bytes: 1 << 20,
             ready_timeout: Duration::from_secs(1),
             tls: None,
+            secret: None,
         };
         let local = crate::local::Local::new(
             Hub::new(),
@@ -599,8 +631,17 @@ mod tests {
         let (mut peer, _) = listener.accept().await.expect("accepts");
         let mut buf = BytesMut::new();
         wire::read_hello(&mut peer, &mut buf).await.expect("hello");
-        let answer = PeerFrame::from(handshake::hello("test", NodeId::random(), "127.0.0.1:7071"));
+        let answer = PeerFrame::from(handshake::hello(
+            "test",
+            NodeId::random(),
+            "127.0.0.1:7071",
+            Vec::new(),
+            Vec::new(),
+        ));
         wire::answer(&mut peer, &answer).await.expect("answers");
+        wire::read_proof(&mut peer, &mut buf)
+            .await
+            .expect("a proof first");
         while !link.is_connected() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::link::{self, Link};
+use super::secret::{ClusterSecret, Role};
 use super::{PeerSet, handshake};
 use crate::local::Local;
 use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp, TraceContext};
@@ -84,12 +85,31 @@ pub struct MeshSettings {
     pub ready_timeout: Duration,
     /// Mutual TLS towards peers, when the peer port uses it.
     pub tls: Option<PeerTls>,
+    /// The secret peers prove in the handshake; `None` accepts any peer
+    /// of the cluster.
+    pub secret: Option<ClusterSecret>,
 }
 
 impl MeshSettings {
-    /// This pod's hello.
-    pub fn hello(&self) -> Hello {
-        handshake::hello(&self.cluster, self.node, &self.address)
+    /// This pod's hello with `nonce`, and `proof` (a listener's).
+    pub fn hello(&self, nonce: Vec<u8>, proof: Vec<u8>) -> Hello {
+        handshake::hello(&self.cluster, self.node, &self.address, nonce, proof)
+    }
+
+    /// This side's proof over the peer's `challenge` and its own `nonce`
+    /// (empty without a secret).
+    pub fn prove(&self, role: Role, challenge: &[u8], nonce: &[u8]) -> Vec<u8> {
+        self.secret.as_ref().map_or_else(Vec::new, |secret| {
+            secret.prove(role, &self.cluster, challenge, nonce)
+        })
+    }
+
+    /// Whether the peer (of `role`) proved the secret over this side's
+    /// `challenge` and its `nonce`; always without a secret.
+    pub fn proven(&self, role: Role, challenge: &[u8], nonce: &[u8], proof: &[u8]) -> bool {
+        self.secret
+            .as_ref()
+            .is_none_or(|secret| secret.verify(role, &self.cluster, challenge, nonce, proof))
     }
 }
 
@@ -173,6 +193,11 @@ impl Mesh {
     /// The settings this mesh runs with.
     pub fn settings(&self) -> &MeshSettings {
         &self.inner.settings
+    }
+
+    /// The pod's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// Follows the peer sets published by discovery until shutdown.
@@ -800,6 +825,7 @@ mod tests {
             max_message_bytes: 64,
             ready_timeout: Duration::from_secs(1),
             tls: None,
+            secret: None,
         };
         let local = Local::new(Hub::new(), History::new(Default::default()), node);
         let counters = Arc::new(Counters::default());

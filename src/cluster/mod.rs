@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod inbound;
 pub mod link;
 pub mod mesh;
+pub mod secret;
 pub mod wire;
 
 pub use discovery::PeerSet;

@@ -246,6 +246,37 @@ pub async fn read_hello<IO: PeerIo>(
     }
 }
 
+/// Reads the dialler's proof of the cluster secret, the frame after the
+/// hellos; an error when the next frame is anything else.
+pub async fn read_proof<IO: PeerIo>(
+    stream: &mut IO,
+    buf: &mut BytesMut,
+) -> Result<Vec<u8>, DialError> {
+    match read_frame(stream, buf, MAX_HANDSHAKE_BYTES).await? {
+        Some(PeerFrame {
+            kind: Some(peer_frame::Kind::Proof(proof)),
+        }) => Ok(proof.mac),
+        _ => Err(DialError::Refused(Refused::NoProof.to_string())),
+    }
+}
+
+/// Writes one frame, after the handshake's prefaces.
+pub async fn send<IO: PeerIo>(stream: &mut IO, frame: &PeerFrame) -> io::Result<()> {
+    let mut out = BytesMut::with_capacity(frame.encoded_len() + LENGTH_BYTES);
+    encode(frame, &mut out);
+    stream.write_all(&out).await
+}
+
+/// The refusal a peer sent after the handshake, if `buf` holds one.
+pub fn refusal_in(buf: &mut BytesMut) -> Option<String> {
+    match decode(buf, MAX_HANDSHAKE_BYTES) {
+        Ok(Some(PeerFrame {
+            kind: Some(peer_frame::Kind::Refusal(Refusal { reason })),
+        })) => Some(reason),
+        _ => None,
+    }
+}
+
 /// The accepting side's answer: the preface and `frame` (its hello, or a
 /// refusal).
 pub async fn answer<IO: PeerIo>(stream: &mut IO, frame: &PeerFrame) -> io::Result<()> {
