@@ -581,7 +581,7 @@ def test_jwt_auth_is_on_by_default_with_a_generated_secret_mounted_read_only() -
 )
 def test_an_existing_jwt_secret_is_mounted_and_not_generated(name: str, flag: str) -> None:
     objects = render(VALUE_SETS[name])
-    assert "herald-jwt" not in secrets(objects)
+    assert not {"herald-jwt", VALUE_SETS[name]["auth"]["jwt"]["existingSecret"]} & set(secrets(objects))
     args = container(objects)["args"]
     assert [a for a in args if a.startswith(("--jwt-secret-file", "--jwt-public-key-file", "--jwks-file"))] == [flag]
     vols, mounts = volumes(objects)
@@ -637,7 +637,7 @@ def test_a_public_key_needs_an_existing_secret() -> None:
 
 def test_an_existing_api_tokens_secret_is_mounted_and_not_generated() -> None:
     objects = render(VALUE_SETS["apitokens"])
-    assert "herald-api-tokens" not in secrets(objects)
+    assert set(secrets(objects)) == {"herald-jwt", "herald-cluster"}
     assert "--api-tokens-file=/etc/herald/api-tokens/tokens" in container(objects)["args"]
     vols, mounts = volumes(objects)
     assert vols["api-tokens"]["secret"]["secretName"] == "my-api-tokens"
@@ -686,7 +686,7 @@ def test_the_default_render_generates_a_cluster_secret_and_passes_it_to_the_pods
 
 def test_an_existing_cluster_secret_is_mounted_and_not_generated() -> None:
     objects = render(VALUE_SETS["cluster-secret"])
-    assert "herald-cluster" not in secrets(objects)
+    assert set(secrets(objects)) == {"herald-jwt", "herald-api-tokens"}
     assert volumes(objects)[0]["cluster"]["secret"]["secretName"] == "my-cluster-secret"
     assert "--cluster-secret-file=/etc/herald/cluster/shared" in container(objects)["args"]
 
@@ -705,7 +705,7 @@ def test_the_default_render_requires_a_generated_api_token_on_grpc() -> None:
 
 def test_turning_token_generation_off_leaves_the_grpc_api_open_and_says_so() -> None:
     objects = render(VALUE_SETS["apitokens-off"])
-    assert "herald-api-tokens" not in secrets(objects)
+    assert set(secrets(objects)) == {"herald-jwt", "herald-cluster"}
     assert not [a for a in container(objects)["args"] if a.startswith("--api-tokens-file")]
     vols, mounts = volumes(objects)
     assert "api-tokens" not in vols and "api-tokens" not in mounts
