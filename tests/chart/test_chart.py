@@ -818,6 +818,37 @@ def test_the_dev_values_run_two_small_pods_with_the_demo_from_a_loaded_image() -
     assert only(objects, "NetworkPolicy")
 
 
+DOCS = ["README.md", "docs/kubernetes.md", "deploy/README.md", "helm/herald/values-dev.yaml"]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_value_the_docs_set_is_one_the_schema_knows(doc: str) -> None:
+    # A renamed value would otherwise leave install commands that fail.
+    with helm_python.Chart.load(chartlib.CHART_DIR) as chart:
+        schema = chart.schema
+    assert schema is not None
+    text = (chartlib.REPO_ROOT / doc).read_text()
+    keys = re.findall(r"--set ([A-Za-z][A-Za-z0-9.]*)=", text)
+    # In prose, `value=x` too, when it starts at the top (`certManager.enabled=true`
+    # under a TLS heading is relative to tls.peer or tls.grpc).
+    keys += [
+        k
+        for k in re.findall(r"`([a-z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+)=", text)
+        if k.split(".")[0] in schema["properties"]
+    ]
+    unknown = []
+    for key in keys:
+        node = schema
+        for part in key.split("."):
+            node = node.get("properties", {}).get(part)
+            if node is None:
+                unknown.append(key)
+                break
+    assert not unknown, f"{doc} sets values the chart does not have: {unknown}"
+    if doc == "docs/kubernetes.md":
+        assert {"image.repository", "image.tag", "auth.apiTokens.existingSecret"} <= set(keys)
+
+
 def test_client_publish_and_the_edge_limits_follow_the_values() -> None:
     args = container(render())["args"]
     assert "--client-publish" not in args
