@@ -28,10 +28,19 @@ NAMESPACE = "herald"
 KUBE_VERSIONS = ["1.27", "1.30"]
 KUBE_VERSION = KUBE_VERSIONS[0]
 
-# What deploy/ is rendered with: the defaults, except that the JWT secret is
-# one the user creates (deploy/README.md), because the Secret the chart would
-# generate is random and would make every render differ.
-DEPLOY_VALUES: dict[str, Any] = {"auth": {"jwt": {"existingSecret": "herald-jwt"}}}
+# What deploy/ is rendered with: the defaults, except that the JWT secret, the
+# cluster secret and the API tokens are Secrets the user creates
+# (deploy/README.md), with the names the chart would give them, because the
+# Secrets the chart would generate are random and would make every render
+# differ.
+DEPLOY_VALUES: dict[str, Any] = {
+    "cluster": {"secret": {"existingSecret": "herald-cluster"}},
+    "auth": {"jwt": {"existingSecret": "herald-jwt"}, "apiTokens": {"existingSecret": "herald-api-tokens"}},
+}
+
+# The values for a laptop cluster that the chart ships beside values.yaml.
+DEV_VALUES_FILE = CHART_DIR / "values-dev.yaml"
+DEV_VALUES: dict[str, Any] = yaml.safe_load(DEV_VALUES_FILE.read_text())
 
 # The Grafana dashboard the chart ships, and where deploy/ gets a copy of it.
 DASHBOARD = CHART_DIR / "dashboards" / "herald.json"
@@ -43,6 +52,7 @@ ALL_ON: dict[str, Any] = {
     "imagePullSecrets": [{"name": "regcred"}],
     "serviceAccount": {"annotations": {"example.com/role": "herald"}},
     "discovery": {"api": "endpointslices", "peerReadyTimeout": "20s"},
+    "cluster": {"secret": {"existingSecret": "herald-mesh", "key": "cluster-secret"}},
     "limits": {
         "maxMessageBytes": 1048576,
         "maxFrameBytes": 2097152,
@@ -63,6 +73,7 @@ ALL_ON: dict[str, Any] = {
         "apiTokens": {"existingSecret": "herald-api-tokens", "key": "api-tokens"},
         "clientPublish": True,
     },
+    "demo": {"enabled": True},
     "drainWindow": "20s",
     "terminationGracePeriodSeconds": 45,
     "log": {"format": "text", "level": "herald=debug,info"},
@@ -145,14 +156,17 @@ GRPC_TLS_CERT_MANAGER: dict[str, Any] = {
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "hpa": {"autoscaling": {"enabled": True}},
-    "networkpolicy": {"networkPolicy": {"enabled": True}},
+    "no-networkpolicy": {"networkPolicy": {"enabled": False}},
     "endpointslices": {"discovery": {"api": "endpointslices"}},
     "ingress": {"ingress": {"enabled": True}},
     "httproute": {"httpRoute": {"enabled": True, "parentRefs": [{"name": "public"}]}},
     "topologyspread": {"topologySpread": {"enabled": True}},
     "auth-none": {"auth": {"mode": "none"}},
     "auth-publickey": {"auth": {"jwt": {"existingSecret": "idp-keys", "secretKey": "", "publicKeyKey": "key.pem"}}},
-    "apitokens": {"auth": {"apiTokens": {"existingSecret": "herald-api-tokens"}}},
+    "apitokens": {"auth": {"apiTokens": {"existingSecret": "my-api-tokens"}}},
+    "apitokens-off": {"auth": {"apiTokens": {"generate": False}}},
+    "cluster-secret": {"cluster": {"secret": {"existingSecret": "my-cluster-secret", "key": "shared"}}},
+    "demo": {"demo": {"enabled": True}, "auth": {"clientPublish": True}},
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
     "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
     "allowedorigins": {"limits": {"allowedOrigins": ["https://app.example.com"]}},
@@ -161,6 +175,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "grpc-tls-clientcerts": GRPC_TLS_CLIENT_CERTS,
     "grpc-tls-certmanager": GRPC_TLS_CERT_MANAGER,
     "deploy": DEPLOY_VALUES,
+    "dev": DEV_VALUES,
     "all": ALL_ON,
 }
 

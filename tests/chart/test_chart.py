@@ -342,12 +342,38 @@ def test_the_disruption_budget_allows_one_pod_down_by_default() -> None:
 def test_optional_objects_are_off_by_default() -> None:
     kinds = sorted(o["kind"] for o in render(chartlib.DEPLOY_VALUES))
     assert kinds == sorted(
-        ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "Service", "ServiceAccount"]
+        [
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "Service",
+            "ServiceAccount",
+        ]
     )
 
 
+def test_the_network_policy_is_on_by_default_and_can_be_turned_off() -> None:
+    assert only(render(), "NetworkPolicy")["metadata"]["name"] == "herald"
+    assert not [o for o in render(VALUE_SETS["no-networkpolicy"]) if o["kind"] == "NetworkPolicy"]
+
+
+def test_the_network_policy_selects_exactly_the_release_pods(rendered: list[dict[str, Any]]) -> None:
+    # A policy whose podSelector missed the pods would leave the peer port
+    # open while looking right.
+    pod_labels = only(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    for policy in (o for o in rendered if o["kind"] == "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items()
+        ports = {p["name"] for p in container(rendered)["ports"]}
+        named = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+        assert named == ports, "every container port needs a rule, or the policy closes it"
+
+
 def test_the_network_policy_keeps_the_peer_port_for_herald_pods_only() -> None:
-    policy = only(render(VALUE_SETS["networkpolicy"]), "NetworkPolicy")
+    policy = only(render(), "NetworkPolicy")
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
     assert set(rules) == {"peer", "http", "grpc", "admin"}
@@ -495,10 +521,10 @@ def test_notes_explain_how_to_get_a_token_connect_and_publish() -> None:
     assert 'websocat -H "Authorization: Bearer $TOKEN" ws://127.0.0.1:8080/ws' in text
     assert '["herald.v1", "bearer." + token]' in text
     assert '{"op":"subscribe","topic":"room:1","ref":"1"}' in text
-    assert "herald publish --addr http://herald.herald.svc.cluster.local:9090 --topic room:1" in text
+    assert 'herald publish --addr http://herald.herald.svc.cluster.local:9090 --token "$API_TOKEN" --topic room:1' in text
     assert "herald.v1.Publisher/Publish" in text
     assert "user:42" in text
-    assert "the gRPC API is open" in text and "networkPolicy.grpcFrom" in text
+    assert "the gRPC API is open" not in text
 
 
 def test_notes_follow_the_auth_values() -> None:
@@ -510,9 +536,11 @@ def test_notes_follow_the_auth_values() -> None:
     text = notes(VALUE_SETS["auth-publickey"])
     assert "herald token" not in text and "idp-keys" in text
     text = notes(VALUE_SETS["auth-none"])
-    assert "auth is OFF" in text and "websocat ws://127.0.0.1:8080/ws" in text and "Bearer" not in text
+    assert "auth is OFF" in text and "websocat ws://127.0.0.1:8080/ws" in text
+    assert "websocat -H" not in text and "bearer." not in text
     text = notes(VALUE_SETS["apitokens"])
     assert '--token "$API_TOKEN"' in text and "the gRPC API is open" not in text
+    assert "Secret my-api-tokens\n   (key tokens)" in text and "get secret my-api-tokens" not in text
 
 
 def volumes(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -520,6 +548,11 @@ def volumes(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, An
     pod = only(objects, "Deployment")["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0].get("volumeMounts", [])}
     return {v["name"]: v for v in pod.get("volumes", [])}, mounts
+
+
+def secrets(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Secrets the chart generates, by name."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == "Secret"}
 
 
 def test_jwt_auth_is_on_by_default_with_a_generated_secret_mounted_read_only() -> None:
@@ -530,8 +563,7 @@ def test_jwt_auth_is_on_by_default_with_a_generated_secret_mounted_read_only() -
     vols, mounts = volumes(objects)
     assert vols["jwt"]["secret"]["secretName"] == "herald-jwt"
     assert mounts["jwt"] == {"name": "jwt", "mountPath": "/etc/herald/jwt", "readOnly": True}
-    secret = only(objects, "Secret")
-    assert secret["metadata"]["name"] == "herald-jwt"
+    secret = secrets(objects)["herald-jwt"]
     assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     [value] = secret["data"].values()
     assert list(secret["data"]) == ["secret"]
@@ -549,7 +581,7 @@ def test_jwt_auth_is_on_by_default_with_a_generated_secret_mounted_read_only() -
 )
 def test_an_existing_jwt_secret_is_mounted_and_not_generated(name: str, flag: str) -> None:
     objects = render(VALUE_SETS[name])
-    assert not [o for o in objects if o["kind"] == "Secret"]
+    assert not {"herald-jwt", VALUE_SETS[name]["auth"]["jwt"]["existingSecret"]} & set(secrets(objects))
     args = container(objects)["args"]
     assert [a for a in args if a.startswith(("--jwt-secret-file", "--jwt-public-key-file", "--jwks-file"))] == [flag]
     vols, mounts = volumes(objects)
@@ -572,13 +604,16 @@ def test_the_issuer_and_audience_are_checked_when_set() -> None:
     assert not [a for a in container(render())["args"] if a.startswith(("--jwt-issuer", "--jwt-audience"))]
 
 
-def test_auth_none_mounts_no_key_and_generates_no_secret() -> None:
+def test_auth_none_mounts_no_key_and_generates_no_jwt_secret() -> None:
     objects = render(VALUE_SETS["auth-none"])
     args = container(objects)["args"]
     assert "--auth=none" in args
     assert not [a for a in args if a.startswith(("--jwt", "--jwks"))]
-    assert not [o for o in objects if o["kind"] == "Secret"]
-    assert volumes(objects) == ({}, {})
+    assert "herald-jwt" not in secrets(objects)
+    vols, mounts = volumes(objects)
+    assert "jwt" not in vols and "jwt" not in mounts
+    # WebSocket auth is off, but the peer port and the gRPC API stay closed.
+    assert set(secrets(objects)) == {"herald-cluster", "herald-api-tokens"}
 
 
 @pytest.mark.parametrize(
@@ -600,14 +635,218 @@ def test_a_public_key_needs_an_existing_secret() -> None:
         render({"auth": {"jwt": {"secretKey": "", "publicKeyKey": "key.pem"}}})
 
 
-def test_api_tokens_are_mounted_when_their_secret_is_named() -> None:
-    assert not [a for a in container(render())["args"] if a.startswith("--api-tokens-file")]
+def test_an_existing_api_tokens_secret_is_mounted_and_not_generated() -> None:
     objects = render(VALUE_SETS["apitokens"])
+    assert set(secrets(objects)) == {"herald-jwt", "herald-cluster"}
     assert "--api-tokens-file=/etc/herald/api-tokens/tokens" in container(objects)["args"]
+    vols, mounts = volumes(objects)
+    assert vols["api-tokens"]["secret"]["secretName"] == "my-api-tokens"
+    assert mounts["api-tokens"] == {"name": "api-tokens", "mountPath": "/etc/herald/api-tokens", "readOnly": True}
+    objects = render(VALUE_SETS["all"])
+    assert "--api-tokens-file=/etc/herald/api-tokens/api-tokens" in container(objects)["args"]
+    assert volumes(objects)[0]["api-tokens"]["secret"]["secretName"] == "herald-api-tokens"
+    assert not secrets(objects)
+    # An existing Secret wins over generate, which only covers the empty case.
+    objects = render({"auth": {"apiTokens": {"existingSecret": "mine", "generate": False}}})
+    assert "--api-tokens-file=/etc/herald/api-tokens/tokens" in container(objects)["args"]
+    assert volumes(objects)[0]["api-tokens"]["secret"]["secretName"] == "mine"
+
+
+# --- Peers and the gRPC API are closed by default ----------------------------
+
+# Each flag that names a file from a Secret, and the volume it must be in.
+SECRET_FILE_FLAGS = {
+    "--cluster-secret-file": "cluster",
+    "--api-tokens-file": "api-tokens",
+    "--jwt-secret-file": "jwt",
+    "--jwt-public-key-file": "jwt",
+    "--jwks-file": "jwt",
+}
+
+
+def generated_value(secret: dict[str, Any], key: str) -> str:
+    """The decoded value of `key` in a generated Secret, after the checks
+    every generated Secret must pass: kept on uninstall, Opaque, one key."""
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert secret["type"] == "Opaque"
+    assert list(secret["data"]) == [key]
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def test_the_default_render_generates_a_cluster_secret_and_passes_it_to_the_pods() -> None:
+    objects = render()
+    value = generated_value(secrets(objects)["herald-cluster"], "secret")
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", value)
+    vols, mounts = volumes(objects)
+    assert vols["cluster"]["secret"]["secretName"] == "herald-cluster"
+    assert mounts["cluster"] == {"name": "cluster", "mountPath": "/etc/herald/cluster", "readOnly": True}
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith("--cluster-secret-file")] == ["--cluster-secret-file=/etc/herald/cluster/secret"]
+
+
+def test_an_existing_cluster_secret_is_mounted_and_not_generated() -> None:
+    objects = render(VALUE_SETS["cluster-secret"])
+    assert set(secrets(objects)) == {"herald-jwt", "herald-api-tokens"}
+    assert volumes(objects)[0]["cluster"]["secret"]["secretName"] == "my-cluster-secret"
+    assert "--cluster-secret-file=/etc/herald/cluster/shared" in container(objects)["args"]
+
+
+def test_the_default_render_requires_a_generated_api_token_on_grpc() -> None:
+    objects = render()
+    value = generated_value(secrets(objects)["herald-api-tokens"], "tokens")
+    # One plain token on one line: it may publish to every topic.
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", value)
     vols, mounts = volumes(objects)
     assert vols["api-tokens"]["secret"]["secretName"] == "herald-api-tokens"
     assert mounts["api-tokens"] == {"name": "api-tokens", "mountPath": "/etc/herald/api-tokens", "readOnly": True}
-    assert "--api-tokens-file=/etc/herald/api-tokens/api-tokens" in container(render(VALUE_SETS["all"]))["args"]
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith("--api-tokens-file")] == ["--api-tokens-file=/etc/herald/api-tokens/tokens"]
+
+
+def test_turning_token_generation_off_leaves_the_grpc_api_open_and_says_so() -> None:
+    objects = render(VALUE_SETS["apitokens-off"])
+    assert set(secrets(objects)) == {"herald-jwt", "herald-cluster"}
+    assert not [a for a in container(objects)["args"] if a.startswith("--api-tokens-file")]
+    vols, mounts = volumes(objects)
+    assert "api-tokens" not in vols and "api-tokens" not in mounts
+    text = notes(VALUE_SETS["apitokens-off"])
+    assert "WARNING: the gRPC API is open" in text and "networkPolicy.grpcFrom" in text
+    assert "$API_TOKEN" not in text
+    # The peer port stays closed all the same.
+    assert "herald-cluster" in secrets(objects)
+
+
+def test_every_secret_file_flag_points_inside_its_read_only_mount(rendered: list[dict[str, Any]]) -> None:
+    vols, mounts = volumes(rendered)
+    found = set()
+    for arg in container(rendered)["args"]:
+        flag, _, path = arg.partition("=")
+        if flag not in SECRET_FILE_FLAGS:
+            continue
+        volume = SECRET_FILE_FLAGS[flag]
+        found.add(volume)
+        mount = mounts[volume]
+        assert mount["readOnly"] is True and "subPath" not in mount
+        assert path.startswith(mount["mountPath"] + "/"), arg
+        assert "/" not in path.removeprefix(mount["mountPath"] + "/"), arg
+        assert "secret" in vols[volume]
+    assert {"cluster", "api-tokens", "jwt"} & set(mounts) <= found, "a Secret is mounted that no flag reads"
+
+
+def test_generated_secrets_are_named_after_the_release_within_63_characters() -> None:
+    objects = render(name="r" * 60)
+    names = set(secrets(objects))
+    assert len(names) == 3 and all(len(n) <= 63 for n in names)
+    mounted = {v["secret"]["secretName"] for v in volumes(objects)[0].values()}
+    assert mounted == names
+    assert {n.rsplit("-", 1)[1] for n in names} == {"jwt", "cluster", "tokens"}
+
+
+def test_each_generated_secret_reuses_its_own_stored_value_through_lookup() -> None:
+    # NB: rendering offline, `lookup` always finds nothing, so an upgrade
+    # cannot be simulated here: every render makes fresh values. What can
+    # be checked is that each generated Secret takes its value from the one
+    # helper that looks the Secret up, under the very name and key it
+    # renders, and that the helper keeps a stored value over a fresh one.
+    templates = chartlib.CHART_DIR / "templates"
+    for path in sorted(templates.glob("secret-*.yaml")):
+        text = path.read_text()
+        assert "name: {{ $name }}" in text, path.name
+        assert (
+            '{{ $key }}: {{ include "herald.generatedSecretValue" (dict "root" . "name" $name "key" $key) | quote }}'
+            in text
+        ), path.name
+        assert "randAlphaNum" not in text and 'lookup "' not in text, f"{path.name} bypasses the helper"
+    helpers = (templates / "_helpers.tpl").read_text()
+    helper = helpers[helpers.index('{{- define "herald.generatedSecretValue" -}}') :]
+    helper = helper[: helper.index("{{- end }}\n\n")]
+    assert 'lookup "v1" "Secret" .root.Release.Namespace .name' in helper
+    assert "index $existing.data .key" in helper
+    assert helper.index("randAlphaNum 48") < helper.index("lookup"), "the stored value must win"
+    # Two offline renders differ, which is what the lookup is there to stop.
+    assert secrets(render())["herald-cluster"]["data"] != secrets(render())["herald-cluster"]["data"]
+
+
+def test_notes_show_how_to_read_the_generated_api_token_and_publish_with_it() -> None:
+    text = notes()
+    assert (
+        "API_TOKEN=$(kubectl --namespace herald get secret herald-api-tokens -o jsonpath='{.data.tokens}' | base64 -d)"
+    ) in text
+    assert (
+        'herald publish --addr http://herald.herald.svc.cluster.local:9090 --token "$API_TOKEN" --topic room:1'
+    ) in text
+    assert 'exec deploy/herald -- herald publish --token "$API_TOKEN" --topic room:1' in text
+    assert 'grpcurl -plaintext -H "authorization: Bearer $API_TOKEN"' in text
+    assert "`<token> room:*,user:*`" in text
+    assert "cluster secret in Secret\nherald-cluster" in text
+    # A key with a dot must be escaped in the JSONPath.
+    text = notes({"auth": {"apiTokens": {"key": "api.tokens"}}})
+    assert "-o jsonpath='{.data.api\\.tokens}'" in text
+
+
+def test_the_demo_is_off_by_default_and_separate_from_client_publish() -> None:
+    args = container(render())["args"]
+    assert "--demo" not in args
+    assert "/demo" not in notes()
+    args = container(render({"demo": {"enabled": True}}))["args"]
+    assert "--demo" in args and "--client-publish" not in args
+    assert "the page can read but not send" in notes({"demo": {"enabled": True}})
+    args = container(render(VALUE_SETS["demo"]))["args"]
+    assert "--demo" in args and "--client-publish" in args
+    text = notes(VALUE_SETS["demo"])
+    assert "--sub alice --topics '*' --publish '*'" in text
+    assert 'echo "http://127.0.0.1:8080/demo?token=$DEMO_TOKEN"' in text
+    assert "read but not send" not in text
+
+
+def test_the_dev_values_run_two_small_pods_with_the_demo_from_a_loaded_image() -> None:
+    values = VALUE_SETS["dev"]
+    assert values == yaml.safe_load(chartlib.DEV_VALUES_FILE.read_text())
+    objects = render(values)
+    deployment = only(objects, "Deployment")
+    assert 1 <= deployment["spec"]["replicas"] <= 2
+    c = container(objects)
+    assert c["imagePullPolicy"] == "Never"
+    assert {"--demo", "--client-publish"} <= set(c["args"])
+    limit = c["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") and int(limit[:-2]) <= 256
+    [history] = [int(a.split("=")[1]) for a in c["args"] if a.startswith("--history-bytes=")]
+    assert history <= int(limit[:-2]) * 2**20 // 4, "history must leave most of the memory limit to the pod"
+    # Production defaults stay on.
+    assert {"--auth=jwt"} <= set(c["args"])
+    assert {"herald-jwt", "herald-cluster", "herald-api-tokens"} == set(secrets(objects))
+    assert only(objects, "NetworkPolicy")
+
+
+DOCS = ["README.md", "docs/kubernetes.md", "deploy/README.md", "helm/herald/values-dev.yaml"]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_value_the_docs_set_is_one_the_schema_knows(doc: str) -> None:
+    # A renamed value would otherwise leave install commands that fail.
+    with helm_python.Chart.load(chartlib.CHART_DIR) as chart:
+        schema = chart.schema
+    assert schema is not None
+    text = (chartlib.REPO_ROOT / doc).read_text()
+    keys = re.findall(r"--set ([A-Za-z][A-Za-z0-9.]*)=", text)
+    # In prose, `value=x` too, when it starts at the top (`certManager.enabled=true`
+    # under a TLS heading is relative to tls.peer or tls.grpc).
+    keys += [
+        k
+        for k in re.findall(r"`([a-z][A-Za-z]*(?:\.[a-z][A-Za-z]*)+)=", text)
+        if k.split(".")[0] in schema["properties"]
+    ]
+    unknown = []
+    for key in keys:
+        node = schema
+        for part in key.split("."):
+            node = node.get("properties", {}).get(part)
+            if node is None:
+                unknown.append(key)
+                break
+    assert not unknown, f"{doc} sets values the chart does not have: {unknown}"
+    if doc == "docs/kubernetes.md":
+        assert {"image.repository", "image.tag", "auth.apiTokens.existingSecret"} <= set(keys)
 
 
 def test_client_publish_and_the_edge_limits_follow_the_values() -> None:
@@ -663,12 +902,19 @@ def test_the_dashboard_charts_every_herald_metric_and_only_those() -> None:
     assert len(ids) == len(set(ids))
 
 
-def test_deploy_is_rendered_with_a_user_created_jwt_secret() -> None:
+def test_deploy_is_rendered_with_user_created_secrets() -> None:
     deploy = chartlib.REPO_ROOT / "deploy"
     objects = [d for d in yaml.safe_load_all((deploy / "herald.yaml").read_text()) if d]
     assert not [o for o in objects if o["kind"] == "Secret"]
-    assert "--jwt-secret-file=/etc/herald/jwt/secret" in container(objects)["args"]
-    assert "kubectl create secret generic herald-jwt -n herald" in (deploy / "README.md").read_text()
+    args = container(objects)["args"]
+    assert "--jwt-secret-file=/etc/herald/jwt/secret" in args
+    assert "--cluster-secret-file=/etc/herald/cluster/secret" in args
+    assert "--api-tokens-file=/etc/herald/api-tokens/tokens" in args
+    vols, _ = volumes(objects)
+    readme = (deploy / "README.md").read_text()
+    for volume, key in (("jwt", "secret"), ("cluster", "secret"), ("api-tokens", "tokens")):
+        name = vols[volume]["secret"]["secretName"]
+        assert f"kubectl create secret generic {name} -n herald --from-literal={key}=" in readme
     assert (deploy / chartlib.DEPLOY_DASHBOARD).read_bytes() == chartlib.DASHBOARD.read_bytes()
 
 
@@ -692,7 +938,7 @@ def test_tls_is_off_by_default() -> None:
     assert tls_args(objects) == []
     assert not certificates(objects)
     _, mounts = volumes(objects)
-    assert set(mounts) == {"jwt"}
+    assert set(mounts) == {"cluster", "jwt", "api-tokens"}
 
 
 @pytest.mark.parametrize(
@@ -902,7 +1148,7 @@ def test_notes_give_the_https_address_and_the_client_tls_flags() -> None:
     text = notes(VALUE_SETS["grpc-tls-clientcerts"])
     assert (
         "herald publish --addr https://herald.herald.svc.cluster.local:9090 --ca-file herald-ca.crt "
-        "--cert-file client.crt --key-file client.key --topic room:1"
+        '--cert-file client.crt --key-file client.key --token "$API_TOKEN" --topic room:1'
     ) in text
     assert "get secret herald-grpc-certs -o jsonpath='{.data.ca\\.crt}' | base64 -d > herald-ca.crt" in text
     assert "grpcurl -cacert herald-ca.crt -cert client.crt -key client.key" in text
@@ -910,8 +1156,12 @@ def test_notes_give_the_https_address_and_the_client_tls_flags() -> None:
     # Client certificates close the API, so no warning.
     assert "the gRPC API is open" not in text
     text = notes(VALUE_SETS["grpc-tls-certmanager"])
-    assert "herald publish --addr https://herald.herald.svc.cluster.local:9090 --ca-file herald-ca.crt --topic" in text
-    assert "--cert-file" not in text and "the gRPC API is open" in text
+    assert (
+        'herald publish --addr https://herald.herald.svc.cluster.local:9090 --ca-file herald-ca.crt --token "$API_TOKEN" --topic'
+    ) in text
+    assert "--cert-file" not in text and "the gRPC API is open" not in text
+    # The in-pod shortcut dials plain 127.0.0.1, which a TLS API refuses.
+    assert "exec deploy/herald -- herald publish" not in text
     assert "restart the pods" in text
     text = notes(VALUE_SETS["peer-tls-secret"])
     assert "mutual TLS with the certificate in Secret\nherald-peer-certs" in text

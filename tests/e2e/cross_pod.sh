@@ -23,8 +23,11 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --bin herald-bench
+# herald-bench sends no API token, so this release opts out of the generated one; the peer
+# port keeps its cluster secret and NetworkPolicy, which are what this test crosses.
 helm upgrade --install "$RELEASE" ./helm/herald -n "$NAMESPACE" --create-namespace --wait \
-	--set image.repository="$IMAGE_REPOSITORY" --set image.tag="$IMAGE_TAG" --set auth.mode=none
+	--set image.repository="$IMAGE_REPOSITORY" --set image.tag="$IMAGE_TAG" --set auth.mode=none \
+	--set auth.apiTokens.generate=false
 mapfile -t pods < <(kubectl get pods -n "$NAMESPACE" -l app.kubernetes.io/instance="$RELEASE" -o name)
 [ "${#pods[@]}" -ge 2 ] || { echo "e2e: expected at least 2 pods, got ${#pods[@]}" >&2; exit 1; }
 

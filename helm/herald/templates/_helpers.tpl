@@ -49,6 +49,54 @@ auth.jwt.existingSecret, or the "<fullname>-jwt" Secret the chart generates
 {{- end }}
 
 {{/*
+herald.clusterSecretName is the Secret holding the cluster's shared secret,
+which every pod proves it holds in the peer handshake:
+cluster.secret.existingSecret, or the "<fullname>-cluster" Secret the chart
+generates (the fullname is cut to 55 characters so that the suffix fits in
+63).
+*/}}
+{{- define "herald.clusterSecretName" -}}
+{{- if .Values.cluster.secret.existingSecret }}
+{{- .Values.cluster.secret.existingSecret }}
+{{- else }}
+{{- printf "%s-cluster" (include "herald.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.apiTokensSecretName is the Secret holding the gRPC API's bearer
+tokens: auth.apiTokens.existingSecret, or the "<fullname>-api-tokens" Secret
+the chart generates when auth.apiTokens.generate is on (the fullname is cut
+to 52 characters so that the suffix fits in 63). It is empty when neither
+applies, which leaves the gRPC API open.
+*/}}
+{{- define "herald.apiTokensSecretName" -}}
+{{- if .Values.auth.apiTokens.existingSecret }}
+{{- .Values.auth.apiTokens.existingSecret }}
+{{- else if .Values.auth.apiTokens.generate }}
+{{- printf "%s-api-tokens" (include "herald.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.generatedSecretValue is the base64 value of one key of a Secret the
+chart generates, called with (dict "root" $ "name" <Secret> "key" <key>): the
+value already stored in the cluster when the Secret exists (lookup), so that
+upgrades keep it, else a fresh random 48-character one. `helm template` and
+--dry-run cannot look anything up and get a fresh value each time.
+*/}}
+{{- define "herald.generatedSecretValue" -}}
+{{- $value := randAlphaNum 48 | b64enc }}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name }}
+{{- if and $existing $existing.data }}
+{{- with index $existing.data .key }}
+{{- $value = . }}
+{{- end }}
+{{- end }}
+{{- $value }}
+{{- end }}
+
+{{/*
 herald.jwtKeyFlag is the flag and the Secret key for the JWT key material, as
 "<flag>=<key>": --jwt-secret-file, --jwt-public-key-file or --jwks-file,
 whichever of auth.jwt.secretKey, publicKeyKey and jwksKey is set. It fails
@@ -196,6 +244,7 @@ the chart tests.
 {{- $args = append $args (printf "--k8s-api=%s" $v.discovery.api) }}
 {{- $args = append $args "--k8s-peer-port-name=peer" }}
 {{- $args = append $args (printf "--cluster-name=%s" (include "herald.clusterName" .)) }}
+{{- $args = append $args (printf "--cluster-secret-file=/etc/herald/cluster/%s" $v.cluster.secret.key) }}
 {{- $args = append $args (printf "--peer-ready-timeout=%s" $v.discovery.peerReadyTimeout) }}
 {{- $args = append $args (printf "--peer-queue=%d" (int64 $v.discovery.peerQueue)) }}
 {{- $args = append $args (printf "--max-message-bytes=%d" (int64 $v.limits.maxMessageBytes)) }}
@@ -226,11 +275,14 @@ the chart tests.
 {{- $args = append $args (printf "--jwt-audience=%s" .) }}
 {{- end }}
 {{- end }}
-{{- with $v.auth.apiTokens.existingSecret }}
+{{- if include "herald.apiTokensSecretName" . }}
 {{- $args = append $args (printf "--api-tokens-file=/etc/herald/api-tokens/%s" $v.auth.apiTokens.key) }}
 {{- end }}
 {{- if $v.auth.clientPublish }}
 {{- $args = append $args "--client-publish" }}
+{{- end }}
+{{- if $v.demo.enabled }}
+{{- $args = append $args "--demo" }}
 {{- end }}
 {{- if $v.tls.grpc.enabled }}
 {{- $_ := include "herald.tlsSecretName" (dict "root" . "which" "grpc") }}
