@@ -298,6 +298,86 @@ async fn grpc_calls_need_a_token_from_the_api_tokens_file() {
 }
 
 #[tokio::test]
+async fn an_api_token_limited_to_topics_is_denied_every_other_topic_and_the_operator_calls() {
+    let tokens = secret_file("orders-backend-token orders:*, audit\nadmin-backend-token\n");
+    let flag = format!("--api-tokens-file={}", tokens.path.display());
+    let pod = Pod::start(&[&flag]).await;
+    fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {token}").parse().expect("ascii");
+        request.metadata_mut().insert("authorization", value);
+        request
+    }
+    let publish = |topic: &str| PublishRequest {
+        topic: topic.into(),
+        data: b"1".to_vec(),
+        ..PublishRequest::default()
+    };
+    let mut client = pod.publisher().await;
+    let limited = "orders-backend-token";
+    client
+        .publish(with_token(publish("orders:7"), limited))
+        .await
+        .expect("a listed pattern");
+    client
+        .publish(with_token(publish("audit"), limited))
+        .await
+        .expect("a listed name");
+    let denied = client
+        .publish(with_token(publish("room:1"), limited))
+        .await
+        .expect_err("another topic");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    assert!(denied.message().contains("room:1"), "{denied:?}");
+    // A batch with one topic outside the token is refused whole.
+    let batch = herald::proto::v1::PublishBatchRequest {
+        messages: vec![publish("orders:8"), publish("room:1")],
+    };
+    let denied = client
+        .publish_batch(with_token(batch, limited))
+        .await
+        .expect_err("one topic outside");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let history = herald::proto::v1::HistoryRequest {
+        topic: "orders:7".into(),
+        ..Default::default()
+    };
+    let page = client
+        .history(with_token(history, limited))
+        .await
+        .expect("its own topic's history")
+        .into_inner();
+    assert_eq!(
+        page.messages.len(),
+        1,
+        "the refused batch published nothing"
+    );
+    let history = herald::proto::v1::HistoryRequest {
+        topic: "room:1".into(),
+        ..Default::default()
+    };
+    let denied = client
+        .history(with_token(history, limited))
+        .await
+        .expect_err("another topic's history");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    let peers = herald::proto::v1::ListPeersRequest::default();
+    let denied = client
+        .list_peers(with_token(peers, limited))
+        .await
+        .expect_err("an operator call");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    client
+        .list_peers(with_token(peers, "admin-backend-token"))
+        .await
+        .expect("an unlimited token may");
+    client
+        .publish(with_token(publish("room:1"), "admin-backend-token"))
+        .await
+        .expect("an unlimited token publishes anywhere");
+}
+
+#[tokio::test]
 async fn herald_token_mints_a_token_the_server_accepts() {
     let secret = secret_file(&format!("{SECRET}\n"));
     let pod = jwt_pod(&secret, &[]).await;

@@ -5,8 +5,11 @@
 //!
 //! File format: one token per line; surrounding whitespace is ignored, as
 //! are blank lines and lines starting with `#`. A token is 1 to
-//! [`MAX_API_TOKEN_BYTES`] visible ASCII characters (no spaces). An empty
-//! file is valid and refuses every call (with a warning in the log).
+//! [`MAX_API_TOKEN_BYTES`] visible ASCII characters (no spaces). It may be
+//! followed, after spaces, by comma-separated topic patterns (names or
+//! `prefix*`, as in a user token's claims): that token may then publish to
+//! and read only those topics ([`TokenScope`]). An empty file is valid and
+//! refuses every call (with a warning in the log).
 //!
 //! [`ApiTokens::check`] takes the same time whatever the stored tokens hold:
 //! every stored token is compared over a fixed padded length, without an
@@ -23,8 +26,8 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use tokio_util::sync::CancellationToken;
 
-use super::AuthError;
 use super::reload::{self, Fingerprint};
+use super::{AuthError, TopicPatterns};
 
 /// The longest API token accepted, in bytes. Every comparison costs this
 /// many byte operations per stored token.
@@ -52,7 +55,32 @@ struct Padded {
     len: usize,
 }
 
-struct TokenSet(Vec<Padded>);
+/// What a valid API token may do: every topic, or only those its line in
+/// the file lists.
+#[derive(Debug, Clone)]
+pub struct TokenScope {
+    topics: Option<Arc<TopicPatterns>>,
+}
+
+impl TokenScope {
+    /// A token without topic limits.
+    pub fn unlimited() -> Self {
+        Self { topics: None }
+    }
+
+    /// Whether the token may publish to and read `topic`.
+    pub fn allows(&self, topic: &str) -> bool {
+        self.topics.as_ref().is_none_or(|t| t.allows(topic))
+    }
+
+    /// Whether the token is limited to some topics (and so may not use
+    /// the operator calls).
+    pub fn is_limited(&self) -> bool {
+        self.topics.is_some()
+    }
+}
+
+struct TokenSet(Vec<(Padded, TokenScope)>);
 
 impl TokenSet {
     fn parse(contents: &[u8]) -> Result<Self, String> {
@@ -60,10 +88,25 @@ impl TokenSet {
         let mut tokens = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line_no = index + 1;
-            let token = line.trim();
-            if token.is_empty() || token.starts_with('#') {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let (token, patterns) = match line.split_once(char::is_whitespace) {
+                Some((token, rest)) => (token, Some(rest.trim())),
+                None => (line, None),
+            };
+            let scope = match patterns {
+                None => TokenScope::unlimited(),
+                Some(list) => {
+                    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+                    let topics = TopicPatterns::parse(&entries)
+                        .map_err(|e| format!("line {line_no}: topic patterns: {e}"))?;
+                    TokenScope {
+                        topics: Some(Arc::new(topics)),
+                    }
+                }
+            };
             // Errors name the line, never its contents: it is a secret.
             if token.len() > MAX_API_TOKEN_BYTES {
                 return Err(format!(
@@ -83,10 +126,13 @@ impl TokenSet {
             }
             let mut bytes = Box::new([0u8; MAX_API_TOKEN_BYTES]);
             bytes[..token.len()].copy_from_slice(token.as_bytes());
-            tokens.push(Padded {
-                bytes,
-                len: token.len(),
-            });
+            tokens.push((
+                Padded {
+                    bytes,
+                    len: token.len(),
+                },
+                scope,
+            ));
         }
         if tokens.is_empty() {
             tracing::warn!("the API tokens file holds no token; every gRPC call will be refused");
@@ -94,22 +140,26 @@ impl TokenSet {
         Ok(Self(tokens))
     }
 
-    fn contains(&self, presented: &[u8]) -> bool {
+    fn find(&self, presented: &[u8]) -> Option<TokenScope> {
         // Depends only on what the caller sent, which the caller knows.
         if presented.is_empty() || presented.len() > MAX_API_TOKEN_BYTES {
-            return false;
+            return None;
         }
         let mut padded = [0u8; MAX_API_TOKEN_BYTES];
         padded[..presented.len()].copy_from_slice(presented);
-        let mut found = 0u8;
-        for token in &self.0 {
+        // Every token is compared in full; the match's index is kept with
+        // arithmetic, not a branch.
+        let mut found = usize::MAX;
+        for (index, (token, _)) in self.0.iter().enumerate() {
             let mut diff = token.len ^ presented.len();
             for (a, b) in token.bytes.iter().zip(padded.iter()) {
                 diff |= usize::from(a ^ b);
             }
-            found |= u8::from(std::hint::black_box(diff) == 0);
+            let hit = usize::from(std::hint::black_box(diff) == 0);
+            found = hit * index + (1 - hit) * found;
         }
-        std::hint::black_box(found) != 0
+        let found = std::hint::black_box(found);
+        self.0.get(found).map(|(_, scope)| scope.clone())
     }
 }
 
@@ -135,10 +185,10 @@ impl ApiTokens {
         })
     }
 
-    /// Whether `presented` is one of the current tokens, in time that does
-    /// not depend on the stored tokens.
-    pub fn check(&self, presented: &str) -> bool {
-        self.inner.tokens.load().contains(presented.as_bytes())
+    /// What `presented` may do if it is one of the current tokens, in time
+    /// that does not depend on the stored tokens.
+    pub fn check(&self, presented: &str) -> Option<TokenScope> {
+        self.inner.tokens.load().find(presented.as_bytes())
     }
 
     /// How many tokens are currently valid.
@@ -236,15 +286,32 @@ mod tests {
         );
         let tokens = ApiTokens::load(&path).expect("valid file");
         assert_eq!(tokens.len(), 1);
-        assert!(tokens.check(TOKEN_A));
-        assert!(!tokens.check(TOKEN_B), "a commented-out token is not valid");
+        assert!(tokens.check(TOKEN_A).is_some());
+        assert!(
+            tokens.check(TOKEN_B).is_none(),
+            "a commented-out token is not valid"
+        );
+    }
+
+    #[test]
+    fn a_token_followed_by_patterns_is_limited_to_those_topics() {
+        let set = TokenSet::parse(format!("{TOKEN_A} orders:*,audit\n{TOKEN_B}\n").as_bytes())
+            .expect("valid");
+        let limited = set.find(TOKEN_A.as_bytes()).expect("a token");
+        assert!(limited.is_limited());
+        assert!(limited.allows("orders:1") && limited.allows("audit"));
+        assert!(!limited.allows("room:1") && !limited.allows("auditor"));
+        let unlimited = set.find(TOKEN_B.as_bytes()).expect("a token");
+        assert!(!unlimited.is_limited() && unlimited.allows("room:1"));
+        let bad = TokenSet::parse(format!("{TOKEN_A} room 1\n").as_bytes());
+        assert!(bad.is_err_and(|e| e.contains("line 1: topic patterns")));
     }
 
     #[test]
     fn only_exact_tokens_pass() {
         let set = TokenSet::parse(format!("{TOKEN_A}\n{TOKEN_B}\n").as_bytes()).expect("valid");
-        assert!(set.contains(TOKEN_A.as_bytes()));
-        assert!(set.contains(TOKEN_B.as_bytes()));
+        assert!(set.find(TOKEN_A.as_bytes()).is_some());
+        assert!(set.find(TOKEN_B.as_bytes()).is_some());
         for wrong in [
             "",
             "tok_",
@@ -253,7 +320,7 @@ mod tests {
             &format!("{TOKEN_A}\0"),
             &"a".repeat(MAX_API_TOKEN_BYTES + 1),
         ] {
-            assert!(!set.contains(wrong.as_bytes()), "{wrong:?}");
+            assert!(set.find(wrong.as_bytes()).is_none(), "{wrong:?}");
         }
     }
 
@@ -261,7 +328,7 @@ mod tests {
     fn a_token_of_the_maximum_length_works() {
         let longest = "x".repeat(MAX_API_TOKEN_BYTES);
         let set = TokenSet::parse(longest.as_bytes()).expect("valid");
-        assert!(set.contains(longest.as_bytes()));
+        assert!(set.find(longest.as_bytes()).is_some());
     }
 
     #[test]
@@ -270,8 +337,8 @@ mod tests {
         let path = write(dir.path(), "tokens", "# nothing yet\n\n");
         let tokens = ApiTokens::load(&path).expect("valid file");
         assert!(tokens.is_empty());
-        assert!(!tokens.check(TOKEN_A));
-        assert!(!tokens.check(""));
+        assert!(tokens.check(TOKEN_A).is_none());
+        assert!(tokens.check("").is_none());
     }
 
     #[test]
@@ -314,7 +381,7 @@ mod tests {
         let time = |probe: &[u8]| {
             let start = Instant::now();
             for _ in 0..20_000 {
-                assert!(!set.contains(std::hint::black_box(probe)));
+                assert!(set.find(std::hint::black_box(probe)).is_none());
             }
             start.elapsed()
         };
@@ -336,14 +403,14 @@ mod tests {
         );
 
         write(dir.path(), "tokens", &format!("{TOKEN_A}\n{TOKEN_B}\n"));
-        reload::wait_until(|| tokens.check(TOKEN_B)).await;
+        reload::wait_until(|| tokens.check(TOKEN_B).is_some()).await;
         write(dir.path(), "tokens", &format!("{TOKEN_B}\n"));
-        reload::wait_until(|| !tokens.check(TOKEN_A)).await;
+        reload::wait_until(|| tokens.check(TOKEN_A).is_none()).await;
 
         write(dir.path(), "tokens", "not a token\n");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
-            tokens.check(TOKEN_B),
+            tokens.check(TOKEN_B).is_some(),
             "an invalid file keeps the current tokens"
         );
 

@@ -41,7 +41,7 @@ pub mod jwt;
 pub mod patterns;
 pub(crate) mod reload;
 
-pub use api_tokens::{ApiTokens, MAX_API_TOKEN_BYTES, bearer, parse_bearer};
+pub use api_tokens::{ApiTokens, MAX_API_TOKEN_BYTES, TokenScope, bearer, parse_bearer};
 pub use error::AuthError;
 pub use extract::{
     BEARER_PROTOCOL_PREFIX, SUBPROTOCOL, Token, TokenSource, offers_subprotocol, token_from_upgrade,

@@ -4,8 +4,10 @@
 //! With `--api-tokens-file`, every `herald.v1.Publisher` call must carry
 //! `authorization: Bearer <token>` with a token from that file: a missing
 //! one is `UNAUTHENTICATED` ("missing bearer token"), an unknown one
-//! `UNAUTHENTICATED` ("unknown API token"). Health and reflection stay open
-//! for probes and tooling.
+//! `UNAUTHENTICATED` ("unknown API token"). A token limited to some topics
+//! gets `PERMISSION_DENIED` for a call on any other (a batch is refused
+//! whole) and for `ListPeers`. Health and reflection stay open for probes
+//! and tooling.
 
 pub mod publisher;
 
@@ -14,8 +16,8 @@ use std::sync::Arc;
 use tonic::service::Routes;
 use tonic::{Request, Status};
 
-use crate::auth::ApiTokens;
 use crate::auth::api_tokens::parse_bearer;
+use crate::auth::{ApiTokens, TokenScope};
 use crate::cluster::Mesh;
 use crate::local::Local;
 use crate::proto;
@@ -28,8 +30,8 @@ use crate::stats::{self, Counters};
 #[error("building gRPC reflection: {0}")]
 pub struct ReflectionError(#[from] tonic_reflection::server::Error);
 
-/// Checks one call's bearer token against `tokens`.
-fn authenticate(request: &Request<()>, tokens: &ApiTokens) -> Result<(), Status> {
+/// Checks one call's bearer token against `tokens`; what it may do.
+fn authenticate(request: &Request<()>, tokens: &ApiTokens) -> Result<TokenScope, Status> {
     let presented = request
         .metadata()
         .get("authorization")
@@ -39,8 +41,9 @@ fn authenticate(request: &Request<()>, tokens: &ApiTokens) -> Result<(), Status>
         None => Err(Status::unauthenticated(
             "missing bearer token: send the metadata authorization: Bearer <token>",
         )),
-        Some(token) if tokens.check(token) => Ok(()),
-        Some(_) => Err(Status::unauthenticated("unknown API token")),
+        Some(token) => tokens
+            .check(token)
+            .ok_or_else(|| Status::unauthenticated("unknown API token")),
     }
 }
 
@@ -63,12 +66,17 @@ pub async fn routes(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let service = publisher::PublisherService::new(publisher, local, mesh);
-    let api = PublisherServer::with_interceptor(service, move |request: Request<()>| {
-        if let Some(tokens) = &tokens
-            && let Err(status) = authenticate(&request, tokens)
-        {
-            stats::add(&counters.refused.api_unauthenticated, 1);
-            return Err(status);
+    let api = PublisherServer::with_interceptor(service, move |mut request: Request<()>| {
+        if let Some(tokens) = &tokens {
+            match authenticate(&request, tokens) {
+                Ok(scope) => {
+                    request.extensions_mut().insert(scope);
+                }
+                Err(status) => {
+                    stats::add(&counters.refused.api_unauthenticated, 1);
+                    return Err(status);
+                }
+            }
         }
         Ok(request)
     });

@@ -4,6 +4,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::TokenScope;
 use crate::cluster::Mesh;
 use crate::history::BadPosition;
 use crate::local::{Local, Receipt};
@@ -101,6 +102,23 @@ impl From<BadPosition> for Status {
     }
 }
 
+/// Refuses a call whose API token (when the gRPC API takes tokens) does not
+/// allow every one of `topics`.
+fn allowed<'a, T>(
+    request: &Request<T>,
+    topics: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Status> {
+    let Some(scope) = request.extensions().get::<TokenScope>() else {
+        return Ok(());
+    };
+    match topics.into_iter().find(|topic| !scope.allows(topic)) {
+        Some(topic) => Err(Status::permission_denied(format!(
+            "this API token may not use topic {topic:?}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 #[tonic::async_trait]
 impl PublisherApi for PublisherService {
     async fn publish(
@@ -108,6 +126,7 @@ impl PublisherApi for PublisherService {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let span = trace::publish_span(&caller_trace(request.metadata()), false);
+        allowed(&request, [request.get_ref().topic.as_str()])?;
         let PublishRequest {
             topic,
             data,
@@ -128,6 +147,8 @@ impl PublisherApi for PublisherService {
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
         let span = trace::publish_span(&caller_trace(request.metadata()), true);
+        let topics = request.get_ref().messages.iter().map(|m| m.topic.as_str());
+        allowed(&request, topics)?;
         let PublishBatchRequest { messages } = request.into_inner();
         let batch = messages.iter().map(|m| publish::Request {
             topic: &m.topic,
@@ -143,6 +164,7 @@ impl PublisherApi for PublisherService {
         &self,
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
+        allowed(&request, [request.get_ref().topic.as_str()])?;
         let HistoryRequest {
             topic,
             limit,
@@ -179,8 +201,17 @@ impl PublisherApi for PublisherService {
 
     async fn list_peers(
         &self,
-        _: Request<ListPeersRequest>,
+        request: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersResponse>, Status> {
+        if request
+            .extensions()
+            .get::<TokenScope>()
+            .is_some_and(TokenScope::is_limited)
+        {
+            return Err(Status::permission_denied(
+                "ListPeers needs an API token without topic limits",
+            ));
+        }
         let settings = self.mesh.settings();
         let peers = self
             .mesh
