@@ -49,7 +49,33 @@ fn unix_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-fn spawn(i: usize) -> Child {
+/// A pod process, killed if the run ends early (a panic), so no pod of a
+/// failed run outlives it and holds the ports of the next.
+struct Pod(Child);
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for Pod {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pod {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(i: usize) -> Pod {
     let ip = IPS[i];
     let peers: Vec<String> = IPS.iter().map(|ip| format!("{ip}:{PEER}")).collect();
     let log =
@@ -67,6 +93,7 @@ fn spawn(i: usize) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Pod)
         .expect("herald starts")
 }
 
@@ -305,7 +332,7 @@ fn main() {
 }
 
 async fn run() {
-    let mut pods: Vec<Child> = (0..3).map(spawn).collect();
+    let mut pods: Vec<Pod> = (0..3).map(spawn).collect();
     for i in 0..3 {
         ready(i).await;
     }
@@ -548,7 +575,7 @@ async fn publish(pod: usize, topic: &str, count: u64, rate: u64, stop: watch::Re
 }
 
 /// Peak resident memory of a process, in MiB.
-fn peak_mib(pod: &Child) -> f64 {
+fn peak_mib(pod: &Pod) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", pod.id())).unwrap_or_default();
     let kib: f64 = status
         .lines()
@@ -568,7 +595,7 @@ async fn storm() {
     // The survivors first: one of them numbers the storm's topic from its
     // first message on (the sequencer sticks to the pod that numbered the
     // last message), so killing pod 1 does not start a new epoch.
-    let mut pods: Vec<Option<Child>> = vec![None, Some(spawn(1)), Some(spawn(2))];
+    let mut pods: Vec<Option<Pod>> = vec![None, Some(spawn(1)), Some(spawn(2))];
     ready(1).await;
     ready(2).await;
     let (_never, quiet) = watch::channel(false);
