@@ -402,7 +402,7 @@ fn load_auth(
                 jwks_file: auth.jwks_file.clone(),
                 issuer: auth.jwt_issuer.clone(),
                 audience: auth.jwt_audience.clone(),
-                ..JwtSettings::default()
+                leeway: auth.jwt_leeway,
             })?;
             tracker.spawn(verifier.clone().watch(stop.clone()));
             Some(verifier)

@@ -215,6 +215,11 @@ pub struct AuthArgs {
     /// Required `aud` of user tokens.
     #[arg(long, env = "HERALD_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// How long past `exp` (and before `nbf`) a user token is still
+    /// accepted, for clocks that differ; a connection closes (4001) this
+    /// long after its token's `exp` unless it sent a `refresh`.
+    #[arg(long, env = "HERALD_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
     /// Bearer tokens accepted on the gRPC API, one per line; re-read when
     /// the file changes. Unset: the gRPC API is open.
     #[arg(long, env = "HERALD_API_TOKENS_FILE")]

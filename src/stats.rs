@@ -18,6 +18,8 @@ pub struct ClosedBy {
     pub shutdown: AtomicU64,
     /// The client stayed silent through two heartbeats.
     pub heartbeat_timeout: AtomicU64,
+    /// Its token expired without a `refresh` (close code 4001).
+    pub token_expired: AtomicU64,
 }
 
 /// Requests refused at the edge, one counter per reason.
@@ -41,11 +43,14 @@ pub struct Refusals {
     pub too_many_subscriptions: AtomicU64,
     /// gRPC calls without a valid API token (`UNAUTHENTICATED`).
     pub api_unauthenticated: AtomicU64,
+    /// `refresh` requests with a token that is not valid or for another
+    /// user (`invalid_token`).
+    pub invalid_token: AtomicU64,
 }
 
 impl Refusals {
     /// Every reason with its label and count.
-    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
         [
             ("unauthorized", read(&self.unauthorized)),
             ("origin", read(&self.origin)),
@@ -56,6 +61,7 @@ impl Refusals {
             ("rate_limited", read(&self.rate_limited)),
             ("too_many_subscriptions", read(&self.too_many_subscriptions)),
             ("api_unauthenticated", read(&self.api_unauthenticated)),
+            ("invalid_token", read(&self.invalid_token)),
         ]
     }
 }
@@ -105,13 +111,14 @@ pub fn read(counter: &AtomicU64) -> u64 {
 
 impl ClosedBy {
     /// Every reason with its label and count.
-    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
         [
             ("client", read(&self.client)),
             ("too_big", read(&self.too_big)),
             ("slow", read(&self.slow)),
             ("shutdown", read(&self.shutdown)),
             ("heartbeat_timeout", read(&self.heartbeat_timeout)),
+            ("token_expired", read(&self.token_expired)),
         ]
     }
 

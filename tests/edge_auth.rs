@@ -377,6 +377,86 @@ async fn an_api_token_limited_to_topics_is_denied_every_other_topic_and_the_oper
         .expect("an unlimited token publishes anywhere");
 }
 
+/// A user connected with a token that expires `ttl` seconds from now, on
+/// a pod that allows no leeway past `exp`.
+async fn expiring_user(pod: &Pod, topics: &[&str], ttl: i64) -> User {
+    let mut short = claims("42", topics);
+    short["exp"] = json!(now() + ttl);
+    let bearer = format!("Bearer {}", sign(&short, SECRET));
+    let (user, _) = User::try_connect(&pod.ws_url(), &[("authorization", &bearer)])
+        .await
+        .expect("a valid token");
+    user
+}
+
+#[tokio::test]
+async fn a_connection_is_told_before_its_token_expires_and_closed_with_4001_when_it_does() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &["--jwt-leeway=0s"]).await;
+    let mut user = expiring_user(&pod, &["room:*"], 3).await;
+    user.subscribe("room:1").await;
+    let notice = user.next().await;
+    assert_eq!(notice["op"], "expiring", "{notice}");
+    let exp = notice["exp"].as_i64().expect("exp");
+    assert!((now()..=now() + 3).contains(&exp), "{notice}");
+    assert_eq!(user.ending().await, common::user::Ending::Close(4001));
+    let closed = r#"herald_connections_closed_total{reason="token_expired"}"#;
+    let (_, metrics) = common::process::http_get(pod.http, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(common::process::sample(&metrics, closed), 1.0);
+}
+
+#[tokio::test]
+async fn a_refresh_keeps_the_connection_and_leaves_the_topics_the_new_token_no_longer_allows() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &["--jwt-leeway=0s"]).await;
+    let mut user = expiring_user(&pod, &["room:*", "news"], 3).await;
+    user.subscribe("room:1").await;
+    user.subscribe("news").await;
+
+    let refresh = |token: String| json!({"op": "refresh", "token": token, "ref": "r"});
+    let mut other = claims("7", &["room:*"]);
+    other["exp"] = json!(now() + 600);
+    let reply = user.request(refresh(sign(&other, SECRET))).await;
+    assert_eq!(
+        reply["error"]["code"], "invalid_token",
+        "another user: {reply}"
+    );
+    let mut stale = claims("42", &["room:*"]);
+    stale["exp"] = json!(now() - 10);
+    let reply = user.request(refresh(sign(&stale, SECRET))).await;
+    assert_eq!(reply["error"]["code"], "invalid_token", "expired: {reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{reply}"
+    );
+    let reply = user
+        .request(refresh(sign(&claims("42", &[]), "forged")))
+        .await;
+    assert_eq!(reply["error"]["code"], "invalid_token", "forged: {reply}");
+
+    let fresh = claims("42", &["room:*"]);
+    let left = user.request(refresh(sign(&fresh, SECRET))).await;
+    assert_eq!(
+        left,
+        json!({"op": "unsubscribed", "topic": "news", "reason": "forbidden"})
+    );
+    let reply = user.next().await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["exp"], fresh["exp"], "{reply}");
+
+    // Past the first token's expiry: still connected, still on room:1,
+    // no longer on news.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    pod.publish("news", r#""gone""#).await;
+    pod.publish("room:1", r#""still here""#).await;
+    assert_eq!(user.message("room:1").await, json!("still here"));
+    user.still_usable().await;
+}
+
 #[tokio::test]
 async fn herald_token_mints_a_token_the_server_accepts() {
     let secret = secret_file(&format!("{SECRET}\n"));

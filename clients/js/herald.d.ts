@@ -104,6 +104,8 @@ export declare class Subscription<T = unknown> {
   readonly ready: Promise<Position>;
   on(event: "resume", listener: (resume: Resume) => void): () => void;
   on(event: "gap", listener: (gap: Position) => void): () => void;
+  /** A refreshed token no longer allows this topic: the subscription has ended. */
+  on(event: "unsubscribed", listener: (info: { reason: string }) => void): () => void;
   on(event: "error", listener: (error: HeraldError) => void): () => void;
   off(event: string, listener: (...args: any[]) => void): void;
   unsubscribe(): void;
@@ -119,5 +121,7 @@ export declare class Herald {
   subscribe<T = unknown>(topic: string, handler: (message: Message<T>) => void, options?: { since?: Position }): Subscription<T>;
   publish(topic: string, data: unknown): Promise<Receipt>;
   history<T = unknown>(topic: string, options?: { limit?: number; since?: Position }): Promise<History<T>>;
+  /** Sends a fresh token (`token`, or one from `getToken`) so the connection outlives the current one; done by itself when the server says the token expires soon. */
+  refresh(token?: string): Promise<{ exp: number }>;
   close(): void;
 }

@@ -238,6 +238,18 @@ export class Herald extends Emitter {
     sub.active = false;
   }
 
+  /**
+   * Sends a fresh token for the open connection (`token`, or one from
+   * `getToken`), so it outlives the current one; resolves with `{ exp }`,
+   * when the connection would now close (Unix seconds). The client does this
+   * by itself when the server says the token is expiring.
+   */
+  async refresh(token) {
+    const fresh = token ?? (this.#options.getToken ? await this.#options.getToken() : this.#options.token);
+    const reply = await this.#request({ op: "refresh", token: fresh });
+    return { exp: reply.exp };
+  }
+
   #setState(state, reason) {
     if (state === this.#state && reason === undefined) return;
     this.#state = state;
@@ -435,6 +447,21 @@ export class Herald extends Emitter {
         case "gap":
           this.#subs.get(frame.topic)?.gap(frame);
           break;
+        case "expiring":
+          // The server closes with 4001 at frame.exp unless a fresh token
+          // comes first; with a fixed `token` there is none to send.
+          if (this.#options.getToken) this.refresh().catch((error) => this.emit("error", error));
+          break;
+        case "unsubscribed": {
+          // A refreshed token no longer allows the topic.
+          const sub = this.#subs.get(frame.topic);
+          if (sub) {
+            this.#subs.delete(frame.topic);
+            sub.active = false;
+            sub.emit("unsubscribed", { reason: frame.reason });
+          }
+          break;
+        }
         case "reply":
         case "pong":
           this.#answer(frame);

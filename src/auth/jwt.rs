@@ -508,6 +508,12 @@ impl Verifier {
         })
     }
 
+    /// How long past `exp` a token is still accepted (for clocks that
+    /// differ between the issuer and the pod).
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.inner.rules.leeway_secs)
+    }
+
     /// Checks `token` and returns who it belongs to. Never panics and never
     /// blocks; safe to call with anything a client sends.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {

@@ -92,6 +92,11 @@ impl Membership {
         pending.record_own(&self.sender, self.sender.push(items));
     }
 
+    /// The topics subscribed.
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.iter()
+    }
+
     /// The number of topics subscribed.
     pub fn len(&self) -> usize {
         self.topics.len()

@@ -248,6 +248,7 @@ pub async fn upgrade(
             membership,
             local: gateway.local.clone(),
             identity,
+            verifier: gateway.verifier.clone(),
             publishing,
             counters,
         };

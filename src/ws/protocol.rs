@@ -46,6 +46,9 @@ pub enum ErrorCode {
     /// The topic's sequencer did not confirm a client publish in time: it
     /// may or may not have been published.
     Unavailable,
+    /// A `refresh` whose token is not valid (the message says why), is for
+    /// another user, or is sent to a server without token auth.
+    InvalidToken,
 }
 
 /// Most messages one `history` request may ask for.
@@ -80,6 +83,8 @@ pub enum Op<'a> {
         /// The JSON value to publish, as the client wrote it.
         data: &'a RawValue,
     },
+    /// Replace the connection's token with a fresh one before it expires.
+    Refresh(Cow<'a, str>),
 }
 
 /// A request that could not be understood, with what to reply.
@@ -102,12 +107,17 @@ pub struct Request<'a> {
     pub op: Op<'a>,
 }
 
+// NB: the fields whose type a client may get wrong are read as raw JSON
+// first, so a request with a field of the wrong type still has its `ref`
+// echoed in the error reply.
 #[derive(Deserialize)]
 struct RawRequest<'a> {
     #[serde(borrow)]
-    op: Option<Cow<'a, str>>,
+    op: Option<&'a RawValue>,
     #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
+    topic: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
@@ -161,12 +171,22 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
         code,
         message,
     };
+    let string =
+        |field: Option<&'_ RawValue>, name: &str| -> Result<Option<Cow<'_, str>>, Rejection<'_>> {
+            field
+                .map(|value| serde_json::from_str::<Cow<'_, str>>(value.get()))
+                .transpose()
+                .map_err(|_| {
+                    reject(
+                        ErrorCode::MissingField,
+                        format!("`{name}` must be a string"),
+                    )
+                })
+        };
     let topic = || -> Result<Topic, Rejection<'_>> {
-        let name = raw
-            .topic
-            .as_deref()
+        let name = string(raw.topic, "topic")?
             .ok_or_else(|| reject(ErrorCode::MissingField, "`topic` is required".into()))?;
-        Topic::new(name).map_err(|e| reject(ErrorCode::InvalidTopic, e.to_string()))
+        Topic::new(&name).map_err(|e| reject(ErrorCode::InvalidTopic, e.to_string()))
     };
     let since = || -> Result<Option<Position>, Rejection<'_>> {
         raw.since
@@ -174,7 +194,8 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
             .transpose()
             .map_err(|message| reject(ErrorCode::InvalidPosition, message))
     };
-    let op = match raw.op.as_deref() {
+    let op = string(raw.op, "op")?;
+    let op = match op.as_deref() {
         Some("subscribe") => Op::Subscribe(topic()?, since()?),
         Some("history") => {
             let topic = topic()?;
@@ -206,11 +227,15 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
                 .ok_or_else(|| reject(ErrorCode::MissingField, "`data` is required".into()))?;
             Op::Publish { topic, data }
         }
+        Some("refresh") => Op::Refresh(
+            string(raw.token, "token")?
+                .ok_or_else(|| reject(ErrorCode::MissingField, "`token` is required".into()))?,
+        ),
         Some(other) => {
             return Err(reject(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {other:?}; expected subscribe, unsubscribe, history, publish or ping"
+                    "unknown op {other:?}; expected subscribe, unsubscribe, history, publish, refresh or ping"
                 ),
             ));
         }
@@ -249,6 +274,9 @@ struct Reply<'a> {
     messages: Option<Vec<&'a RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ReplyError<'a>>,
+    /// When the connection's token expires (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
 }
 
 impl<'a> Reply<'a> {
@@ -263,6 +291,7 @@ impl<'a> Reply<'a> {
             recovered: None,
             messages: None,
             error: None,
+            exp: None,
         }
     }
 
@@ -346,6 +375,32 @@ pub fn history(
     })
 }
 
+/// `{"op":"reply","ref":R,"ok":true,"exp":T}`: the connection's token was
+/// replaced by one that expires at `T` (Unix seconds).
+pub fn refreshed(reference: Option<&RawValue>, exp: u64) -> String {
+    encode(&Reply {
+        exp: Some(exp),
+        ..Reply::ok(reference)
+    })
+}
+
+/// `{"op":"expiring","exp":T}`: the connection's token expires at `T` (Unix
+/// seconds) and the connection closes then (code 4001) unless the client
+/// sends a `refresh` first.
+pub fn expiring(exp: u64) -> String {
+    encode(&Reply {
+        exp: Some(exp),
+        ..Reply::new("expiring", None)
+    })
+}
+
+/// `{"op":"unsubscribed","topic":T,"reason":"forbidden"}`: a refreshed token
+/// no longer allows `topic`, so the connection no longer receives it.
+pub fn unsubscribed(topic: &Topic) -> String {
+    serde_json::json!({"op": "unsubscribed", "topic": topic.as_str(), "reason": "forbidden"})
+        .to_string()
+}
+
 /// `{"op":"pong","ref":R}`.
 pub fn pong(reference: Option<&RawValue>) -> String {
     encode(&Reply::new("pong", reference))
@@ -375,6 +430,30 @@ mod tests {
         assert!(
             matches!(publish.op, Op::Publish { topic, data } if topic.as_str() == "t" && data.get() == r#"{"a": [1, 2]}"#)
         );
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_is_refused_with_the_ref_kept() {
+        for line in [
+            r#"{"op":"subscribe","topic":7,"ref":"a"}"#,
+            r#"{"op":["subscribe"],"topic":"t","ref":"a"}"#,
+            r#"{"op":"refresh","token":false,"ref":"a"}"#,
+        ] {
+            let rejected = parse(line).expect_err("wrong type");
+            assert_eq!(rejected.code, ErrorCode::MissingField, "{line}");
+            assert_eq!(
+                rejected.reference.map(RawValue::get),
+                Some(r#""a""#),
+                "{line}"
+            );
+            assert!(
+                rejected.message.contains("must be a string"),
+                "{}",
+                rejected.message
+            );
+        }
+        let refresh = parse(r#"{"op":"refresh","token":"a.b.c"}"#).expect("valid");
+        assert!(matches!(refresh.op, Op::Refresh(token) if token == "a.b.c"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Answering what a client sends: subscribe (with or without `since`),
-//! unsubscribe, history, ping and (when allowed) publish, each checked
-//! against the connection's limits and its user's token.
+//! unsubscribe, history, ping, refresh (a fresh token) and (when allowed)
+//! publish, each checked against the connection's limits and its user's
+//! token.
 //!
 //! Every reply goes into the session's own queue, in request order, among
 //! the messages queued for it: a subscribe's reply is queued under the
@@ -13,7 +14,7 @@ use std::time::Instant;
 use axum::extract::ws::Message;
 
 use super::protocol::{self, ErrorCode, Op, Request};
-use crate::auth::Identity;
+use crate::auth::{Identity, Verifier};
 use crate::hub::{Membership, Outgoing, Pending};
 use crate::limit::TokenBucket;
 use crate::local::{Local, SubscribeError};
@@ -36,6 +37,8 @@ pub struct Requests {
     pub local: Local,
     /// Its user, when authentication is on.
     pub identity: Option<Identity>,
+    /// Checks the tokens `refresh` brings, when authentication is on.
+    pub verifier: Option<Verifier>,
     /// Client publish, when enabled.
     pub publishing: Option<Publishing>,
     /// Where refusals are counted.
@@ -70,6 +73,23 @@ impl Requests {
                 )),
             }
         }
+    }
+
+    /// Tells the client its token expires at `at` (the `expiring` event).
+    pub fn tell_expiring(&self, at: std::time::SystemTime) {
+        self.reply(protocol::expiring(unix_seconds(at)));
+    }
+
+    /// When the connection's token stops being accepted (its `exp` plus
+    /// the verifier's leeway), when authentication is on: the connection
+    /// closes then unless it refreshed.
+    pub fn expiry(&self) -> Option<std::time::SystemTime> {
+        let leeway = self
+            .verifier
+            .as_ref()
+            .map(Verifier::leeway)
+            .unwrap_or_default();
+        self.identity.as_ref().map(|id| id.expires_at + leeway)
     }
 
     /// One step of catching up on the topics the connection fell behind on
@@ -152,8 +172,45 @@ impl Requests {
             }
             Op::Ping => protocol::pong(reference),
             Op::Publish { topic, data } => self.publish(reference, topic, data).await,
+            Op::Refresh(token) => self.refresh(reference, &token),
         };
         self.reply(reply);
+    }
+
+    /// Replaces the connection's token with `token` after the checks of an
+    /// upgrade, for the same user; the topics it no longer allows are left
+    /// (each with an `unsubscribed` event, before the reply).
+    fn refresh(&mut self, reference: Option<&serde_json::value::RawValue>, token: &str) -> String {
+        let refused = &self.counters.refused;
+        let (Some(verifier), Some(current)) = (&self.verifier, &self.identity) else {
+            let message = "this server does not use tokens (--auth none)";
+            return protocol::error(reference, ErrorCode::InvalidToken, message);
+        };
+        let fresh = match verifier.verify(token) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                stats::add(&refused.invalid_token, 1);
+                return protocol::error(reference, ErrorCode::InvalidToken, &e.to_string());
+            }
+        };
+        if fresh.sub != current.sub {
+            stats::add(&refused.invalid_token, 1);
+            let message = "the token is for another user; a connection keeps its user";
+            return protocol::error(reference, ErrorCode::InvalidToken, message);
+        }
+        let lost: Vec<_> = self
+            .membership
+            .topics()
+            .filter(|topic| !fresh.may_subscribe(topic.as_str()))
+            .cloned()
+            .collect();
+        for topic in &lost {
+            self.membership.unsubscribe(topic);
+            self.reply(protocol::unsubscribed(topic));
+        }
+        self.identity = Some(fresh);
+        let closes = self.expiry().map_or(0, unix_seconds);
+        protocol::refreshed(reference, closes)
     }
 
     async fn publish(
@@ -194,4 +251,10 @@ impl Requests {
             Err(e) => protocol::error(reference, ErrorCode::InvalidData, &e.to_string()),
         }
     }
+}
+
+/// `at` as whole seconds since the Unix epoch (0 before it).
+pub fn unix_seconds(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -30,7 +30,10 @@
 //! - the pod drains (SIGTERM): close code 1012 (reconnect elsewhere), at a
 //!   moment drawn at random within the drain window, so a pod's users do
 //!   not all reconnect in the same second;
-//! - nothing received for two heartbeat intervals: the socket is dropped.
+//! - nothing received for two heartbeat intervals: the socket is dropped;
+//! - its token expired without a `refresh`: close code 4001. A minute
+//!   before (or half the token's remaining lifetime, if shorter) the
+//!   client gets an `expiring` event saying when.
 
 use std::time::Duration;
 
@@ -64,7 +67,13 @@ pub mod close_code {
     pub const SERVICE_RESTART: u16 = 1012;
     /// The client did not keep up with its messages: try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection's token expired: reconnect with a fresh one.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
+
+/// How long before its token expires a connection is told (at most; half
+/// the remaining lifetime when that is shorter).
+const EXPIRY_NOTICE: Duration = Duration::from_secs(60);
 
 /// Per-connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +106,8 @@ pub enum End {
     Shutdown,
     /// The client sent nothing for two heartbeat intervals.
     HeartbeatTimeout,
+    /// The connection's token expired.
+    TokenExpired,
 }
 
 /// Runs one session to its end over `socket`, whose messages go out
@@ -122,6 +133,9 @@ where
     // when they may go.
     let mut held: Option<Instant> = None;
     let mut batch = Vec::new();
+    // The token's expiry as last seen, when to tell the client, and when
+    // to close; a `refresh` moves them.
+    let mut expiry = Expiry::of(requests.expiry());
     let closing = async {
         drain.cancelled().await;
         tokio::time::sleep(settings.drain_delay).await;
@@ -137,6 +151,9 @@ where
                 match incoming {
                     Some(Ok(message)) => {
                         requests.answer(message).await;
+                        if requests.expiry() != expiry.token {
+                            expiry = Expiry::of(requests.expiry());
+                        }
                         Ok(())
                     }
                     Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
@@ -156,6 +173,16 @@ where
             () = tokio::time::sleep_until(held.unwrap_or_else(Instant::now)), if held.is_some() => {
                 held = None;
                 write_turn(&outlet, &mut mailbox, &mut batch, closing.as_mut(), period).await
+            }
+            () = tokio::time::sleep_until(expiry.notice.unwrap_or_else(Instant::now)), if expiry.notice.is_some() => {
+                expiry.notice = None;
+                if let Some(token) = expiry.token {
+                    requests.tell_expiring(token);
+                }
+                Ok(())
+            }
+            () = tokio::time::sleep_until(expiry.close.unwrap_or_else(Instant::now)), if expiry.close.is_some() => {
+                Err(End::TokenExpired)
             }
             () = mailbox.catch_up_due() => {
                 requests.catch_up();
@@ -184,6 +211,7 @@ where
             End::Slow => &closed.slow,
             End::Shutdown => &closed.shutdown,
             End::HeartbeatTimeout => &closed.heartbeat_timeout,
+            End::TokenExpired => &closed.token_expired,
         },
         1,
     );
@@ -192,6 +220,7 @@ where
         End::TooBig => Some((close_code::MESSAGE_TOO_BIG, "message too big")),
         End::Slow => Some((close_code::TRY_AGAIN_LATER, "slow client: send queue full")),
         End::Shutdown => Some((close_code::SERVICE_RESTART, "server restarting")),
+        End::TokenExpired => Some((close_code::TOKEN_EXPIRED, "token expired")),
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -302,4 +331,27 @@ fn is_too_big(error: &Error) -> bool {
         source.and_then(|e| e.downcast_ref::<tungstenite::Error>()),
         Some(tungstenite::Error::Capacity(_))
     )
+}
+
+/// When a connection's token expires, and the two moments that follow
+/// from it.
+struct Expiry {
+    token: Option<std::time::SystemTime>,
+    notice: Option<Instant>,
+    close: Option<Instant>,
+}
+
+impl Expiry {
+    fn of(token: Option<std::time::SystemTime>) -> Self {
+        let left = |at: std::time::SystemTime| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        };
+        let now = Instant::now();
+        Self {
+            token,
+            notice: token.map(|at| now + left(at).saturating_sub(EXPIRY_NOTICE.min(left(at) / 2))),
+            close: token.map(|at| now + left(at)),
+        }
+    }
 }

@@ -196,3 +196,23 @@ test("a token refused with 401 makes the client ask getToken again, and after ma
   assert.match(closed.reason, /unauthorized/);
   await assert.rejects(refused.publish("room:auth", 1), { code: "closed" });
 });
+
+test("before its token expires the client sends a fresh one from getToken and keeps its connection and subscriptions", async (t) => {
+  const dir = tempDir();
+  const { file, mint } = jwtSecret(dir);
+  const secured = await startCluster({ count: 1, flags: ["--auth=jwt", `--jwt-secret-file=${file}`, "--jwt-leeway=0s", "--client-publish"] });
+  t.after(() => secured.stop());
+  let calls = 0;
+  const herald = connect(secured.pods[0].wsUrl, { getToken: async () => (++calls, mint({ topics: "room:*", ttl: "3s" })) });
+  const states = [];
+  herald.on("state", (state) => states.push(state));
+  const seen = [];
+  await herald.subscribe("room:refresh", (m) => seen.push(m.data)).ready;
+  // Past the first token's lifetime, twice over: refreshed, never dropped.
+  await sleep(6500);
+  assert.ok(calls >= 3, `getToken called ${calls} times`);
+  assert.equal(herald.state, "connected");
+  assert.ok(!states.includes("disconnected"), JSON.stringify(states));
+  await herald.publish("room:refresh", "after");
+  await eventually("the message after the refreshes", () => seen.includes("after"));
+});
