@@ -117,6 +117,8 @@ def start_pods(bin_dir, log_dir, name, env=None, flags=()):
             os.path.join(bin_dir, "herald"), "serve",
             f"--http-addr={ip}:{HTTP_PORT}", f"--grpc-addr={ip}:{GRPC_PORT}",
             f"--peer-addr={ip}:{PEER_PORT}", "--discovery=static", f"--peers={peers}",
+            # One load generator on one address stands for thousands of users.
+            "--max-connection-rate-per-ip=0",
             *flags,
         ]
         PODS.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,

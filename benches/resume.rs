@@ -89,6 +89,8 @@ fn spawn(i: usize) -> Pod {
         .arg(format!("--peers={}", peers.join(",")))
         .arg(format!("--drain-window={DRAIN_WINDOW}"))
         .arg("--max-connection-rate=100000")
+        // One bench process on one address stands for thousands of users.
+        .arg("--max-connection-rate-per-ip=0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

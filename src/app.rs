@@ -41,6 +41,7 @@ use crate::message::NodeId;
 use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
 use crate::stats::Counters;
+use crate::ws::fairness::{AddressRates, ClientAddress, UserConnections};
 use crate::ws::socket::{Connection, SharedListener};
 use crate::ws::{EdgeLimits, Gateway, session};
 use crate::{grpc, http, tls};
@@ -234,6 +235,12 @@ pub async fn run(
             )),
             client_publish_rate: limits.client_publish_rate,
             allowed_origins: limits.allowed_origins.clone(),
+            address_rates: AddressRates::new(limits.max_connection_rate_per_ip),
+            client_address: ClientAddress {
+                header: limits.client_ip_header.clone(),
+                trusted: limits.trusted_proxies.clone(),
+            },
+            user_connections: UserConnections::new(limits.max_connections_per_user),
         }),
         tracker: tracker.clone(),
         drain: shutdown.clone(),

@@ -152,6 +152,24 @@ pub struct LimitArgs {
     /// more are refused with HTTP 429.
     #[arg(long, env = "HERALD_MAX_CONNECTION_RATE", default_value_t = 1000)]
     pub max_connection_rate: u32,
+    /// New WebSocket connections accepted per second from one client
+    /// address (bursts of twice as many), checked before the pod-wide rate:
+    /// one address's flood leaves the others their reconnects. Many users
+    /// behind one NAT share it. 0 turns it off.
+    #[arg(long, env = "HERALD_MAX_CONNECTION_RATE_PER_IP", default_value_t = 50)]
+    pub max_connection_rate_per_ip: u32,
+    /// Most WebSocket connections one user (`sub`) holds on this pod; more
+    /// are refused with HTTP 429. 0 turns it off.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
+    pub max_connections_per_user: usize,
+    /// The request header a trusted proxy puts the client's address in
+    /// (e.g. `X-Forwarded-For`); believed only from `--trusted-proxies`.
+    #[arg(long, env = "HERALD_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+    /// Addresses or networks (`10.0.0.0/8`) of the proxies whose
+    /// `--client-ip-header` is believed, comma-separated.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<crate::ws::fairness::Network>,
     /// Client publishes allowed per connection per second (bursts of as
     /// many); more get the error reply `rate_limited`.
     #[arg(long, env = "HERALD_CLIENT_PUBLISH_RATE", default_value_t = 10)]

@@ -153,6 +153,18 @@ fn register(meter: &Meter, sources: Sources) {
             }
         })
         .build();
+    let tokens = sources.clone();
+    meter
+        .u64_observable_counter("herald_token_refusals_total")
+        .with_description(
+            "User tokens refused (at the upgrade or a refresh), by why: expired, bad_signature, wrong_audience, ...",
+        )
+        .with_callback(move |o| {
+            for (reason, n) in tokens.counters.token_refusals() {
+                o.observe(n, &[KeyValue::new("reason", reason)]);
+            }
+        })
+        .build();
     counter(
         "herald_connections_opened_total",
         "WebSocket connections accepted.",

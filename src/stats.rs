@@ -33,6 +33,10 @@ pub struct Refusals {
     pub max_connections: AtomicU64,
     /// Upgrades past `--max-connection-rate` (HTTP 429).
     pub connection_rate: AtomicU64,
+    /// Upgrades past `--max-connection-rate-per-ip` (HTTP 429).
+    pub connection_rate_ip: AtomicU64,
+    /// Upgrades of a user holding `--max-connections-per-user` (HTTP 429).
+    pub user_connections: AtomicU64,
     /// Upgrades while draining (HTTP 503).
     pub draining: AtomicU64,
     /// Subscribes and publishes the token does not allow (`forbidden`).
@@ -50,12 +54,14 @@ pub struct Refusals {
 
 impl Refusals {
     /// Every reason with its label and count.
-    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 12] {
         [
             ("unauthorized", read(&self.unauthorized)),
             ("origin", read(&self.origin)),
             ("max_connections", read(&self.max_connections)),
             ("connection_rate", read(&self.connection_rate)),
+            ("connection_rate_ip", read(&self.connection_rate_ip)),
+            ("user_connections", read(&self.user_connections)),
             ("draining", read(&self.draining)),
             ("forbidden", read(&self.forbidden)),
             ("rate_limited", read(&self.rate_limited)),
@@ -90,9 +96,31 @@ pub struct Counters {
     pub discovery_errors: AtomicU64,
     /// Requests refused at the edge, by reason.
     pub refused: Refusals,
+    /// User tokens refused, by why (a fixed, small set of labels).
+    pub token_refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Counters {
+    /// Counts a user token refused for `reason` (a [`TokenError`] label).
+    ///
+    /// [`TokenError`]: crate::auth::TokenError
+    pub fn token_refused(&self, reason: &'static str) {
+        let mut counts = self
+            .token_refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *counts.entry(reason).or_insert(0) += 1;
+    }
+
+    /// The user tokens refused so far, by reason.
+    pub fn token_refusals(&self) -> Vec<(&'static str, u64)> {
+        let counts = self
+            .token_refusals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.iter().map(|(r, n)| (*r, *n)).collect()
+    }
+
     /// WebSocket connections open now.
     pub fn connections_open(&self) -> u64 {
         read(&self.connections_opened).saturating_sub(self.connections_closed.total())

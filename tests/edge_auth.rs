@@ -135,6 +135,55 @@ async fn bad_tokens_are_refused_with_401_and_a_reason() {
         Err((401, body)) => assert!(body.contains("a token is required"), "{body}"),
         other => panic!("expected 401 without a token, got {:?}", other.map(|_| ())),
     }
+    let (_, metrics) = common::process::http_get(pod.http, "/metrics")
+        .await
+        .expect("metrics");
+    for reason in [
+        "expired",
+        "bad_signature",
+        "not_yet_valid",
+        "wrong_audience",
+        "malformed",
+    ] {
+        let name = format!("herald_token_refusals_total{{reason=\"{reason}\"}}");
+        assert_eq!(common::process::sample(&metrics, &name), 1.0, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn a_user_holds_at_most_max_connections_per_user_and_a_closed_one_frees_its_place() {
+    let secret = secret_file(SECRET);
+    let pod = jwt_pod(&secret, &["--max-connections-per-user=2"]).await;
+    let bearer = |sub: &str| format!("Bearer {}", sign(&claims(sub, &["room:*"]), SECRET));
+    let connect = |bearer: String| {
+        let url = pod.ws_url();
+        async move { User::try_connect(&url, &[("authorization", &bearer)]).await }
+    };
+    let (first, _) = connect(bearer("42")).await.expect("first");
+    let (mut second, _) = connect(bearer("42")).await.expect("second");
+    let (status, body) = connect(bearer("42"))
+        .await
+        .err()
+        .expect("a third is refused");
+    assert_eq!(status, 429);
+    assert!(
+        body.contains("too_many_connections") && body.contains("2 connections"),
+        "{body}"
+    );
+    connect(bearer("7"))
+        .await
+        .expect("another user is not affected");
+    drop(first);
+    // The pod frees the place once it sees the socket close.
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while connect(bearer("42")).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    second.still_usable().await;
 }
 
 #[tokio::test]

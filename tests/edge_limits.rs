@@ -81,3 +81,76 @@ async fn limit_hits_inside_a_connection_are_counted() {
     assert_eq!(reply["error"]["code"], "too_many_subscriptions");
     assert_eq!(refusals(&pod, "too_many_subscriptions").await, 1.0);
 }
+
+/// Upgrades from `source` until one is refused; how many got in, and the
+/// refusal.
+async fn until_refused(
+    pod: &Pod,
+    source: &str,
+    headers: &[(&str, &str)],
+) -> (usize, (u16, String)) {
+    let source = source.parse().expect("an address");
+    let mut kept = Vec::new();
+    loop {
+        match User::try_connect_from(Some(source), &pod.ws_url(), headers).await {
+            Ok((user, _)) => kept.push(user),
+            Err(refusal) => return (kept.len(), refusal),
+        }
+        assert!(kept.len() < 100, "never refused");
+    }
+}
+
+#[tokio::test]
+async fn a_flood_from_one_address_leaves_other_addresses_their_connections() {
+    let pod = Pod::start(&[
+        "--max-connection-rate-per-ip=5",
+        "--max-connection-rate=1000",
+    ])
+    .await;
+    let (admitted, (status, body)) = until_refused(&pod, "127.0.0.7", &[]).await;
+    assert!(
+        (10..=12).contains(&admitted),
+        "a burst of about twice the rate: {admitted}"
+    );
+    assert_eq!((status, code(&body).as_str()), (429, "rate_limited"));
+    assert!(body.contains("127.0.0.7"), "{body}");
+    assert_eq!(refusals(&pod, "connection_rate_ip").await, 1.0);
+    assert_eq!(refusals(&pod, "connection_rate").await, 0.0);
+    let other = "127.0.0.8".parse().ok();
+    for _ in 0..5 {
+        User::try_connect_from(other, &pod.ws_url(), &[])
+            .await
+            .expect("another address still gets in");
+    }
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_address_comes_from_its_header_and_only_then() {
+    let pod = Pod::start(&[
+        "--max-connection-rate-per-ip=2",
+        "--client-ip-header=x-forwarded-for",
+        "--trusted-proxies=127.0.0.20/31",
+    ])
+    .await;
+    // Two clients behind one proxy: each has its own rate.
+    let one = [("x-forwarded-for", "198.51.100.1, 203.0.113.1")];
+    let (admitted, _) = until_refused(&pod, "127.0.0.20", &one).await;
+    assert_eq!(admitted, 4);
+    let two = [("x-forwarded-for", "203.0.113.2")];
+    User::try_connect_from("127.0.0.21".parse().ok(), &pod.ws_url(), &two)
+        .await
+        .expect("the other client, through the other proxy address");
+    // A client that is no trusted proxy cannot pick its address.
+    let (admitted, _) =
+        until_refused(&pod, "127.0.0.30", &[("x-forwarded-for", "203.0.113.3")]).await;
+    assert_eq!(admitted, 4);
+    let (status, _) = User::try_connect_from(
+        "127.0.0.30".parse().ok(),
+        &pod.ws_url(),
+        &[("x-forwarded-for", "203.0.113.4")],
+    )
+    .await
+    .err()
+    .expect("still its own address's rate");
+    assert_eq!(status, 429);
+}

@@ -13,11 +13,13 @@
 //! 5. with `--auth jwt`, the token (header, `?token=` or subprotocol) is
 //!    missing or invalid → 401 `unauthorized` with the reason.
 
+pub mod fairness;
 pub mod protocol;
 pub mod requests;
 pub mod session;
 pub mod socket;
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,12 @@ pub struct EdgeLimits {
     pub client_publish_rate: u32,
     /// Allowed browser origins; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// New connections per second, per client address.
+    pub address_rates: fairness::AddressRates,
+    /// Where a client's address comes from.
+    pub client_address: fairness::ClientAddress,
+    /// Connections per user.
+    pub user_connections: fairness::UserConnections,
 }
 
 /// What the gateway needs to run sessions. Cheap to clone.
@@ -103,9 +111,25 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// What an admitted upgrade carries into its session.
+struct Admitted {
+    /// The user, when auth is on.
+    identity: Option<Identity>,
+    /// The user's connection slot, held while the session lives.
+    slot: Option<fairness::UserSlot>,
+}
+
 impl Gateway {
-    /// The checks before an upgrade; the user's identity when auth is on.
-    fn admit(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
+    /// The checks before an upgrade, cheapest and most specific first: the
+    /// client address's own rate comes before the token check, and the
+    /// pod-wide rate after it, so neither a flood from one address nor
+    /// one of bad tokens spends what other users' reconnects need.
+    fn admit(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        uri: &Uri,
+    ) -> Result<Admitted, Refusal> {
         let refused = &self.meters.counters.refused;
         let refuse = |counter, status, code, message: String| {
             stats::add(counter, 1);
@@ -150,11 +174,27 @@ impl Gateway {
                 message,
             );
         }
+        let now = Instant::now();
+        if let Some(peer) = peer {
+            let client = limits.client_address.of(peer, headers);
+            if !limits.address_rates.try_take(client, now) {
+                let message = format!(
+                    "too many new connections from {client} right now; retry after a short random delay"
+                );
+                return refuse(
+                    &refused.connection_rate_ip,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    message,
+                );
+            }
+        }
+        let identity = self.identity(headers, uri)?;
         let admitted = limits
             .connection_rate
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .try_take(Instant::now());
+            .try_take(now);
         if !admitted {
             let message =
                 "too many new connections right now; retry after a short random delay".into();
@@ -165,6 +205,38 @@ impl Gateway {
                 message,
             );
         }
+        let slot = match &identity {
+            None => None,
+            Some(identity) => match limits.user_connections.enter(&identity.sub) {
+                Some(slot) => Some(slot),
+                None => {
+                    let message = format!(
+                        "this user already holds {} connections to this pod, the most allowed",
+                        limits.user_connections.max()
+                    );
+                    return refuse(
+                        &refused.user_connections,
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too_many_connections",
+                        message,
+                    );
+                }
+            },
+        };
+        Ok(Admitted { identity, slot })
+    }
+
+    /// The user of an upgrade's token, when auth is on.
+    fn identity(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
+        let refused = &self.meters.counters.refused;
+        let refuse = |counter, status, code, message: String| {
+            stats::add(counter, 1);
+            Err(Refusal {
+                status,
+                code,
+                message,
+            })
+        };
         let Some(verifier) = &self.verifier else {
             return Ok(None);
         };
@@ -187,6 +259,7 @@ impl Gateway {
                     reason = e.reason(),
                     "refused a token"
                 );
+                self.meters.counters.token_refused(e.reason());
                 refuse(
                     &refused.unauthorized,
                     StatusCode::UNAUTHORIZED,
@@ -206,8 +279,8 @@ pub async fn upgrade(
     uri: Uri,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let identity = match gateway.admit(&headers, &uri) {
-        Ok(identity) => identity,
+    let Admitted { identity, slot } = match gateway.admit(connection.0.peer_ip(), &headers, &uri) {
+        Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
     let limit = gateway.max_frame_bytes;
@@ -268,6 +341,7 @@ pub async fn upgrade(
             )
             .await;
             tracing::debug!(?end, "session ended");
+            drop(slot);
             drop(token);
         }
         .instrument(span)

@@ -190,6 +190,7 @@ impl Requests {
             Ok(fresh) => fresh,
             Err(e) => {
                 stats::add(&refused.invalid_token, 1);
+                self.counters.token_refused(e.reason());
                 return protocol::error(reference, ErrorCode::InvalidToken, &e.to_string());
             }
         };

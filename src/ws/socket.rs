@@ -94,6 +94,11 @@ struct Out {
 }
 
 impl Socket {
+    /// The address of the socket's other end (a client, or its proxy).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.stream.peer_addr().ok().map(|a| a.ip())
+    }
+
     fn new(stream: TcpStream) -> Self {
         Self {
             stream,

@@ -53,6 +53,16 @@ impl User {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<(Self, Option<String>), (u16, String)> {
+        Self::try_connect_from(None, url, headers).await
+    }
+
+    /// As [`try_connect`](Self::try_connect), from the local address
+    /// `source` (another 127.0.0.x: another client address) when given.
+    pub async fn try_connect_from(
+        source: Option<std::net::IpAddr>,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(Self, Option<String>), (u16, String)> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = url.into_client_request().expect("valid URL");
         for (name, value) in headers {
@@ -62,7 +72,28 @@ impl User {
                 .headers_mut()
                 .insert(name, value.parse().expect("header value"));
         }
-        let connected = tokio::time::timeout(PATIENCE, tokio_tungstenite::connect_async(request))
+        let connecting = async {
+            let Some(source) = source else {
+                return tokio_tungstenite::connect_async(request).await;
+            };
+            let uri = request.uri();
+            let target = format!(
+                "{}:{}",
+                uri.host().expect("host"),
+                uri.port_u16().expect("port")
+            );
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind((source, 0).into())
+                .expect("bind the source address");
+            let stream = socket
+                .connect(target.parse().expect("an address"))
+                .await
+                .expect("connects");
+            let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+            tokio_tungstenite::client_async(request, stream).await
+        };
+        let connected = tokio::time::timeout(PATIENCE, connecting)
             .await
             .expect("connect in time");
         match connected {
