@@ -853,9 +853,20 @@ def test_client_publish_and_the_edge_limits_follow_the_values() -> None:
     args = container(render())["args"]
     assert "--client-publish" not in args
     assert not [a for a in args if a.startswith("--allowed-origins")]
-    for flag in ("--max-connections=100000", "--max-connection-rate=1000", "--client-publish-rate=10"):
+    for flag in (
+        "--max-connections=100000",
+        "--max-connection-rate=1000",
+        "--client-publish-rate=10",
+        "--max-connection-rate-per-ip=50",
+        "--max-connections-per-user=20",
+    ):
         assert flag in args
+    assert not [a for a in args if a.startswith(("--client-ip-header", "--trusted-proxies"))]
     args = container(render(VALUE_SETS["all"]))["args"]
+    assert "--max-connection-rate-per-ip=100" in args
+    assert "--max-connections-per-user=5" in args
+    assert "--client-ip-header=X-Forwarded-For" in args
+    assert "--trusted-proxies=10.0.0.0/8,192.168.1.7" in args
     assert "--client-publish" in args
     assert "--allowed-origins=https://app.example.com,https://admin.example.com" in args
     assert "--max-connections=2000000" in args

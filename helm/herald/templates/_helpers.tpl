@@ -254,6 +254,14 @@ the chart tests.
 {{- $args = append $args (printf "--heartbeat-interval=%s" $v.limits.heartbeatInterval) }}
 {{- $args = append $args (printf "--max-connections=%d" (int64 $v.limits.maxConnections)) }}
 {{- $args = append $args (printf "--max-connection-rate=%d" (int64 $v.limits.maxConnectionRate)) }}
+{{- $args = append $args (printf "--max-connection-rate-per-ip=%d" (int64 $v.limits.maxConnectionRatePerIp)) }}
+{{- $args = append $args (printf "--max-connections-per-user=%d" (int64 $v.limits.maxConnectionsPerUser)) }}
+{{- with $v.limits.clientIpHeader }}
+{{- $args = append $args (printf "--client-ip-header=%s" .) }}
+{{- end }}
+{{- with $v.limits.trustedProxies }}
+{{- $args = append $args (printf "--trusted-proxies=%s" (join "," .)) }}
+{{- end }}
 {{- $args = append $args (printf "--client-publish-rate=%d" (int64 $v.limits.clientPublishRate)) }}
 {{- with $v.limits.allowedOrigins }}
 {{- $args = append $args (printf "--allowed-origins=%s" (join "," .)) }}
