@@ -20,6 +20,8 @@ pub struct ClosedBy {
     pub heartbeat_timeout: AtomicU64,
     /// Its token expired without a `refresh` (close code 4001).
     pub token_expired: AtomicU64,
+    /// It broke the WebSocket protocol (close codes 1002 and 1007).
+    pub protocol_error: AtomicU64,
 }
 
 /// Requests refused at the edge, one counter per reason.
@@ -139,7 +141,7 @@ pub fn read(counter: &AtomicU64) -> u64 {
 
 impl ClosedBy {
     /// Every reason with its label and count.
-    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
         [
             ("client", read(&self.client)),
             ("too_big", read(&self.too_big)),
@@ -147,6 +149,7 @@ impl ClosedBy {
             ("shutdown", read(&self.shutdown)),
             ("heartbeat_timeout", read(&self.heartbeat_timeout)),
             ("token_expired", read(&self.token_expired)),
+            ("protocol_error", read(&self.protocol_error)),
         ]
     }
 

@@ -111,3 +111,106 @@ async fn subscriptions_past_the_limit_are_refused_with_too_many_subscriptions() 
     pod.publish("d", "1").await;
     assert_eq!(user.message("d").await, json!(1));
 }
+
+/// A WebSocket opened by hand on raw TCP, so a test can send frames no
+/// client library would.
+async fn raw_socket(pod: &Pod) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(pod.http)
+        .await
+        .expect("connects");
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        pod.http
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.expect("a response");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// A client frame (`first` = FIN, RSV and opcode), masked when `masked`.
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let len = u8::try_from(payload.len()).expect("a short payload");
+    let mut out = vec![first, if masked { 0x80 | len } else { len }];
+    if masked {
+        out.extend_from_slice(&mask);
+    }
+    out.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if masked { b ^ mask[i % 4] } else { *b }),
+    );
+    out
+}
+
+/// The close code of the server's close frame, skipping frames before it.
+async fn close_code(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            stream.read_exact(&mut head).await.expect("a frame");
+            let len = usize::from(head[1] & 0x7f);
+            assert!(len < 126, "short frames only");
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.expect("its payload");
+            if head[0] & 0x0f == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    };
+    tokio::time::timeout(common::PATIENCE, read)
+        .await
+        .expect("closed in time")
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002_and_text_that_is_not_utf8_with_1007() {
+    use tokio::io::AsyncWriteExt;
+    let pod = Pod::start(&[]).await;
+    let mut bystander = User::connect(&pod.ws_url()).await;
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("an unmasked frame", frame(0x81, b"{}", false), 1002),
+        ("a reserved opcode", frame(0x83, b"{}", true), 1002),
+        (
+            "text that is not UTF-8",
+            frame(0x81, &[0xff, 0xfe, 0xfd], true),
+            1007,
+        ),
+    ];
+    for (what, bytes, expected) in cases {
+        let mut socket = raw_socket(&pod).await;
+        socket.write_all(&bytes).await.expect("sent");
+        assert_eq!(close_code(&mut socket).await, expected, "{what}");
+    }
+    bystander.still_usable().await;
+}
+
+#[tokio::test]
+async fn a_request_to_ws_that_is_no_upgrade_gets_the_json_error_body() {
+    let (status, body) = common::process::http_get(Pod::start(&[]).await.http, "/ws")
+        .await
+        .expect("an answer");
+    assert_eq!(status, 400);
+    let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON body");
+    assert_eq!(body["error"]["code"], "invalid_upgrade", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}

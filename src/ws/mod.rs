@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -277,8 +278,21 @@ pub async fn upgrade(
     ConnectInfo(connection): ConnectInfo<socket::Connection>,
     headers: HeaderMap,
     uri: Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // A request that is no WebSocket upgrade (a header missing, another
+    // version) gets the same JSON error body as every other refusal.
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return Refusal {
+                status: rejection.status(),
+                code: "invalid_upgrade",
+                message: rejection.body_text(),
+            }
+            .into_response();
+        }
+    };
     let Admitted { identity, slot } = match gateway.admit(connection.0.peer_ip(), &headers, &uri) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),

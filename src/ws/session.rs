@@ -23,6 +23,9 @@
 //! How a session ends, and what the client sees:
 //! - the client closes, or the socket fails: the session ends;
 //! - a client message over the size limit: close code 1009;
+//! - a frame that breaks the WebSocket protocol (unmasked, a reserved
+//!   opcode or bit, a bad close): 1002; a text frame that is not UTF-8:
+//!   1007;
 //! - a write stalled for two heartbeat intervals, or a frame of its own
 //!   found its queue full: close code 1013; a client merely behind its
 //!   queue is caught up from history instead, and told with a `gap` if the
@@ -61,6 +64,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// WebSocket close codes herald sends (RFC 6455 §7.4.1 and the IANA
 /// registry).
 pub mod close_code {
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame's payload is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A client message was larger than the limit.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The pod is restarting or draining: reconnect, to another pod.
@@ -108,6 +115,11 @@ pub enum End {
     HeartbeatTimeout,
     /// The connection's token expired.
     TokenExpired,
+    /// The client broke the WebSocket protocol (an unmasked or reserved
+    /// frame, a bad close): close code 1002.
+    ProtocolError,
+    /// A text frame that is not UTF-8: close code 1007.
+    InvalidText,
 }
 
 /// Runs one session to its end over `socket`, whose messages go out
@@ -157,7 +169,8 @@ where
                         Ok(())
                     }
                     Some(Err(e)) if is_too_big(&e) => Err(End::TooBig),
-                    Some(Err(_)) | None => Err(End::Client),
+                    Some(Err(e)) => Err(violation(&e).unwrap_or(End::Client)),
+                    None => Err(End::Client),
                 }
             }
             turn = mailbox.turn(), if held.is_none() => {
@@ -212,6 +225,7 @@ where
             End::Shutdown => &closed.shutdown,
             End::HeartbeatTimeout => &closed.heartbeat_timeout,
             End::TokenExpired => &closed.token_expired,
+            End::ProtocolError | End::InvalidText => &closed.protocol_error,
         },
         1,
     );
@@ -221,6 +235,8 @@ where
         End::Slow => Some((close_code::TRY_AGAIN_LATER, "slow client: send queue full")),
         End::Shutdown => Some((close_code::SERVICE_RESTART, "server restarting")),
         End::TokenExpired => Some((close_code::TOKEN_EXPIRED, "token expired")),
+        End::ProtocolError => Some((close_code::PROTOCOL_ERROR, "websocket protocol error")),
+        End::InvalidText => Some((close_code::INVALID_PAYLOAD, "text frame is not UTF-8")),
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -322,6 +338,16 @@ async fn guard<E>(
         },
         () = closing => Err(End::Shutdown),
         () = mailbox.slow() => Err(End::Slow),
+    }
+}
+
+/// How a read error the client caused ends the session, if it did.
+fn violation(error: &Error) -> Option<End> {
+    let source = std::error::Error::source(error)?;
+    match source.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Protocol(_) => Some(End::ProtocolError),
+        tungstenite::Error::Utf8(_) => Some(End::InvalidText),
+        _ => None,
     }
 }
 
