@@ -13,7 +13,7 @@ use common::user::User;
 use herald::cluster::secret::{self, ClusterSecret, Role};
 use herald::cluster::{handshake, wire};
 use herald::message::{Epoch, NodeId};
-use herald::proto::v1::{Envelope, PeerFrame, Proof, peer_frame};
+use herald::proto::v1::{Envelope, Hello, PeerFrame, Proof, peer_frame};
 use herald::topic::Topic;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,7 +26,9 @@ async fn join(pod_peer: u16) -> (TcpStream, BytesMut) {
     join_proving(pod_peer, None).await
 }
 
-async fn join_proving(pod_peer: u16, secret: Option<&ClusterSecret>) -> (TcpStream, BytesMut) {
+/// The raw peer's side of a handshake up to the pod's hello: the stream,
+/// what was read past the hello, the challenge it sent and the pod's hello.
+async fn hellos(pod_peer: u16) -> (TcpStream, BytesMut, Vec<u8>, Hello) {
     let mut stream = TcpStream::connect(("127.0.0.1", pod_peer))
         .await
         .expect("the peer port accepts");
@@ -54,25 +56,32 @@ async fn join_proving(pod_peer: u16, secret: Option<&ClusterSecret>) -> (TcpStre
         panic!("not a hello: {answer:?}");
     };
     assert_eq!(theirs.cluster, "herald");
-    let mac = match secret {
-        Some(secret) => {
-            assert!(
-                secret.verify(
-                    Role::Listener,
-                    "herald",
-                    &challenge,
-                    &theirs.nonce,
-                    &theirs.proof
-                ),
-                "the pod proves the secret too"
-            );
-            secret.prove(Role::Dialer, "herald", &theirs.nonce, &challenge)
-        }
-        None => Vec::new(),
-    };
-    let proof = PeerFrame {
+    (stream, buf, challenge, theirs)
+}
+
+/// The raw peer's proof with `secret` (none: empty) over the pod's nonce.
+fn proof(secret: Option<&ClusterSecret>, theirs: &Hello, challenge: &[u8]) -> PeerFrame {
+    let mac = secret.map_or_else(Vec::new, |secret| {
+        secret.prove(Role::Dialer, "herald", &theirs.nonce, challenge)
+    });
+    PeerFrame {
         kind: Some(peer_frame::Kind::Proof(Proof { mac })),
-    };
+    }
+}
+
+async fn join_proving(pod_peer: u16, secret: Option<&ClusterSecret>) -> (TcpStream, BytesMut) {
+    let (mut stream, buf, challenge, theirs) = hellos(pod_peer).await;
+    if let Some(secret) = secret {
+        let proven = secret.verify(
+            Role::Listener,
+            "herald",
+            &challenge,
+            &theirs.nonce,
+            &theirs.proof,
+        );
+        assert!(proven, "the pod proves the secret too");
+    }
+    let proof = proof(secret, &theirs, &challenge);
     wire::send(&mut stream, &proof).await.expect("proof sent");
     (stream, buf)
 }
@@ -175,31 +184,7 @@ async fn a_peer_that_cannot_prove_the_cluster_secret_is_refused_before_it_can_pu
     let mut wrong = tempfile::NamedTempFile::new().expect("file");
     std::io::Write::write_all(&mut wrong, b"a-guessed-secret-0123456789").expect("written");
     let guessed = ClusterSecret::load(wrong.path()).expect("loads");
-    let mut stream = TcpStream::connect(("127.0.0.1", ports.peer))
-        .await
-        .expect("connects");
-    let mut out = BytesMut::new();
-    out.put_slice(wire::PREFACE);
-    let challenge = secret::nonce();
-    let hello = handshake::hello(
-        "herald",
-        NodeId::random(),
-        "127.0.0.9:7070",
-        challenge.clone(),
-        Vec::new(),
-    );
-    wire::encode(&PeerFrame::from(hello), &mut out);
-    stream.write_all(&out).await.expect("sent");
-    let mut preface = [0; 16];
-    stream.read_exact(&mut preface).await.expect("a preface");
-    let mut buf = BytesMut::new();
-    let answer = wire::read_frame(&mut stream, &mut buf, 4096)
-        .await
-        .expect("reads")
-        .expect("a hello");
-    let Some(peer_frame::Kind::Hello(theirs)) = answer.kind else {
-        panic!("not a hello: {answer:?}");
-    };
+    let (mut stream, mut buf, challenge, theirs) = hellos(ports.peer).await;
     assert!(
         !guessed.verify(
             Role::Listener,
@@ -211,13 +196,7 @@ async fn a_peer_that_cannot_prove_the_cluster_secret_is_refused_before_it_can_pu
         "the pod's proof is of its own secret"
     );
     let mut out = BytesMut::new();
-    let mac = guessed.prove(Role::Dialer, "herald", &theirs.nonce, &challenge);
-    wire::encode(
-        &PeerFrame {
-            kind: Some(peer_frame::Kind::Proof(Proof { mac })),
-        },
-        &mut out,
-    );
+    wire::encode(&proof(Some(&guessed), &theirs, &challenge), &mut out);
     out.extend_from_slice(&envelope(
         "01JDZ0000000000000000000AD",
         "wire",

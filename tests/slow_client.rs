@@ -56,6 +56,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
     // reading again, and finds the close frame after what was in flight.
     let metrics_addr = pod.http;
     let slow_reader = tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + common::PATIENCE;
         while metric(
             metrics_addr,
             r#"herald_connections_closed_total{reason="slow"}"#,
@@ -63,6 +64,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_the_others_get_everyt
         .await
             == 0.0
         {
+            assert!(std::time::Instant::now() < deadline, "never closed as slow");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         User::from_socket(slow).ending().await
@@ -94,13 +96,7 @@ async fn a_client_that_pauses_catches_up_with_every_message_in_order() {
     let pod = Pod::start(&["--client-queue=4096"]).await;
     // A tiny receive window: while the client pauses, the server's writes
     // stop part-way through a frame and the session takes over writing.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("set rcvbuf");
-    let stream = socket.connect(pod.http).await.expect("connect");
-    let (ws, _) = tokio_tungstenite::client_async(pod.ws_url(), MaybeTlsStream::Plain(stream))
-        .await
-        .expect("handshake");
-    let mut user = User::from_socket(ws);
+    let mut user = User::from_socket(tiny_window(&pod).await);
     user.subscribe("paused").await;
 
     const COUNT: usize = 1000;
@@ -120,6 +116,20 @@ async fn a_client_that_pauses_catches_up_with_every_message_in_order() {
         assert_eq!(user.message("paused").await[0], json!(n));
     }
     user.still_usable().await;
+}
+
+/// A WebSocket to `pod` whose receive buffer is 4 KiB, so the kernel
+/// cannot absorb a backlog for it.
+async fn tiny_window(
+    pod: &Pod,
+) -> tokio_tungstenite::WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>> {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("set rcvbuf");
+    let stream = socket.connect(pod.http).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async(pod.ws_url(), MaybeTlsStream::Plain(stream))
+        .await
+        .expect("handshake");
+    ws
 }
 
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
@@ -165,13 +175,7 @@ async fn a_burst_bigger_than_the_client_queue_is_caught_up_from_history_not_cut_
 async fn a_reader_slower_than_the_history_gets_a_gap_and_stays_connected() {
     let pod = Pod::start(&["--client-queue=16", "--history-messages=50"]).await;
     // A tiny receive window, so the backlog stays in the server's queue.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("set rcvbuf");
-    let stream = socket.connect(pod.http).await.expect("connect");
-    let (ws, _) = tokio_tungstenite::client_async(pod.ws_url(), MaybeTlsStream::Plain(stream))
-        .await
-        .expect("handshake");
-    let mut user = User::from_socket(ws);
+    let mut user = User::from_socket(tiny_window(&pod).await);
     user.subscribe("lagging").await;
     // 400 messages of 2 KB while the user reads nothing: far more than
     // its queue, its socket and the 50 the history keeps.

@@ -559,6 +559,13 @@ impl Mailbox {
         !self.shared.lock().behind.is_empty()
     }
 
+    /// Whether messages wait for the session: some are queued, or it is
+    /// behind on a topic.
+    pub fn is_backed_up(&self) -> bool {
+        let state = self.shared.lock();
+        !state.queue.is_empty() || !state.behind.is_empty()
+    }
+
     /// Resolves when the session, behind on a topic, has room for its next
     /// step of catching up: at once if it has, else when its queue drains
     /// to half its capacity. Costs nothing while it waits. Cancel-safe.

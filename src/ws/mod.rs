@@ -112,6 +112,21 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Counts a refusal in `counter` and makes it.
+fn refuse<T>(
+    counter: &std::sync::atomic::AtomicU64,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+) -> Result<T, Refusal> {
+    stats::add(counter, 1);
+    Err(Refusal {
+        status,
+        code,
+        message,
+    })
+}
+
 /// What an admitted upgrade carries into its session.
 struct Admitted {
     /// The user, when auth is on.
@@ -132,14 +147,6 @@ impl Gateway {
         uri: &Uri,
     ) -> Result<Admitted, Refusal> {
         let refused = &self.meters.counters.refused;
-        let refuse = |counter, status, code, message: String| {
-            stats::add(counter, 1);
-            Err(Refusal {
-                status,
-                code,
-                message,
-            })
-        };
         if self.drain.is_cancelled() {
             let message = "this pod is shutting down; connect again to reach another".into();
             return refuse(
@@ -230,14 +237,6 @@ impl Gateway {
     /// The user of an upgrade's token, when auth is on.
     fn identity(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
         let refused = &self.meters.counters.refused;
-        let refuse = |counter, status, code, message: String| {
-            stats::add(counter, 1);
-            Err(Refusal {
-                status,
-                code,
-                message,
-            })
-        };
         let Some(verifier) = &self.verifier else {
             return Ok(None);
         };

@@ -33,7 +33,8 @@
 //! - the pod drains (SIGTERM): close code 1012 (reconnect elsewhere), at a
 //!   moment drawn at random within the drain window, so a pod's users do
 //!   not all reconnect in the same second;
-//! - nothing received for two heartbeat intervals: the socket is dropped;
+//! - nothing received for two heartbeat intervals: the socket is dropped
+//!   (or, when messages wait for it, closed with 1013: it stopped reading);
 //! - its token expired without a `refresh`: close code 4001. A minute
 //!   before (or half the token's remaining lifetime, if shorter) the
 //!   client gets an `expiring` event saying when.
@@ -203,7 +204,13 @@ where
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= 2 * period {
-                    Err(End::HeartbeatTimeout)
+                    // Silent and not reading what it is sent: it stopped
+                    // reading (1013), not just talking.
+                    if mailbox.is_backed_up() {
+                        Err(End::Slow)
+                    } else {
+                        Err(End::HeartbeatTimeout)
+                    }
                 } else {
                     let ping = Some(Message::Ping(Bytes::new()));
                     write(&mut socket, ping, &mailbox, closing.as_mut(), period, meters).await
