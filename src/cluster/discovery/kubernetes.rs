@@ -276,25 +276,35 @@ fn status_code(error: &watcher::Error) -> Option<u16> {
 
 /// One clear line for a watch failure; for 403 it names what RBAC lacks.
 fn describe(error: &watcher::Error, resource: &str, namespace: &str) -> String {
-    let (verb, source) = match error {
-        watcher::Error::InitialListFailed(e) => ("list", Some(e)),
-        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watch", Some(e)),
-        watcher::Error::WatchError(status) if status.code == 403 => {
-            return forbidden("watch", resource, namespace, &status.message);
+    let (verb, status) = match error {
+        watcher::Error::InitialListFailed(e) => ("list", api_status(e)),
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            ("watch", api_status(e))
         }
-        watcher::Error::WatchError(_) | watcher::Error::NoResourceVersion => ("watch", None),
+        watcher::Error::WatchError(status) => ("watch", Some(&**status)),
+        watcher::Error::NoResourceVersion => ("watch", None),
     };
-    match source {
-        Some(kube::Error::Api(status)) if status.code == 403 => {
-            forbidden(verb, resource, namespace, &status.message)
-        }
-        _ => format!("cannot {verb} {resource} in namespace {namespace}: {error}"),
+    match status {
+        Some(status) if status.code == 403 => format!(
+            "RBAC forbids {verb} on {resource} in namespace {namespace}: grant this pod's service \
+             account get, list and watch on {resource} there (the Helm chart's Role does): {}",
+            status.message
+        ),
+        Some(status) if status.code == 401 => format!(
+            "the API server refused this pod's credentials to {verb} {resource} in namespace \
+             {namespace} (401 Unauthorized); building a new client, which re-reads the token"
+        ),
+        Some(status) => format!(
+            "cannot {verb} {resource} in namespace {namespace}: {} {}: {}",
+            status.code, status.reason, status.message
+        ),
+        None => format!("cannot {verb} {resource} in namespace {namespace}: {error}"),
     }
 }
 
-fn forbidden(verb: &str, resource: &str, namespace: &str, message: &str) -> String {
-    format!(
-        "RBAC forbids {verb} on {resource} in namespace {namespace}: grant this pod's service account \
-         get, list and watch on {resource} there (the Helm chart's Role does): {message}"
-    )
+fn api_status(error: &kube::Error) -> Option<&kube::core::Status> {
+    match error {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
 }
