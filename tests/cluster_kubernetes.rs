@@ -293,6 +293,7 @@ async fn an_expired_watch_relists_and_takes_the_endpoints_that_changed_meanwhile
     let left: Vec<&str> = logs.lines().filter(|l| l.contains("peer left")).collect();
     assert_eq!(left.len(), 1, "{logs}");
     assert!(left[0].contains(&cluster.peer(IPS[2])), "{logs}");
+    assert!(logs.contains("watch expired (410 Gone)"), "{logs}");
     assert!(
         !logs.contains("peer discovery failing"),
         "410 is no failure: {logs}"

@@ -12,7 +12,10 @@
 //! Every change bumps one global resourceVersion, exactly like etcd behind a real API server.
 //! Watches resume from `resourceVersion=N` by replaying the retained history; resuming from
 //! before [`KubeApi::expire_history`] answers the in-stream `410 Expired` error real servers
-//! send, so the client re-lists. [`KubeApi::stop`] and [`KubeApi::restart`] take the server
+//! send, so the client re-lists; [`KubeApi::apply_endpoints_behind_watches`] makes a change no
+//! open watch sees and compacts past it, so the pods' own watchers get that 410 and must
+//! re-list to learn of it. Requests must carry the expected bearer token
+//! ([`KubeApi::set_token`] rotates it) or get `401`. [`KubeApi::stop`] and [`KubeApi::restart`] take the server
 //! away (listener and every open connection) and bring it back on the same port with the same
 //! objects, for "the API server goes away and comes back" tests.
 //!

@@ -141,8 +141,9 @@ impl Discovery for Kubernetes {
             match ended {
                 Ended::Shutdown => return,
                 // NB: kube re-reads a token file only about once a minute
-                // and never because of a 401; a client built afresh reads
-                // the kubeconfig and the token file now.
+                // and never because of a 401. A new client reads the token
+                // file now; inferring the configuration again also picks up
+                // a rewritten kubeconfig (an inline token, a new context).
                 Ended::Unauthorized => match kube::Config::infer().await {
                     Ok(fresh) => config = fresh,
                     Err(e) => {
