@@ -356,7 +356,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "HERALD_K8S_SERVICE", default_value = "herald-peers")]
     pub k8s_service: String,
     /// Namespace of that Service; defaults to `POD_NAMESPACE`, then to the
-    /// service account's namespace.
+    /// client configuration's (the service account's in-cluster, the
+    /// context's from `KUBECONFIG`). The cluster identity names it too.
     #[arg(long, env = "HERALD_K8S_NAMESPACE")]
     pub k8s_namespace: Option<String>,
     /// This pod's namespace, from the Downward API.
