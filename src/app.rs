@@ -23,7 +23,7 @@ use crate::auth::{ApiTokens, JwtSettings, Verifier};
 use crate::cluster::discovery::dns::Dns;
 use crate::cluster::discovery::fixed::Fixed;
 use crate::cluster::discovery::index::Filter;
-use crate::cluster::discovery::kubernetes::Kubernetes;
+use crate::cluster::discovery::kubernetes::{Kubernetes, Target};
 use crate::cluster::discovery::{Discovery as DiscoverySource, PeerSet};
 use crate::cluster::inbound;
 use crate::cluster::secret::ClusterSecret;
@@ -168,9 +168,13 @@ pub async fn run(
     let hub = Hub::with_write_delay(limits.write_delay);
     let history = History::new(history_limits(&history)?);
     let local = Local::new(hub.clone(), history.clone(), node);
+    let kubernetes = match cluster.discovery {
+        DiscoveryKind::Kubernetes => Some(Target::from_environment(namespace(&cluster)).await?),
+        _ => None,
+    };
     let mesh = Mesh::new(
         MeshSettings {
-            cluster: cluster_identity(&cluster),
+            cluster: cluster_identity(&cluster, kubernetes.as_ref()),
             node,
             address,
             peer_queue: cluster.peer_queue,
@@ -202,6 +206,7 @@ pub async fn run(
     let (peers_tx, peers_rx) = watch::channel(None);
     let discovery = Discovery {
         cluster: &cluster,
+        kubernetes,
         own: &own,
         peer_port,
         counters: &counters,
@@ -458,17 +463,15 @@ fn serve_error(what: &'static str, e: impl std::error::Error + Send + Sync + 'st
 }
 
 /// The identity peers must share: `--cluster-name`, else
-/// `<namespace>/<service>` in kubernetes mode, else `herald`.
-fn cluster_identity(cluster: &ClusterArgs) -> String {
+/// `<namespace>/<service>` in kubernetes mode (the namespace discovery
+/// watches), else `herald`.
+fn cluster_identity(cluster: &ClusterArgs, kubernetes: Option<&Target>) -> String {
     if let Some(name) = &cluster.cluster_name {
         return name.clone();
     }
-    match cluster.discovery {
-        DiscoveryKind::Kubernetes => {
-            let namespace = namespace(cluster).unwrap_or_else(|| "default".into());
-            format!("{namespace}/{}", cluster.k8s_service)
-        }
-        _ => "herald".into(),
+    match kubernetes {
+        Some(target) => format!("{}/{}", target.namespace, cluster.k8s_service),
+        None => "herald".into(),
     }
 }
 
@@ -482,6 +485,8 @@ fn namespace(cluster: &ClusterArgs) -> Option<String> {
 /// What the discovery source is built from.
 struct Discovery<'a> {
     cluster: &'a ClusterArgs,
+    /// Resolved at start in kubernetes mode.
+    kubernetes: Option<Target>,
     own: &'a [String],
     peer_port: u16,
     counters: &'a Arc<Counters>,
@@ -517,18 +522,22 @@ impl Discovery<'_> {
                 };
                 start(dns, peers, tracker, shutdown);
             }
+            // `run` resolves the target whenever the mode is kubernetes.
             DiscoveryKind::Kubernetes => {
-                let kubernetes = Kubernetes {
-                    service: cluster.k8s_service.clone(),
-                    namespace: namespace(cluster),
-                    api: cluster.k8s_api,
-                    filter: Filter {
-                        port_name: cluster.k8s_peer_port_name.clone(),
-                        self_ip: cluster.pod_ip,
-                    },
-                    counters: self.counters.clone(),
-                };
-                start(kubernetes, peers, tracker, shutdown);
+                if let Some(target) = self.kubernetes.clone() {
+                    let kubernetes = Kubernetes {
+                        service: cluster.k8s_service.clone(),
+                        target,
+                        api: cluster.k8s_api,
+                        filter: Filter {
+                            port_name: cluster.k8s_peer_port_name.clone(),
+                            self_ip: cluster.pod_ip,
+                        },
+                        backoff_max: cluster.k8s_backoff_max,
+                        counters: self.counters.clone(),
+                    };
+                    start(kubernetes, peers, tracker, shutdown);
+                }
             }
         }
         Ok(())

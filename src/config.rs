@@ -356,7 +356,8 @@ pub struct ClusterArgs {
     #[arg(long, env = "HERALD_K8S_SERVICE", default_value = "herald-peers")]
     pub k8s_service: String,
     /// Namespace of that Service; defaults to `POD_NAMESPACE`, then to the
-    /// service account's namespace.
+    /// client configuration's (the service account's in-cluster, the
+    /// context's from `KUBECONFIG`). The cluster identity names it too.
     #[arg(long, env = "HERALD_K8S_NAMESPACE")]
     pub k8s_namespace: Option<String>,
     /// This pod's namespace, from the Downward API.
@@ -368,6 +369,11 @@ pub struct ClusterArgs {
     /// Which Kubernetes API to watch.
     #[arg(long, env = "HERALD_K8S_API", value_enum, default_value = "endpoints")]
     pub k8s_api: K8sApi,
+    /// Longest wait between retries while the Kubernetes API fails or
+    /// forbids: the wait starts at 0.8 s and doubles up to this, and only a
+    /// successful list or watch event starts it over.
+    #[arg(long, env = "HERALD_K8S_BACKOFF_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub k8s_backoff_max: Duration,
     /// This pod's IP (from the Downward API), left out of its own peer set.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<IpAddr>,

@@ -25,6 +25,9 @@ pub enum Error {
     /// `--discovery dns` without `--dns-name`.
     #[error("--discovery dns needs --dns-name")]
     MissingDnsName,
+    /// `--discovery kubernetes` without a client configuration.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::cluster::discovery::kubernetes::NoConfig),
     /// Authentication could not be set up (keys or token files).
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),

@@ -24,8 +24,10 @@ struct Cluster {
     api: KubeApi,
     ports: Ports,
     kubeconfig: PathBuf,
+    /// Where the headless Service's endpoints live.
+    namespace: &'static str,
     pods: Vec<Process>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -38,29 +40,52 @@ impl Cluster {
             api,
             ports: Ports::free_on(&IPS),
             kubeconfig,
+            namespace: "default",
             pods: Vec::new(),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The stand-in and a kubeconfig whose context namespace is `namespace` and whose user
+    /// reads its token from a `tokenFile` (holding [`kube_api::TOKEN`]); no pods yet.
+    async fn api_with_token_file(namespace: &'static str) -> Self {
+        let mut cluster = Self::api().await;
+        std::fs::write(cluster.token_file(), kube_api::TOKEN).expect("write the token file");
+        cluster.kubeconfig =
+            cluster
+                .api
+                .write_kubeconfig_with(cluster.dir.path(), namespace, &cluster.token_file());
+        cluster.namespace = namespace;
+        cluster
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.dir.path().join("token")
     }
 
     /// Lists `ips` as the headless Service's endpoints.
     fn list(&self, ips: &[&str]) {
+        self.api.apply_endpoints(self.endpoints(ips));
+    }
+
+    /// The headless Service's endpoints listing `ips`, ready.
+    fn endpoints(&self, ips: &[&str]) -> k8s_openapi::api::core::v1::Endpoints {
         let port = i32::from(self.ports.peer);
-        self.api.apply_endpoints(kube_api::endpoints(
-            "default",
-            SERVICE,
-            ips,
-            &[],
-            "peer",
-            port,
-        ));
+        kube_api::endpoints(self.namespace, SERVICE, ips, &[], "peer", port)
     }
 
     fn spawn(&self, ip: &str, extra: &[&str]) -> Process {
+        let namespace = format!("--k8s-namespace={}", self.namespace);
+        let mut flags = vec![namespace.as_str()];
+        flags.extend_from_slice(extra);
+        self.spawn_without_namespace(ip, &flags)
+    }
+
+    /// A pod told no namespace: neither `--k8s-namespace` nor `POD_NAMESPACE`.
+    fn spawn_without_namespace(&self, ip: &str, extra: &[&str]) -> Process {
         let mut flags = vec![
             "--discovery=kubernetes".to_owned(),
             format!("--k8s-service={SERVICE}"),
-            "--k8s-namespace=default".to_owned(),
         ];
         flags.extend(extra.iter().map(|f| f.to_string()));
         let env = [
@@ -87,11 +112,12 @@ impl Cluster {
     }
 }
 
-/// The peers `pod` knows, with their stream state.
-async fn peers(pod: &Process) -> Vec<(String, bool)> {
+/// The peers `pod` knows, with their stream state; `None` while its gRPC
+/// port is not up yet.
+async fn peers(pod: &Process) -> Option<Vec<(String, bool)>> {
     let reply = PublisherClient::connect(pod.grpc_url())
         .await
-        .expect("gRPC connects")
+        .ok()?
         .list_peers(ListPeersRequest {})
         .await
         .expect("peers")
@@ -102,14 +128,14 @@ async fn peers(pod: &Process) -> Vec<(String, bool)> {
         .map(|p| (p.address, p.connected))
         .collect();
     peers.sort();
-    peers
+    Some(peers)
 }
 
 async fn wait_peers(pod: &Process, expected: &[(String, bool)]) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let now = peers(pod).await;
-        if now == expected {
+        if now.as_deref() == Some(expected) {
             return;
         }
         assert!(
@@ -244,26 +270,153 @@ async fn the_api_server_going_away_and_coming_back_keeps_the_peer_set() {
 }
 
 #[tokio::test]
-async fn an_expired_watch_relists_without_emptying_the_group() {
+async fn an_expired_watch_relists_and_takes_the_endpoints_that_changed_meanwhile() {
     let mut cluster = Cluster::api().await;
     cluster.list(&IPS);
     cluster.start(&IPS, &[]).await;
-    cluster.api.expire_history();
-    cluster.api.drop_watches();
-    // Removing and re-adding a pod while the watch is gone exercises the
-    // re-list path; at no point may the group be emptied.
-    let all = [(cluster.peer(IPS[1]), true), (cluster.peer(IPS[2]), true)];
-    cluster.list(&IPS);
-    wait_peers(&cluster.pods[0], &all).await;
-    let mut user = User::connect(&cluster.pods[2].ws_url()).await;
-    user.subscribe("t").await;
-    cluster.pods[0].publish("t", "1").await;
-    assert_eq!(user.message("t").await, json!(1));
+    let lists = |api: &KubeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| !r.contains("watch="))
+            .count()
+    };
+    let listed = lists(&cluster.api);
+
+    // The watches end and the third pod leaves while no watch is open; the
+    // history is compacted past it, so resuming can only get 410 Gone.
+    let gone = cluster.endpoints(&IPS[..2]);
+    cluster.api.apply_endpoints_behind_watches(gone);
+    wait_peers(&cluster.pods[0], &[(cluster.peer(IPS[1]), true)]).await;
+
+    assert!(lists(&cluster.api) > listed, "{:?}", cluster.api.requests());
+    let logs = cluster.pods[0].logs();
+    let left: Vec<&str> = logs.lines().filter(|l| l.contains("peer left")).collect();
+    assert_eq!(left.len(), 1, "{logs}");
+    assert!(left[0].contains(&cluster.peer(IPS[2])), "{logs}");
+    assert!(logs.contains("watch expired (410 Gone)"), "{logs}");
     assert!(
-        !cluster.pods[0].logs().contains("peer left"),
-        "{}",
-        cluster.pods[0].logs()
+        !logs.contains("peer discovery failing"),
+        "410 is no failure: {logs}"
     );
+}
+
+#[tokio::test]
+async fn a_persistent_403_is_logged_once_retried_ever_more_slowly_and_recovered_from_once() {
+    let mut cluster = Cluster::api().await;
+    cluster.list(&IPS[..2]);
+    cluster.api.forbid(true);
+    let pod = cluster.spawn(
+        IPS[0],
+        &["--peer-ready-timeout=500ms", "--k8s-backoff-max=2s"],
+    );
+    pod.wait_for_log("RBAC forbids").await;
+    pod.wait_ready().await;
+
+    // Four refused lists: the waits between them double from 0.8 s (each
+    // drawn from [half, all] of its step) and are capped at 2 s.
+    let deadline = Instant::now() + PATIENCE;
+    let times = loop {
+        let times = cluster.api.request_times();
+        if times.len() >= 4 {
+            break times;
+        }
+        assert!(Instant::now() < deadline, "{:?}", cluster.api.requests());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let waits: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(waits[0] <= Duration::from_millis(900), "{waits:?}");
+    assert!(waits[1] >= Duration::from_millis(750), "{waits:?}");
+    assert!(
+        waits[2] >= Duration::from_millis(950),
+        "thinning out: {waits:?}"
+    );
+    let logs = pod.logs();
+    assert_eq!(logs.matches("peer discovery failing").count(), 1, "{logs}");
+    assert!(!logs.contains("recovered"), "{logs}");
+    assert!(
+        !logs.contains("kube_runtime"),
+        "kube's own per-retry warnings: {logs}"
+    );
+    assert!(
+        logs.contains("peer discovery has not succeeded yet") && !logs.contains("missing=[]"),
+        "{logs}"
+    );
+
+    cluster.api.forbid(false);
+    wait_peers(&pod, &[(cluster.peer(IPS[1]), false)]).await;
+    pod.wait_for_log("peer discovery recovered").await;
+    cluster.list(&IPS);
+    let both = [(cluster.peer(IPS[1]), false), (cluster.peer(IPS[2]), false)];
+    wait_peers(&pod, &both).await;
+    let logs = pod.logs();
+    assert_eq!(
+        logs.matches("peer discovery recovered").count(),
+        1,
+        "{logs}"
+    );
+    assert_eq!(logs.matches("peer discovery failing").count(), 1, "{logs}");
+    cluster.pods.push(pod);
+}
+
+#[tokio::test]
+async fn readyz_answers_503_while_a_discovered_peer_is_unreachable_and_200_after_the_wait() {
+    let mut cluster = Cluster::api().await;
+    cluster.list(&IPS[..2]);
+    let spawned = Instant::now();
+    let pod = cluster.spawn(IPS[0], &["--peer-ready-timeout=3s"]);
+    wait_peers(&pod, &[(cluster.peer(IPS[1]), false)]).await;
+    assert_eq!(pod.http_status("/readyz").await, Some(503));
+
+    pod.wait_ready().await;
+    assert!(spawned.elapsed() >= Duration::from_secs(3));
+    let line = pod
+        .wait_for_log("ready without streams to every peer")
+        .await;
+    assert!(line.contains(&cluster.peer(IPS[1])), "{line}");
+    cluster.pods.push(pod);
+}
+
+#[tokio::test]
+async fn a_rotated_kubeconfig_token_file_is_used_at_once_and_discovery_carries_on() {
+    let mut cluster = Cluster::api_with_token_file("default").await;
+    cluster.list(&IPS[..2]);
+    let pod = cluster.spawn(IPS[0], &["--peer-ready-timeout=500ms"]);
+    wait_peers(&pod, &[(cluster.peer(IPS[1]), false)]).await;
+
+    // The old token stops working at once; the watch ends, as at a real
+    // server's watch timeout, and the next request must carry the new one.
+    std::fs::write(cluster.token_file(), "rotated-token").expect("rotate the token file");
+    cluster.api.set_token("rotated-token");
+    cluster.api.drop_watches();
+    cluster.list(&IPS);
+    let both = [(cluster.peer(IPS[1]), false), (cluster.peer(IPS[2]), false)];
+    wait_peers(&pod, &both).await;
+    let logs = pod.logs();
+    assert_eq!(logs.matches("401 Unauthorized").count(), 1, "{logs}");
+    cluster.pods.push(pod);
+}
+
+#[tokio::test]
+async fn without_a_namespace_flag_the_identity_names_the_namespace_discovery_watches() {
+    let mut cluster = Cluster::api_with_token_file("herald").await;
+    cluster.list(&IPS[..2]);
+    let told = cluster.spawn(IPS[0], &["--peer-ready-timeout=2s"]);
+    let untold = cluster.spawn_without_namespace(IPS[1], &["--peer-ready-timeout=2s"]);
+    cluster.pods.extend([told, untold]);
+    for pod in &cluster.pods {
+        pod.wait_ready().await;
+    }
+    let line = cluster.pods[1].wait_for_log("watching Kubernetes").await;
+    assert!(line.contains("namespace=herald"), "{line}");
+    assert!(
+        cluster.pods[1]
+            .logs()
+            .contains("cluster=herald/herald-peers"),
+        "{}",
+        cluster.pods[1].logs()
+    );
+    wait_peers(&cluster.pods[1], &[(cluster.peer(IPS[0]), true)]).await;
+    assert_fan_out(&cluster).await;
 }
 
 #[tokio::test]

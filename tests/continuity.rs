@@ -527,6 +527,17 @@ async fn a_peer_queue_overflow_reaches_subscribers_as_a_gap_and_never_as_a_skipp
     }
     assert!(gaps > 0, "a queue of 1 overflowed under a batch of 2000");
     assert!(a.logs().contains("peer queue full"), "{}", a.logs());
+    let admin = format!("{}:{}", a.ip, a.ports.http)
+        .parse()
+        .expect("address");
+    let (_, metrics) = common::process::http_get(admin, "/metrics")
+        .await
+        .expect("metrics");
+    let dropped = r#"herald_messages_dropped_total{reason="peer_queue_full"}"#;
+    assert!(
+        common::process::sample(&metrics, dropped) >= 1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

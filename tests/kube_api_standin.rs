@@ -526,3 +526,38 @@ async fn requests_without_the_token_are_unauthorized() {
         other => panic!("expected 401, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn after_a_token_rotation_the_old_token_is_unauthorized() {
+    let (api, client) = start().await;
+    assert!(client.apiserver_version().await.is_ok());
+    api.set_token("rotated-token");
+    match client.apiserver_version().await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_change_behind_the_watches_reaches_a_watcher_only_through_410_and_a_relist() {
+    let (api, client) = start().await;
+    list_ready(&api, &["10.0.0.1"]);
+    let mut events = watch_peers(client);
+    initial_list(&mut events).await;
+    watching(&api, &mut events).await;
+
+    api.apply_endpoints_behind_watches(endpoints(
+        "default",
+        PEERS,
+        &["10.0.0.2"],
+        &[],
+        "peer",
+        7001,
+    ));
+    match next(&mut events).await {
+        Err(watcher::Error::WatchError(status)) => assert_eq!(status.code, 410),
+        other => panic!("expected the 410 watch error, got {other:?}"),
+    }
+    let relisted = initial_list(&mut events).await;
+    assert_eq!(ready_ips(&relisted[0]), ["10.0.0.2"]);
+}

@@ -298,11 +298,17 @@ impl Mesh {
         }
         let links = inner.links.load();
         let alone = links.iter().all(|l| l.is_self());
-        let connected = inner.discovered.load(Ordering::Acquire)
+        let discovered = inner.discovered.load(Ordering::Acquire);
+        let connected = discovered
             && links.iter().all(|l| l.is_self() || l.is_connected())
             && (alone || inner.synced.load(Ordering::Acquire));
         let timed_out = inner.started.elapsed() >= inner.settings.ready_timeout;
-        if timed_out && !connected {
+        if timed_out && !discovered {
+            tracing::warn!(
+                "ready although peer discovery has not succeeded yet: the wait timed out; \
+                 the pod serves alone until discovery finds its peers"
+            );
+        } else if timed_out && !connected {
             let missing: Vec<_> = links
                 .iter()
                 .filter(|l| !l.is_self() && !l.is_connected())

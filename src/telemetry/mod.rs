@@ -79,6 +79,9 @@ fn otlp_configured() -> bool {
     .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
 }
 
+/// Added to every log filter that does not name kube_runtime itself.
+const QUIET_WATCHER: &str = "kube_runtime::watcher=error";
+
 /// Installs logging and, when configured, trace export, for node `node`.
 /// Must run inside the tokio runtime (the OTLP exporter uses it).
 pub fn init(args: &TelemetryArgs, node: NodeId) -> Result<Telemetry, TelemetryError> {
@@ -90,6 +93,13 @@ pub fn init(args: &TelemetryArgs, node: NodeId) -> Result<Telemetry, TelemetryEr
     let filter = match std::env::var("RUST_LOG") {
         Ok(filter) if !filter.is_empty() => filter,
         _ => log_level.clone(),
+    };
+    // NB: kube's watcher warns at every retry of a 403; discovery logs each
+    // distinct failure once itself (cluster::discovery::kubernetes).
+    let filter = if filter.contains("kube_runtime") {
+        filter
+    } else {
+        format!("{filter},{QUIET_WATCHER}")
     };
     let env_filter =
         EnvFilter::try_new(&filter).map_err(|source| TelemetryError::Filter { filter, source })?;

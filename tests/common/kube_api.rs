@@ -12,7 +12,10 @@
 //! Every change bumps one global resourceVersion, exactly like etcd behind a real API server.
 //! Watches resume from `resourceVersion=N` by replaying the retained history; resuming from
 //! before [`KubeApi::expire_history`] answers the in-stream `410 Expired` error real servers
-//! send, so the client re-lists. [`KubeApi::stop`] and [`KubeApi::restart`] take the server
+//! send, so the client re-lists; [`KubeApi::apply_endpoints_behind_watches`] makes a change no
+//! open watch sees and compacts past it, so the pods' own watchers get that 410 and must
+//! re-list to learn of it. Requests must carry the expected bearer token
+//! ([`KubeApi::set_token`] rotates it) or get `401`. [`KubeApi::stop`] and [`KubeApi::restart`] take the server
 //! away (listener and every open connection) and bring it back on the same port with the same
 //! objects, for "the API server goes away and comes back" tests.
 //!
@@ -59,7 +62,8 @@ use tokio::{
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// The bearer token written into the kubeconfig; requests without it get `401 Unauthorized`.
+/// The bearer token written into the kubeconfig and expected at first; requests without the
+/// expected token get `401 Unauthorized` ([`KubeApi::set_token`] changes it).
 pub const TOKEN: &str = "herald-test-token";
 
 /// The user named in `403 Forbidden` messages, as a real API server names a service account.
@@ -103,7 +107,10 @@ struct Store {
     /// Watches resuming from below this resourceVersion get `410 Expired`.
     history_floor: u64,
     forbidden: bool,
-    requests: Vec<String>,
+    /// The bearer token requests must carry.
+    token: String,
+    /// Every request with when it arrived.
+    requests: Vec<(Instant, String)>,
     /// Cancelled by [`KubeApi::drop_watches`]: watch streams end cleanly.
     watches: CancellationToken,
     /// Cancelled by [`KubeApi::stop`]: every connection of the current server is cut.
@@ -200,6 +207,7 @@ impl KubeApi {
                 history: Vec::new(),
                 history_floor: 0,
                 forbidden: false,
+                token: TOKEN.to_owned(),
                 requests: Vec::new(),
                 watches: CancellationToken::new(),
                 connections: CancellationToken::new(),
@@ -257,6 +265,12 @@ impl KubeApi {
     /// A kubeconfig whose current context points at this stand-in (plain `http://`), with
     /// namespace `default` and the static bearer token [`TOKEN`].
     pub fn kubeconfig_yaml(&self) -> String {
+        self.kubeconfig_yaml_with("default", &format!("token: {TOKEN}"))
+    }
+
+    /// The kubeconfig with context namespace `namespace` and `user` as the user's one entry
+    /// (`token: ...` or `tokenFile: ...`).
+    fn kubeconfig_yaml_with(&self, namespace: &str, user: &str) -> String {
         format!(
             "apiVersion: v1
 kind: Config
@@ -268,13 +282,13 @@ contexts:
 - name: kube-api-standin
   context:
     cluster: kube-api-standin
-    namespace: default
+    namespace: {namespace}
     user: herald
 current-context: kube-api-standin
 users:
 - name: herald
   user:
-    token: {TOKEN}
+    {user}
 ",
             addr = self.addr()
         )
@@ -285,6 +299,16 @@ users:
     pub fn write_kubeconfig(&self, dir: &Path) -> PathBuf {
         let path = dir.join("kubeconfig");
         std::fs::write(&path, self.kubeconfig_yaml()).expect("write the stand-in kubeconfig");
+        path
+    }
+
+    /// Writes a kubeconfig to `dir/kubeconfig` whose context namespace is `namespace` and whose
+    /// user reads its token from `token_file` (`tokenFile`), and returns its path.
+    pub fn write_kubeconfig_with(&self, dir: &Path, namespace: &str, token_file: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let user = format!("tokenFile: {}", token_file.display());
+        std::fs::write(&path, self.kubeconfig_yaml_with(namespace, &user))
+            .expect("write the stand-in kubeconfig");
         path
     }
 
@@ -306,6 +330,20 @@ users:
     /// MODIFIED; returns the stored object with its new resourceVersion.
     pub fn apply_endpoints(&self, endpoints: Endpoints) -> Endpoints {
         self.shared.apply_typed(Kind::Endpoints, &endpoints)
+    }
+
+    /// Ends every open watch, applies `endpoints` and forgets the history up to that change,
+    /// all at once: a watcher resuming from the resourceVersion it had can only get
+    /// `410 Expired` and re-list, as after a watch that was down across an etcd compaction.
+    pub fn apply_endpoints_behind_watches(&self, endpoints: Endpoints) -> Endpoints {
+        let value = serde_json::to_value(&endpoints).expect("serialize Endpoints");
+        let mut store = self.shared.lock();
+        store.watches.cancel();
+        store.watches = CancellationToken::new();
+        let stored = self.shared.apply_locked(&mut store, Kind::Endpoints, value);
+        store.history.clear();
+        store.history_floor = store.resource_version;
+        serde_json::from_value(stored).expect("deserialize the stored Endpoints")
     }
 
     /// Deletes an `Endpoints`, emitting DELETED; returns whether it existed.
@@ -334,6 +372,11 @@ users:
         self.shared.lock().forbidden = forbidden;
     }
 
+    /// From now on only `Bearer <token>` is accepted; other tokens get `401 Unauthorized`.
+    pub fn set_token(&self, token: &str) {
+        self.shared.lock().token = token.to_owned();
+    }
+
     /// Forgets the event history: a watch resuming from any resourceVersion older than now
     /// gets a `410 Expired` error event, and the client has to re-list.
     pub fn expire_history(&self) {
@@ -353,7 +396,14 @@ users:
     /// Every request served so far, as `METHOD /path?query` exactly as the client sent it
     /// (query still percent-encoded), oldest first.
     pub fn requests(&self) -> Vec<String> {
-        self.shared.lock().requests.clone()
+        let store = self.shared.lock();
+        store.requests.iter().map(|(_, r)| r.clone()).collect()
+    }
+
+    /// When each request of [`KubeApi::requests`] arrived, oldest first.
+    pub fn request_times(&self) -> Vec<Instant> {
+        let store = self.shared.lock();
+        store.requests.iter().map(|(at, _)| *at).collect()
     }
 }
 
@@ -462,7 +512,12 @@ impl Shared {
         serde_json::from_value(stored).expect("deserialize the stored Kubernetes object")
     }
 
-    fn apply(&self, kind: Kind, mut object: Value) -> Value {
+    fn apply(&self, kind: Kind, object: Value) -> Value {
+        let mut store = self.lock();
+        self.apply_locked(&mut store, kind, object)
+    }
+
+    fn apply_locked(&self, store: &mut Store, kind: Kind, mut object: Value) -> Value {
         let metadata = &mut object["metadata"];
         let name = metadata["name"]
             .as_str()
@@ -475,7 +530,6 @@ impl Shared {
                 "default".to_owned()
             }
         };
-        let mut store = self.lock();
         store.resource_version += 1;
         let resource_version = store.resource_version;
         object["metadata"]["resourceVersion"] = json!(resource_version.to_string());
@@ -488,7 +542,7 @@ impl Shared {
             Action::Added
         };
         self.record(
-            &mut store,
+            store,
             Change {
                 resource_version,
                 kind,
@@ -598,14 +652,12 @@ fn router(shared: Arc<Shared>) -> Router {
 
 /// Records the request, then authenticates (401) and authorizes (403) it like a real server.
 async fn gatekeeper(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
-    let forbidden = {
+    let (forbidden, expected) = {
         let mut store = shared.lock();
-        store
-            .requests
-            .push(format!("{} {}", request.method(), request.uri()));
-        store.forbidden
+        let line = format!("{} {}", request.method(), request.uri());
+        store.requests.push((Instant::now(), line));
+        (store.forbidden, format!("Bearer {}", store.token))
     };
-    let expected = format!("Bearer {TOKEN}");
     let authenticated = request
         .headers()
         .get(header::AUTHORIZATION)
