@@ -352,6 +352,11 @@ async fn guard<E>(
 fn violation(error: &Error) -> Option<End> {
     let source = std::error::Error::source(error)?;
     match source.downcast_ref::<tungstenite::Error>()? {
+        // A client that vanishes without a closing handshake broke nothing
+        // worth a close frame: it is gone.
+        tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => None,
         tungstenite::Error::Protocol(_) => Some(End::ProtocolError),
         tungstenite::Error::Utf8(_) => Some(End::InvalidText),
         _ => None,
