@@ -118,7 +118,7 @@ fn fan_out(c: &mut Criterion) {
             b.iter_batched(
                 || drain(&mut sessions),
                 |()| hub.deliver(black_box(&msg)),
-                BatchSize::SmallInput,
+                BatchSize::PerIteration,
             )
         });
     }
@@ -196,7 +196,7 @@ fn sequencing(c: &mut Criterion) {
                     vec![draft(&ids, room.clone())]
                 },
                 |drafts| local.sequence(black_box(drafts), &|_| {}),
-                BatchSize::SmallInput,
+                BatchSize::PerIteration,
             )
         });
     }
