@@ -182,18 +182,8 @@ async fn queued_messages_for_one_client_may_share_a_frame_as_newline_separated_o
     let pod = Pod::start(&["--client-queue=4096"]).await;
     let mut user = User::connect(&pod.ws_url()).await;
     user.subscribe("burst").await;
-    let messages = (0..2000)
-        .map(|n| PublishRequest {
-            topic: "burst".into(),
-            data: n.to_string().into_bytes(),
-            ..PublishRequest::default()
-        })
-        .collect();
-    pod.publisher()
-        .await
-        .publish_batch(PublishBatchRequest { messages })
-        .await
-        .expect("batch accepted");
+    pod.publish_batch("burst", (0..2000).map(|n: u32| n.to_string().into_bytes()))
+        .await;
     for n in 0..2000 {
         assert_eq!(user.message("burst").await, json!(n));
     }

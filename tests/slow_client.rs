@@ -143,18 +143,8 @@ async fn a_burst_bigger_than_the_client_queue_is_caught_up_from_history_not_cut_
     let mut user = User::connect(&pod.ws_url()).await;
     user.subscribe("burst").await;
     const COUNT: u64 = 3000;
-    let messages = (0..COUNT)
-        .map(|n| PublishRequest {
-            topic: "burst".into(),
-            data: n.to_string().into_bytes(),
-            ..PublishRequest::default()
-        })
-        .collect();
-    pod.publisher()
-        .await
-        .publish_batch(herald::proto::v1::PublishBatchRequest { messages })
-        .await
-        .expect("batch accepted");
+    pod.publish_batch("burst", (0..COUNT).map(|n| n.to_string().into_bytes()))
+        .await;
     // One batch of 3,000 to a queue of 64: the user falls behind at once,
     // and reads the rest from history, every offset in order.
     for n in 0..COUNT {
@@ -180,18 +170,8 @@ async fn a_reader_slower_than_the_history_gets_a_gap_and_stays_connected() {
     // 400 messages of 2 KB while the user reads nothing: far more than
     // its queue, its socket and the 50 the history keeps.
     const COUNT: u64 = 400;
-    let messages = (0..COUNT)
-        .map(|n| PublishRequest {
-            topic: "lagging".into(),
-            data: format!(r#"[{n},"{}"]"#, "x".repeat(2000)).into_bytes(),
-            ..PublishRequest::default()
-        })
-        .collect();
-    pod.publisher()
-        .await
-        .publish_batch(herald::proto::v1::PublishBatchRequest { messages })
-        .await
-        .expect("batch accepted");
+    let data = (0..COUNT).map(|n| format!(r#"[{n},"{}"]"#, "x".repeat(2000)).into_bytes());
+    pod.publish_batch("lagging", data).await;
     // Reading now: every offset follows the one before, or a gap that
     // says where the user stands.
     let (mut at, mut gaps) = (0, 0);

@@ -112,6 +112,15 @@ impl Accepted {
     }
 }
 
+/// The frame that tells a peer why its stream is refused.
+fn refusal_frame(refusal: &handshake::Refusal) -> PeerFrame {
+    PeerFrame {
+        kind: Some(peer_frame::Kind::Refusal(Refusal {
+            reason: refusal.to_string(),
+        })),
+    }
+}
+
 /// Serves one peer-wire connection: the handshake, then every frame the
 /// peer sends is handled here, on this task, until the connection ends or
 /// the pod stops. A peer that sends bytes that are not frames is
@@ -141,12 +150,7 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
         Ok(from) => from,
         Err(refusal) => {
             tracing::warn!(peer = %theirs.address, %refusal, "refusing a peer stream");
-            let refused = PeerFrame {
-                kind: Some(peer_frame::Kind::Refusal(Refusal {
-                    reason: refusal.to_string(),
-                })),
-            };
-            let _ = wire::answer(&mut stream, &refused).await;
+            let _ = wire::answer(&mut stream, &refusal_frame(&refusal)).await;
             return;
         }
     };
@@ -166,12 +170,7 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
         stats::add(&mesh.counters().peer_auth_failures, 1);
         let refusal = handshake::Refusal::NoProof;
         tracing::warn!(peer = %theirs.address, %refusal, "refusing a peer stream");
-        let refused = PeerFrame {
-            kind: Some(peer_frame::Kind::Refusal(Refusal {
-                reason: refusal.to_string(),
-            })),
-        };
-        let _ = wire::send(&mut stream, &refused).await;
+        let _ = wire::send(&mut stream, &refusal_frame(&refusal)).await;
         return;
     }
     mesh.heard_from(&theirs.address);

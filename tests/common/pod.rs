@@ -75,6 +75,23 @@ impl Pod {
         super::publish(format!("http://{}", self.grpc), topic, data).await
     }
 
+    /// Publishes every one of `data` to `topic` in one `PublishBatch`.
+    pub async fn publish_batch(&self, topic: &str, data: impl IntoIterator<Item = Vec<u8>>) {
+        let messages = data
+            .into_iter()
+            .map(|data| herald::proto::v1::PublishRequest {
+                topic: topic.into(),
+                data,
+                ..Default::default()
+            })
+            .collect();
+        self.publisher()
+            .await
+            .publish_batch(herald::proto::v1::PublishBatchRequest { messages })
+            .await
+            .expect("batch accepted");
+    }
+
     /// Cancels the pod and waits for it to finish draining.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
