@@ -29,7 +29,8 @@ use crate::cluster::inbound;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::{Mesh, MeshSettings};
 use crate::config::{
-    AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, HistoryArgs, ListenArgs, ServeArgs,
+    AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, HistoryArgs, ListenArgs, PresenceArgs,
+    ServeArgs,
 };
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -39,12 +40,13 @@ use crate::limit::TokenBucket;
 use crate::local::Local;
 use crate::message::NodeId;
 use crate::metrics::{Metrics, Sources};
+use crate::presence::{self, Presence};
 use crate::publish::Publisher;
 use crate::stats::Counters;
 use crate::ws::fairness::{AddressRates, ClientAddress, UserConnections};
 use crate::ws::socket::{Connection, SharedListener};
 use crate::ws::{EdgeLimits, Gateway, session};
-use crate::{grpc, http, tls};
+use crate::{cluster, grpc, http, tls};
 
 /// The cluster secret peers prove, watched for changes; without one, a
 /// warning when the pod has peers to find.
@@ -137,6 +139,7 @@ pub async fn run(
         tls,
         cluster,
         history,
+        presence,
         telemetry: _,
         drain_window,
         demo,
@@ -168,6 +171,16 @@ pub async fn run(
     let hub = Hub::with_write_delay(limits.write_delay);
     let history = History::new(history_limits(&history)?);
     let local = Local::new(hub.clone(), history.clone(), node);
+    let PresenceArgs {
+        presence_topics,
+        presence_info_claim: info_claim,
+    } = presence;
+    let presence = Presence::new(presence::Settings {
+        node,
+        topics: TopicPatterns::parse(&presence_topics).map_err(Error::PresenceTopics)?,
+        grace: cluster::presence::GRACE,
+    });
+    hub.watch(Arc::new(presence.clone()));
     let kubernetes = match cluster.discovery {
         DiscoveryKind::Kubernetes => Some(Target::from_environment(namespace(&cluster)).await?),
         _ => None,
@@ -184,9 +197,14 @@ pub async fn run(
             secret,
         },
         local.clone(),
+        presence.clone(),
         tracker.clone(),
         stop_links.clone(),
         counters.clone(),
+    );
+    tracker.spawn(
+        cluster::presence::run(mesh.clone(), stop.clone())
+            .instrument(tracing::info_span!("presence")),
     );
     let metrics = Metrics::new(Sources {
         hub: hub.clone(),
@@ -212,7 +230,7 @@ pub async fn run(
         counters: &counters,
     };
     discovery.spawn(peers_tx, &tracker, &stop)?;
-    let (verifier, api_tokens) = load_auth(&auth, &tracker, &stop)?;
+    let (verifier, api_tokens) = load_auth(&auth, info_claim, &tracker, &stop)?;
     tracker.spawn(
         mesh.clone()
             .follow(peers_rx)
@@ -221,6 +239,7 @@ pub async fn run(
 
     let gateway = Gateway {
         local: local.clone(),
+        presence: presence.clone(),
         queue_capacity: limits.client_queue,
         max_subscriptions: limits.max_subscriptions,
         max_frame_bytes: limits.max_frame_bytes,
@@ -362,6 +381,9 @@ async fn drain(
         left = counters.connections_open(),
         "drain done; handing topics on"
     );
+    // The last users' leaves go out before the handover, which ends the
+    // streams.
+    cluster::presence::flush(&mesh);
     mesh.leave(PEER_FLUSH).await;
     stop.cancel();
 }
@@ -397,6 +419,7 @@ fn history_limits(args: &HistoryArgs) -> Result<Limits> {
 /// The token checks `auth` asks for, with their file watchers running.
 fn load_auth(
     auth: &AuthArgs,
+    info_claim: Option<String>,
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) -> Result<(Option<Verifier>, Option<ApiTokens>)> {
@@ -415,6 +438,7 @@ fn load_auth(
                 issuer: auth.jwt_issuer.clone(),
                 audience: auth.jwt_audience.clone(),
                 leeway: auth.jwt_leeway,
+                info_claim,
             })?;
             tracker.spawn(verifier.clone().watch(stop.clone()));
             Some(verifier)

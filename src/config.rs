@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// What each pod keeps of every topic for resumes and `history`.
     #[command(flatten)]
     pub history: HistoryArgs,
+    /// Who is in which topic, across the cluster.
+    #[command(flatten)]
+    pub presence: PresenceArgs,
     /// Logs and traces.
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
@@ -201,6 +204,25 @@ pub struct HistoryArgs {
     /// still carry offsets.
     #[arg(long, env = "HERALD_HISTORY_OFF", value_delimiter = ',')]
     pub history_off: Vec<String>,
+}
+
+/// Presence: the connections in a topic, cluster-wide, with join and leave
+/// events (docs/presence.md).
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    /// Topics that keep presence, comma-separated names or `prefix*`
+    /// patterns (e.g. `room:*,user:*`). Every pod holds every entry of
+    /// these topics and hears of every change, so none is the default:
+    /// presence costs nothing until it is asked for. `user:*` answers
+    /// "is this user connected anywhere" for users subscribed to their
+    /// own topic.
+    #[arg(long, env = "HERALD_PRESENCE_TOPICS", value_delimiter = ',')]
+    pub presence_topics: Vec<String>,
+    /// The JWT claim whose value is a user's presence `info` (any JSON, at
+    /// most 512 bytes compact; a token with more is refused). Unset:
+    /// entries carry no `info`.
+    #[arg(long, env = "HERALD_PRESENCE_INFO_CLAIM")]
+    pub presence_info_claim: Option<String>,
 }
 
 /// How WebSocket users authenticate.

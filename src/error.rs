@@ -22,6 +22,9 @@ pub enum Error {
     /// `--history-off` holds an entry that is not a topic or `prefix*`.
     #[error("--history-off: {0}")]
     HistoryOff(crate::auth::PatternError),
+    /// `--presence-topics` holds an entry that is not a topic or `prefix*`.
+    #[error("--presence-topics: {0}")]
+    PresenceTopics(crate::auth::PatternError),
     /// `--discovery dns` without `--dns-name`.
     #[error("--discovery dns needs --dns-name")]
     MissingDnsName,

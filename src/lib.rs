@@ -27,6 +27,8 @@
 //! - [`hub`]: the local topic registry; knows no transport and no peers.
 //! - [`history`]: each topic's head, sequencer and kept messages (pure).
 //! - [`local`]: history and hub changed together, in each topic's order.
+//! - [`presence`]: who is in a topic, cluster-wide, fed by the hub's change
+//!   feed and the peers' deltas.
 //! - [`ws`]: the WebSocket gateway (`GET /ws`) and protocol v1.
 //! - [`auth`]: JWTs for WebSocket users, topic permissions, gRPC API tokens.
 //! - [`grpc`]: tonic adapters for the public API.
@@ -53,6 +55,7 @@ pub mod limit;
 pub mod local;
 pub mod message;
 pub mod metrics;
+pub mod presence;
 pub mod proto;
 pub mod publish;
 pub mod shutdown;

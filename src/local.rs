@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::history::{BadPosition, Entry, Fit, History, Since};
-use crate::hub::{Hub, Membership, Outgoing, Pending, TooManySubscriptions};
+use crate::hub::{Hub, Membership, Options, Outgoing, Pending, TooManySubscriptions};
 use crate::message::{Draft, Message, MessageId, NodeId, Position, Stamp, gap_frame};
 use crate::topic::Topic;
 
@@ -315,7 +315,7 @@ impl Local {
         self.inner.hub.write_out(pending);
     }
 
-    /// Subscribes `membership` to `topic` and queues, in this order, what
+    /// Subscribes `membership` to `topic` (with `options`) and queues, in this order, what
     /// `frames` makes of the outcome (the reply), then the replay when
     /// `since` is recovered; live messages follow. Nothing is subscribed
     /// when it fails.
@@ -324,6 +324,7 @@ impl Local {
         membership: &mut Membership,
         topic: Topic,
         since: Option<Position>,
+        options: Options,
         frames: impl FnOnce(&Resume) -> Outgoing,
     ) -> Result<Resume, SubscribeError> {
         let mut pending = Pending::default();
@@ -331,7 +332,7 @@ impl Local {
             let log = entry.log();
             let head = log.head();
             let replay = since.map(|since| log.since(&topic, since)).transpose()?;
-            let fresh = membership.subscribe(topic)?;
+            let fresh = membership.subscribe_with(topic, options)?;
             let (recovered, replay) = match replay {
                 // Already subscribed: where it stands, and nothing again.
                 _ if !fresh => (None, Vec::new()),

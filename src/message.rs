@@ -23,7 +23,7 @@ use crate::topic::Topic;
 /// The identity of one herald process, random at every start. It tells peers
 /// apart (a restarted pod with the same IP is a new node) and lets a pod
 /// recognise a stream to itself.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId(u64);
 
 impl NodeId {

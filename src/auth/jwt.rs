@@ -62,7 +62,13 @@ pub struct JwtSettings {
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf` (whole seconds count).
     pub leeway: Duration,
+    /// `--presence-info-claim`: the claim whose JSON value becomes the
+    /// user's presence `info` (at most [`MAX_INFO_BYTES`] compact).
+    pub info_claim: Option<String>,
 }
+
+/// Largest presence `info` a token may carry, in bytes of compact JSON.
+pub const MAX_INFO_BYTES: usize = crate::presence::MAX_INFO_BYTES;
 
 impl Default for JwtSettings {
     fn default() -> Self {
@@ -73,6 +79,7 @@ impl Default for JwtSettings {
             issuer: None,
             audience: None,
             leeway: DEFAULT_LEEWAY,
+            info_claim: None,
         }
     }
 }
@@ -150,6 +157,9 @@ pub struct Identity {
     /// When the token expires (`exp`); a gateway may close the connection
     /// then.
     pub expires_at: SystemTime,
+    /// The user's presence `info`: the configured claim's value as compact
+    /// JSON, when the token has it.
+    pub info: Option<Arc<str>>,
 }
 
 /// The topic prefix every user may always subscribe under, with their `sub`.
@@ -211,6 +221,7 @@ struct Rules {
     issuer: Option<String>,
     audience: Option<String>,
     leeway_secs: u64,
+    info_claim: Option<String>,
 }
 
 impl Rules {
@@ -470,6 +481,7 @@ impl Verifier {
             issuer,
             audience,
             leeway,
+            info_claim,
         } = settings;
         let mut sources = Vec::new();
         if let Some(p) = secret_file {
@@ -493,6 +505,7 @@ impl Verifier {
             issuer: issuer.clone(),
             audience: audience.clone(),
             leeway_secs: leeway.as_secs(),
+            info_claim: info_claim.clone(),
         };
         let path = source.path();
         let contents = std::fs::read(path).map_err(|source| AuthError::Read {
@@ -540,7 +553,11 @@ impl Verifier {
         }
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
             .map_err(|e| token_error(e.into_kind()))?;
-        identity(data.claims)
+        let mut identity = identity(data.claims)?;
+        if let Some(claim) = &self.inner.rules.info_claim {
+            identity.info = info(token, claim)?;
+        }
+        Ok(identity)
     }
 
     /// Reloads the key file whenever its contents change, until `shutdown`.
@@ -683,7 +700,32 @@ fn identity(claims: Claims) -> Result<Identity, TokenError> {
         // `as` saturates; the cap keeps the addition in range on every
         // platform.
         expires_at: UNIX_EPOCH + Duration::from_secs(exp.min(MAX_EXP_SECS) as u64),
+        info: None,
     })
+}
+
+/// The compact JSON of claim `claim` of a token whose signature was
+/// checked, read again from its payload (only when presence `info` is
+/// configured, so other tokens pay nothing for it).
+fn info(token: &str, claim: &str) -> Result<Option<Arc<str>>, TokenError> {
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(base64url_decode)
+        .ok_or(TokenError::Malformed)?;
+    let mut claims: serde_json::Map<String, Value> =
+        serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
+    let Some(value) = claims.remove(claim).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let compact = value.to_string();
+    if compact.len() > MAX_INFO_BYTES {
+        return Err(TokenError::BadClaims(format!(
+            "`{claim}` is {} bytes of JSON; presence info may be at most {MAX_INFO_BYTES}",
+            compact.len()
+        )));
+    }
+    Ok(Some(compact.into()))
 }
 
 fn patterns(claim: &str, value: Option<Value>) -> Result<TopicPatterns, TokenError> {
@@ -1124,6 +1166,7 @@ mod tests {
             subscribe: TopicPatterns::none(),
             publish: TopicPatterns::none(),
             expires_at: SystemTime::now(),
+            info: None,
         };
         assert_eq!(id.user_topic(), None);
     }

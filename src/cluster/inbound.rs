@@ -112,6 +112,25 @@ impl Accepted {
     }
 }
 
+/// A proven stream from a peer, for presence: up while this lives.
+struct StreamUp<'a> {
+    mesh: &'a Mesh,
+    from: NodeId,
+}
+
+impl<'a> StreamUp<'a> {
+    fn new(mesh: &'a Mesh, from: NodeId, address: &str) -> Self {
+        mesh.stream_up(from, address);
+        Self { mesh, from }
+    }
+}
+
+impl Drop for StreamUp<'_> {
+    fn drop(&mut self) {
+        self.mesh.stream_down(self.from);
+    }
+}
+
 /// The frame that tells a peer why its stream is refused.
 fn refusal_frame(refusal: &handshake::Refusal) -> PeerFrame {
     PeerFrame {
@@ -174,6 +193,7 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
         return;
     }
     mesh.heard_from(&theirs.address);
+    let _up = StreamUp::new(&mesh, from, &theirs.address);
     // A snapshot (one topic's newest history, for a pod that just started)
     // is the largest frame a peer sends.
     let max = settings.max_message_bytes + MAX_ENVELOPE_OVERHEAD + 2 * SNAPSHOT_BYTES;

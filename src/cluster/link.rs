@@ -77,6 +77,9 @@ pub struct Link {
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
     counters: Arc<Counters>,
+    /// A presence delta was dropped for the peer: it gets the whole state
+    /// again on the stream's next tick.
+    presence_stale: AtomicBool,
 }
 
 type Queue = mpsc::Receiver<Item>;
@@ -99,6 +102,7 @@ impl Link {
             connects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             counters,
+            presence_stale: AtomicBool::new(false),
         });
         (link, rx)
     }
@@ -179,6 +183,12 @@ impl Link {
             return false;
         }
         sent.is_ok()
+    }
+
+    /// Has the stream send this pod's whole presence state again soon (a
+    /// delta was dropped for the peer).
+    pub fn resend_presence(&self) {
+        self.presence_stale.store(true, Ordering::Release);
     }
 
     /// Connects again now if the link is waiting out a backoff: the peer
@@ -320,6 +330,12 @@ async fn stream_wire(
     // Now and then: a pod that has not synced asks (again) for what its
     // peers keep.
     let mut sync_check = tokio::time::interval(SYNC_ASK_EVERY);
+    // The peer replaces what it holds of this pod's presence with this
+    // first, before any delta queued (older ones it ignores).
+    link.presence_stale.store(false, Ordering::Release);
+    if let Err(e) = send_presence_state(&mut stream, mesh, &mut out).await {
+        return e;
+    }
     // What was lost on a stream before this one is told first.
     if let Err(e) = tell_lost(&mut stream, link, &mut queue, &mut out, &mut writing).await {
         return e;
@@ -327,6 +343,11 @@ async fn stream_wire(
     loop {
         tokio::select! {
             _ = sync_check.tick() => {
+                if link.presence_stale.swap(false, Ordering::AcqRel)
+                    && let Err(e) = send_presence_state(&mut stream, mesh, &mut out).await
+                {
+                    return e;
+                }
                 if mesh.asks_for_sync() {
                     let ask = PeerFrame {
                         kind: Some(peer_frame::Kind::SyncRequest(SyncRequest {})),
@@ -373,6 +394,22 @@ async fn stream_wire(
             }
         }
     }
+}
+
+/// Writes this pod's whole presence state to the stream, now.
+async fn send_presence_state<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    mesh: &Mesh,
+    out: &mut BytesMut,
+) -> Result<(), LinkError> {
+    for kind in super::presence::state_frames(mesh.presence()) {
+        wire::encode(&PeerFrame { kind: Some(kind) }, out);
+        if let Err(e) = stream.write_all(out).await {
+            return Err(LinkError::Stream(e.to_string()));
+        }
+        out.clear();
+    }
+    Ok(())
 }
 
 /// Writes `out`; if the stream breaks, the messages in it (`writing`) are
@@ -599,9 +636,15 @@ mod tests {
             crate::history::History::new(Default::default()),
             node,
         );
+        let presence = crate::presence::Presence::new(crate::presence::Settings {
+            node,
+            topics: crate::auth::TopicPatterns::none(),
+            grace: crate::cluster::presence::GRACE,
+        });
         Mesh::new(
             settings,
             local,
+            presence,
             TaskTracker::new(),
             CancellationToken::new(),
             Arc::new(Counters::default()),
@@ -654,6 +697,15 @@ mod tests {
         let expected = sent.clone();
         let reader = tokio::spawn(async move {
             started.await.expect("started");
+            // Its presence state comes first on every stream (empty here).
+            let state = wire::read_frame(&mut peer, &mut buf, 1 << 20)
+                .await
+                .expect("reads")
+                .expect("not closed");
+            assert!(
+                matches!(state.kind, Some(peer_frame::Kind::PresenceState(ref s)) if s.first && s.last),
+                "{state:?}"
+            );
             // A pod that has not synced asks its first peer to.
             let ask = wire::read_frame(&mut peer, &mut buf, 1 << 20)
                 .await

@@ -32,8 +32,10 @@ use tracing::Instrument;
 use super::link::{self, Link};
 use super::secret::{ClusterSecret, Role};
 use super::{PeerSet, handshake};
+use crate::hub::Hub;
 use crate::local::Local;
 use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp, TraceContext};
+use crate::presence::Presence;
 use crate::proto::v1::{
     Envelope, Head, Heads, Hello, Leaving, PeerFrame, Receipt, Snapshot, peer_frame,
 };
@@ -137,6 +139,7 @@ pub struct Mesh {
 struct Inner {
     settings: MeshSettings,
     local: Local,
+    presence: Presence,
     /// The links the publish path relays to.
     links: ArcSwap<Vec<Arc<Link>>>,
     /// The same links by address; written only by `follow`.
@@ -160,12 +163,14 @@ struct Inner {
 }
 
 impl Mesh {
-    /// A mesh with no peers yet, ordering and delivering through `local`.
-    /// Link tasks run on `tracker` and stop with `shutdown`; drops and
-    /// reconnects are counted into `counters`.
+    /// A mesh with no peers yet, ordering and delivering through `local`
+    /// and sharing `presence` with its peers. Link tasks run on `tracker`
+    /// and stop with `shutdown`; drops and reconnects are counted into
+    /// `counters`.
     pub fn new(
         settings: MeshSettings,
         local: Local,
+        presence: Presence,
         tracker: TaskTracker,
         shutdown: CancellationToken,
         counters: Arc<Counters>,
@@ -174,6 +179,7 @@ impl Mesh {
             inner: Arc::new(Inner {
                 settings,
                 local,
+                presence,
                 links: ArcSwap::default(),
                 by_address: Mutex::default(),
                 left: Mutex::default(),
@@ -198,6 +204,38 @@ impl Mesh {
     /// The pod's counters.
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
+    }
+
+    /// This pod's presence.
+    pub fn presence(&self) -> &Presence {
+        &self.inner.presence
+    }
+
+    /// The local hub.
+    pub fn hub(&self) -> &Hub {
+        self.inner.local.hub()
+    }
+
+    /// Queues a presence frame for every peer without waiting; a peer
+    /// whose queue is full gets the whole state again instead.
+    pub fn broadcast_presence(&self, kind: &peer_frame::Kind) {
+        for link in self.inner.links.load().iter() {
+            if !link.is_self() && !link.offer_control(kind.clone()) {
+                link.resend_presence();
+            }
+        }
+    }
+
+    /// A stream from peer `from` (advertising `address`) proved itself:
+    /// its presence entries are live again.
+    pub fn stream_up(&self, from: NodeId, address: &str) {
+        self.inner.presence.peer_up(from, address);
+    }
+
+    /// A stream from peer `from` ended: its presence entries last for the
+    /// grace unless one comes back.
+    pub fn stream_down(&self, from: NodeId) {
+        self.inner.presence.peer_down(from);
     }
 
     /// Follows the peer sets published by discovery until shutdown.
@@ -231,6 +269,9 @@ impl Mesh {
         for address in leaving {
             if let Some(link) = by_address.remove(&address) {
                 link.stop();
+                if let Some(node) = link.node() {
+                    inner.presence.peer_gone(node);
+                }
                 tracing::info!(peer = %address, group_size = peers.len() + 1, "peer left");
             }
         }
@@ -441,6 +482,12 @@ impl Mesh {
                 Some(peer_frame::Kind::Snapshot(snapshot)) => {
                     self.deliver(std::mem::take(&mut together), None);
                     self.take_snapshot(&snapshot);
+                }
+                Some(peer_frame::Kind::PresenceDelta(delta)) => {
+                    super::presence::take_delta(&self.inner.presence, from, delta);
+                }
+                Some(peer_frame::Kind::PresenceState(state)) => {
+                    super::presence::take_state(&self.inner.presence, from, state);
                 }
                 Some(_) | None => tracing::debug!("ignoring an unexpected frame from a peer"),
             }
@@ -734,6 +781,8 @@ impl Mesh {
                 self.inner.local.hand_over(&topic, position, successor);
             }
         }
+        // Its users were closed (and their leaves sent) before this frame.
+        self.inner.presence.peer_gone(from);
         tracing::info!(peer = %from, topics = leaving.heads.len(), "a peer is leaving and handed its topics on");
     }
 
@@ -835,9 +884,15 @@ mod tests {
         };
         let local = Local::new(Hub::new(), History::new(Default::default()), node);
         let counters = Arc::new(Counters::default());
+        let presence = crate::presence::Presence::new(crate::presence::Settings {
+            node,
+            topics: crate::auth::TopicPatterns::none(),
+            grace: crate::cluster::presence::GRACE,
+        });
         Mesh::new(
             settings,
             local,
+            presence,
             TaskTracker::new(),
             CancellationToken::new(),
             counters,

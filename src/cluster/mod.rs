@@ -8,6 +8,8 @@
 //! an earlier release. The [`inbound`] side takes the other pods' streams
 //! and delivers what arrives into the local hub, never forwarding it, so
 //! each message crosses the network once per pod. The cluster never touches a user socket.
+//! [`presence`] carries each pod's presence entries to the others on the
+//! same streams.
 
 pub mod backoff;
 pub mod dedup;
@@ -16,6 +18,7 @@ pub mod handshake;
 pub mod inbound;
 pub mod link;
 pub mod mesh;
+pub mod presence;
 pub mod secret;
 pub mod wire;
 

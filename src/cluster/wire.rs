@@ -39,12 +39,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerIo for T {}
 const LENGTH_BYTES: usize = 4;
 
 /// A connection idle this long is probed...
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
 /// ...every second, and given up after five probes unanswered: a peer that
 /// vanished without closing (its node died, a partition) is noticed within
 /// about ten seconds, as the gRPC stream's HTTP/2 pings did.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-const KEEPALIVE_PROBES: u32 = 5;
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Probes unanswered before the connection is given up.
+pub const KEEPALIVE_PROBES: u32 = 5;
 /// Data written but not acknowledged for this long ends the connection too
 /// (keepalive probes only an idle one).
 #[cfg(target_os = "linux")]

@@ -1,4 +1,5 @@
-//! `herald.v1.Publisher`: Publish, PublishBatch, History and ListPeers.
+//! `herald.v1.Publisher`: Publish, PublishBatch, History, ListPeers and
+//! presence (Presence, PresenceStats, UserPresence).
 
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -9,11 +10,13 @@ use crate::cluster::Mesh;
 use crate::history::BadPosition;
 use crate::local::{Local, Receipt};
 use crate::message::{Position, TraceContext};
+use crate::presence::{self, Conn};
 use crate::proto::v1::publisher_server::Publisher as PublisherApi;
 use crate::proto::v1::{
     HistoryMessage, HistoryRequest, HistoryResponse, ListPeersRequest, ListPeersResponse,
-    PeerStatus, Position as ProtoPosition, PublishBatchRequest, PublishBatchResponse,
-    PublishRequest, PublishResponse,
+    PeerStatus, Position as ProtoPosition, PresenceEntry, PresenceRequest, PresenceResponse,
+    PresenceStatsRequest, PresenceStatsResponse, PublishBatchRequest, PublishBatchResponse,
+    PublishRequest, PublishResponse, UserPresenceRequest, UserPresenceResponse,
 };
 use crate::publish::{self, PublishError, Publisher};
 use crate::telemetry::trace;
@@ -119,6 +122,19 @@ fn allowed<'a, T>(
     }
 }
 
+impl PublisherService {
+    /// `topic` if it is one and keeps presence.
+    fn presence_topic(&self, topic: &str) -> Result<Topic, Status> {
+        let topic = Topic::new(topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !self.mesh.presence().covers(&topic) {
+            return Err(Status::failed_precondition(format!(
+                "{topic} keeps no presence on this server (--presence-topics)"
+            )));
+        }
+        Ok(topic)
+    }
+}
+
 #[tonic::async_trait]
 impl PublisherApi for PublisherService {
     async fn publish(
@@ -196,6 +212,78 @@ impl PublisherApi for PublisherService {
             head: Some(proto_position(page.head)),
             messages,
             recovered: page.recovered,
+        }))
+    }
+
+    async fn presence(
+        &self,
+        request: Request<PresenceRequest>,
+    ) -> Result<Response<PresenceResponse>, Status> {
+        allowed(&request, [request.get_ref().topic.as_str()])?;
+        let PresenceRequest {
+            topic,
+            limit,
+            cursor,
+        } = request.into_inner();
+        let topic = self.presence_topic(&topic)?;
+        let limit = match limit as usize {
+            0 => presence::DEFAULT_PAGE,
+            n @ 1..=presence::MAX_PAGE => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit is {n}; at most {}",
+                    presence::MAX_PAGE
+                )));
+            }
+        };
+        let cursor = (!cursor.is_empty())
+            .then(|| cursor.parse::<Conn>())
+            .transpose()
+            .map_err(|_| Status::invalid_argument("cursor: not one a Presence reply gave"))?;
+        let (entries, next) = self.mesh.presence().page(&topic, cursor, limit);
+        let entries = entries
+            .into_iter()
+            .map(|(conn, entry)| PresenceEntry {
+                conn: conn.to_string(),
+                sub: entry.sub.as_deref().map(str::to_owned),
+                node: conn.node.to_string(),
+                info: entry.info.as_deref().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        Ok(Response::new(PresenceResponse {
+            entries,
+            cursor: next.map(|c| c.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn presence_stats(
+        &self,
+        request: Request<PresenceStatsRequest>,
+    ) -> Result<Response<PresenceStatsResponse>, Status> {
+        allowed(&request, [request.get_ref().topic.as_str()])?;
+        let topic = self.presence_topic(&request.get_ref().topic)?;
+        let stats = self.mesh.presence().stats(&topic);
+        Ok(Response::new(PresenceStatsResponse {
+            connections: stats.connections,
+            users: stats.users,
+        }))
+    }
+
+    async fn user_presence(
+        &self,
+        request: Request<UserPresenceRequest>,
+    ) -> Result<Response<UserPresenceResponse>, Status> {
+        let topic = format!(
+            "{}{}",
+            crate::auth::USER_TOPIC_PREFIX,
+            request.get_ref().sub
+        );
+        allowed(&request, [topic.as_str()])?;
+        let topic = self.presence_topic(&topic)?;
+        let connections = self.mesh.presence().stats(&topic).connections;
+        Ok(Response::new(UserPresenceResponse {
+            connected: connections > 0,
+            connections,
         }))
     }
 

@@ -324,6 +324,21 @@ impl Sender {
         state.queue(item.clone(), false, shared)
     }
 
+    /// Offers a frame of `topic` only if it fits: with room in the queue
+    /// and the session not behind on the topic it is queued (`Some`, saying
+    /// who writes it, as [`offer`](Self::offer) does); otherwise nothing is
+    /// queued and nothing is marked (`None`), and the caller keeps what it
+    /// owes the session for later.
+    pub fn offer_spare(&self, topic: &Topic, item: &Outgoing) -> Option<Offer> {
+        let shared = &*self.shared;
+        let mut state = shared.lock();
+        let full = state.queue.len() >= shared.capacity + state.allowance;
+        if state.gone || state.slow || full || state.behind.contains_key(topic) {
+            return None;
+        }
+        Some(state.queue(item.clone(), false, shared))
+    }
+
     /// The topics the session is behind on, with where it stands on each,
     /// when it has room to catch up now (its queue is half empty).
     pub fn catching_up(&self) -> Vec<(Topic, Position)> {

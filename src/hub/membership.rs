@@ -1,8 +1,10 @@
 //! One session's subscriptions, bounded, and left when the session ends.
+//! Every change is told to the hub's change feed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::{Hub, Outgoing, Pending, Sender};
+use super::{Change, Hub, Options, Outgoing, Pending, Sender, Who};
 use crate::message::Position;
 use crate::topic::Topic;
 
@@ -11,7 +13,8 @@ use crate::topic::Topic;
 pub struct Membership {
     hub: Hub,
     sender: Sender,
-    topics: HashSet<Topic>,
+    who: Arc<Who>,
+    topics: HashMap<Topic, Options>,
     limit: usize,
 }
 
@@ -24,34 +27,84 @@ pub struct TooManySubscriptions {
 }
 
 impl Membership {
-    pub(super) fn new(hub: Hub, sender: Sender, limit: usize) -> Self {
+    pub(super) fn new(hub: Hub, sender: Sender, who: Who, limit: usize) -> Self {
         Self {
             hub,
             sender,
-            topics: HashSet::new(),
+            who: Arc::new(who),
+            topics: HashMap::new(),
             limit,
         }
     }
 
     /// Subscribes to `topic`. `Ok(false)` if already subscribed (idempotent).
     pub fn subscribe(&mut self, topic: Topic) -> Result<bool, TooManySubscriptions> {
-        if self.topics.contains(&topic) {
+        self.subscribe_with(topic, Options::default())
+    }
+
+    /// Subscribes to `topic` with `options`. `Ok(false)` if already
+    /// subscribed; with other options than before, they replace them.
+    pub fn subscribe_with(
+        &mut self,
+        topic: Topic,
+        options: Options,
+    ) -> Result<bool, TooManySubscriptions> {
+        if let Some(held) = self.topics.get_mut(&topic) {
+            if *held != options {
+                *held = options;
+                self.tell_subscribed(&topic, options);
+            }
             return Ok(false);
         }
         if self.topics.len() >= self.limit {
             return Err(TooManySubscriptions { limit: self.limit });
         }
         self.hub.insert(&topic, &self.sender);
-        self.topics.insert(topic);
+        self.tell_subscribed(&topic, options);
+        self.topics.insert(topic, options);
         Ok(true)
+    }
+
+    fn tell_subscribed(&self, topic: &Topic, options: Options) {
+        self.hub.tell(Change::Subscribed {
+            topic,
+            session: &self.sender,
+            who: &self.who,
+            options,
+        });
     }
 
     /// Unsubscribes from `topic`. False if it was not subscribed.
     pub fn unsubscribe(&mut self, topic: &Topic) -> bool {
-        let left = self.topics.remove(topic) && self.hub.remove(topic, self.sender.id());
+        let left = self.topics.remove(topic).is_some() && self.hub.remove(topic, self.sender.id());
         // After leaving the hub: no offer can put it behind again.
         self.sender.forget(topic);
+        if left {
+            self.tell_unsubscribed(topic);
+        }
         left
+    }
+
+    fn tell_unsubscribed(&self, topic: &Topic) {
+        self.hub.tell(Change::Unsubscribed {
+            topic,
+            session: self.sender.id(),
+        });
+    }
+
+    /// Whom the session belongs to.
+    pub fn who(&self) -> &Who {
+        &self.who
+    }
+
+    /// The hub's end of the session's mailbox.
+    pub fn sender(&self) -> &Sender {
+        &self.sender
+    }
+
+    /// The session's id in the hub.
+    pub fn id(&self) -> super::SessionId {
+        self.sender.id()
     }
 
     /// The topics the session is behind on and has room to catch up on
@@ -59,7 +112,7 @@ impl Membership {
     pub fn behind(&self) -> Vec<(Topic, Position)> {
         let mut behind = self.sender.catching_up();
         behind.retain(|(topic, _)| {
-            let held = self.topics.contains(topic);
+            let held = self.topics.contains_key(topic);
             if !held {
                 self.sender.forget(topic);
             }
@@ -94,7 +147,7 @@ impl Membership {
 
     /// The topics subscribed.
     pub fn topics(&self) -> impl Iterator<Item = &Topic> {
-        self.topics.iter()
+        self.topics.keys()
     }
 
     /// The number of topics subscribed.
@@ -110,8 +163,13 @@ impl Membership {
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        for topic in self.topics.drain() {
-            self.hub.remove(&topic, self.sender.id());
+        let topics: Vec<Topic> = self.topics.drain().map(|(topic, _)| topic).collect();
+        for topic in &topics {
+            self.hub.remove(topic, self.sender.id());
+            self.tell_unsubscribed(topic);
         }
+        self.hub.tell(Change::Closed {
+            session: self.sender.id(),
+        });
     }
 }

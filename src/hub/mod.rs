@@ -15,12 +15,17 @@
 //! back are written by the hub's one flusher task when it lets them go.
 //! How long the delay is — fixed, or following how late batches of writes
 //! start — is the hub's [`Pacing`].
+//!
+//! Whatever follows who is subscribed where (presence) [`watch`](Hub::watch)es
+//! the hub's change [`feed`](Change).
 
+mod feed;
 mod flusher;
 mod mailbox;
 mod membership;
 mod pacing;
 
+pub use feed::{Change, Options, Watch, Who};
 pub use flusher::WRITES_PER_TASK;
 pub use mailbox::{COALESCE_BYTES, Mailbox, Offer, Outgoing, Sender, SessionId, Wire, Written};
 pub use membership::{Membership, TooManySubscriptions};
@@ -31,6 +36,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use crate::message::Message;
 use crate::topic::Topic;
@@ -55,6 +62,8 @@ struct Inner {
     stats: HubStats,
     flusher: Arc<Flusher>,
     pacing: Arc<Pacing>,
+    /// Who follows the change feed; swapped whole when one is added.
+    watchers: ArcSwap<Vec<Arc<dyn Watch>>>,
 }
 
 impl Drop for Inner {
@@ -192,6 +201,7 @@ impl Hub {
                 stats: HubStats::default(),
                 flusher: Arc::new(Flusher::new(Arc::clone(&pacing))),
                 pacing,
+                watchers: ArcSwap::default(),
             }),
         }
     }
@@ -200,19 +210,38 @@ impl Hub {
     /// (what it subscribes to, at most `max_subscriptions` topics) and its
     /// mailbox of `queue_capacity` messages.
     pub fn join(&self, queue_capacity: usize, max_subscriptions: usize) -> (Membership, Mailbox) {
-        self.open(None, queue_capacity, max_subscriptions)
+        self.open(None, Who::default(), queue_capacity, max_subscriptions)
     }
 
-    /// Opens a session whose messages delivering threads write straight to
-    /// `wire` while it keeps up (see [`mailbox`](Mailbox)), as the hub's
-    /// [`pacing`](Self::pacing) lets them.
+    /// Opens a session of `who` whose messages delivering threads write
+    /// straight to `wire` while it keeps up (see [`mailbox`](Mailbox)), as
+    /// the hub's [`pacing`](Self::pacing) lets them.
     pub fn join_wired(
         &self,
         wire: Arc<dyn Wire>,
+        who: Who,
         queue_capacity: usize,
         max_subscriptions: usize,
     ) -> (Membership, Mailbox) {
-        self.open(Some(wire), queue_capacity, max_subscriptions)
+        self.open(Some(wire), who, queue_capacity, max_subscriptions)
+    }
+
+    /// Adds `watcher` to the change feed: it is told every change made
+    /// from now on.
+    pub fn watch(&self, watcher: Arc<dyn Watch>) {
+        self.inner.watchers.rcu(|watchers| {
+            let mut watchers = Vec::clone(watchers);
+            watchers.push(Arc::clone(&watcher));
+            watchers
+        });
+    }
+
+    /// Tells the change feed.
+    fn tell(&self, change: Change<'_>) {
+        let watchers = self.inner.watchers.load();
+        for watcher in watchers.iter() {
+            watcher.changed(change);
+        }
     }
 
     /// The write delay of this hub's wired sessions, and what it is now.
@@ -223,6 +252,7 @@ impl Hub {
     fn open(
         &self,
         wire: Option<Arc<dyn Wire>>,
+        who: Who,
         queue_capacity: usize,
         max_subscriptions: usize,
     ) -> (Membership, Mailbox) {
@@ -230,7 +260,7 @@ impl Hub {
         let pacing = Arc::clone(&self.inner.pacing);
         let (sender, mailbox) = mailbox::channel(id, queue_capacity, wire, pacing);
         (
-            Membership::new(self.clone(), sender, max_subscriptions),
+            Membership::new(self.clone(), sender, who, max_subscriptions),
             mailbox,
         )
     }
@@ -494,7 +524,7 @@ mod tests {
         let hub = Hub::new();
         let ids = Ids;
         let wire = Arc::new(Frames::default());
-        let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10);
+        let (mut a, _mailbox) = hub.join_wired(wire.clone(), Who::default(), 8, 10);
         a.subscribe(topic("x")).expect("under limit");
         a.subscribe(topic("y")).expect("under limit");
 
@@ -511,7 +541,7 @@ mod tests {
         });
         let ids = Ids;
         let wire = Arc::new(Frames::default());
-        let (mut a, _mailbox) = hub.join_wired(wire.clone(), 8, 10);
+        let (mut a, _mailbox) = hub.join_wired(wire.clone(), Who::default(), 8, 10);
         a.subscribe(topic("x")).expect("under limit");
         assert_eq!(hub.pacing().delay(), Duration::ZERO);
 

@@ -34,8 +34,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::auth::{self, Identity, Verifier};
+use crate::hub::Who;
 use crate::limit::{TokenBucket, jitter};
 use crate::local::Local;
+use crate::presence::Presence;
 use crate::publish::Publisher;
 use crate::stats;
 
@@ -74,6 +76,8 @@ pub struct EdgeLimits {
 pub struct Gateway {
     /// The pod's ordered topics; sessions join its hub.
     pub local: Local,
+    /// Who is in which topic, for the `presence` ops.
+    pub presence: Presence,
     /// Messages queued per connection before it counts as slow.
     pub queue_capacity: usize,
     /// Most subscriptions per connection.
@@ -314,8 +318,13 @@ pub async fn upgrade(
         let counters = gateway.meters.counters.clone();
         stats::add(&counters.connections_opened, 1);
         let outlet = Arc::new(socket::Outlet::new(connection.0, gateway.meters.clone()));
+        let who = identity.as_ref().map_or_else(Who::default, |identity| Who {
+            sub: Some(identity.sub.as_str().into()),
+            info: identity.info.clone(),
+        });
         let (membership, mailbox) = gateway.local.hub().join_wired(
             outlet.clone(),
+            who,
             gateway.queue_capacity,
             gateway.max_subscriptions,
         );
@@ -333,6 +342,7 @@ pub async fn upgrade(
         let requests = requests::Requests {
             membership,
             local: gateway.local.clone(),
+            presence: gateway.presence.clone(),
             identity,
             verifier: gateway.verifier.clone(),
             publishing,

@@ -11,7 +11,9 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::hub::Options;
 use crate::message::{Message, Position};
+use crate::presence::{self, Conn, EntryView};
 use crate::topic::Topic;
 
 /// The stable error codes of protocol v1. Clients branch on these strings;
@@ -49,6 +51,11 @@ pub enum ErrorCode {
     /// A `refresh` whose token is not valid (the message says why), is for
     /// another user, or is sent to a server without token auth.
     InvalidToken,
+    /// `presence` or `presence_stats` (or `subscribe` with `join_leave`)
+    /// on a topic that keeps no presence (`--presence-topics`).
+    PresenceDisabled,
+    /// A `presence` `cursor` that no `presence` reply gave.
+    InvalidCursor,
 }
 
 /// Most messages one `history` request may ask for.
@@ -61,8 +68,19 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 #[derive(Debug)]
 pub enum Op<'a> {
     /// Start receiving messages published to the topic, after `since` if
-    /// given.
-    Subscribe(Topic, Option<Position>),
+    /// given, and its presence events if asked.
+    Subscribe(Topic, Option<Position>, Options),
+    /// Ask who is in the topic: a page of entries after `cursor`.
+    Presence {
+        /// The topic.
+        topic: Topic,
+        /// Most entries.
+        limit: usize,
+        /// The entries after this one (the last of the previous page).
+        cursor: Option<Conn>,
+    },
+    /// Ask how many connections and users are in the topic.
+    PresenceStats(Topic),
     /// Ask for the topic's kept messages.
     History {
         /// The topic.
@@ -126,6 +144,10 @@ struct RawRequest<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow)]
     limit: Option<&'a RawValue>,
+    #[serde(borrow)]
+    join_leave: Option<&'a RawValue>,
+    #[serde(borrow)]
+    cursor: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -194,30 +216,56 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
             .transpose()
             .map_err(|message| reject(ErrorCode::InvalidPosition, message))
     };
+    let limit = |default: usize, max: usize| -> Result<usize, Rejection<'_>> {
+        match raw.limit {
+            None => Ok(default),
+            Some(limit) => match limit.get().parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => {
+                    let message = format!(
+                        "`limit` must be a whole number from 1 to {max}, not {}",
+                        limit.get()
+                    );
+                    Err(reject(ErrorCode::InvalidLimit, message))
+                }
+            },
+        }
+    };
     let op = string(raw.op, "op")?;
     let op = match op.as_deref() {
-        Some("subscribe") => Op::Subscribe(topic()?, since()?),
-        Some("history") => {
-            let topic = topic()?;
-            let limit = match raw.limit {
-                None => DEFAULT_HISTORY_LIMIT,
-                Some(limit) => match limit.get().parse::<usize>() {
-                    Ok(n @ 1..=MAX_HISTORY_LIMIT) => n,
-                    _ => {
-                        let message = format!(
-                            "`limit` must be a whole number from 1 to {MAX_HISTORY_LIMIT}, not {}",
-                            limit.get()
-                        );
-                        return Err(reject(ErrorCode::InvalidLimit, message));
-                    }
-                },
+        Some("subscribe") => {
+            let join_leave = match raw.join_leave.map(|v| v.get()) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => {
+                    let message = "`join_leave` must be true or false".into();
+                    return Err(reject(ErrorCode::MissingField, message));
+                }
             };
-            Op::History {
+            Op::Subscribe(topic()?, since()?, Options { join_leave })
+        }
+        Some("history") => Op::History {
+            topic: topic()?,
+            limit: limit(DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT)?,
+            since: since()?,
+        },
+        Some("presence") => {
+            let topic = topic()?;
+            let limit = limit(presence::DEFAULT_PAGE, presence::MAX_PAGE)?;
+            let cursor = string(raw.cursor, "cursor")?
+                .map(|cursor| cursor.parse::<Conn>())
+                .transpose()
+                .map_err(|_| {
+                    let message = "`cursor` must be one a `presence` reply gave".into();
+                    reject(ErrorCode::InvalidCursor, message)
+                })?;
+            Op::Presence {
                 topic,
                 limit,
-                since: since()?,
+                cursor,
             }
         }
+        Some("presence_stats") => Op::PresenceStats(topic()?),
         Some("unsubscribe") => Op::Unsubscribe(topic()?),
         Some("ping") => Op::Ping,
         Some("publish") => {
@@ -235,7 +283,7 @@ pub fn parse(line: &str) -> Result<Request<'_>, Rejection<'_>> {
             return Err(reject(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {other:?}; expected subscribe, unsubscribe, history, publish, refresh or ping"
+                    "unknown op {other:?}; expected subscribe, unsubscribe, history, presence, presence_stats, publish, refresh or ping"
                 ),
             ));
         }
@@ -277,6 +325,14 @@ struct Reply<'a> {
     /// When the connection's token expires (Unix seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     exp: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<Vec<EntryView<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    users: Option<u64>,
 }
 
 impl<'a> Reply<'a> {
@@ -292,6 +348,10 @@ impl<'a> Reply<'a> {
             messages: None,
             error: None,
             exp: None,
+            entries: None,
+            cursor: None,
+            connections: None,
+            users: None,
         }
     }
 
@@ -384,6 +444,35 @@ pub fn refreshed(reference: Option<&RawValue>, exp: u64) -> String {
     })
 }
 
+/// `{"op":"reply","ref":R,"ok":true,"entries":[{"conn":C,"sub":S,"node":N,"info":I},…],"cursor":K}`:
+/// a page of a topic's presence; `cursor` (only when more follow) asks for
+/// the next.
+pub fn presence(
+    reference: Option<&RawValue>,
+    entries: &[(Conn, presence::Entry)],
+    cursor: Option<Conn>,
+) -> String {
+    encode(&Reply {
+        entries: Some(
+            entries
+                .iter()
+                .map(|(conn, entry)| EntryView::of(*conn, entry))
+                .collect(),
+        ),
+        cursor: cursor.map(|c| c.to_string()),
+        ..Reply::ok(reference)
+    })
+}
+
+/// `{"op":"reply","ref":R,"ok":true,"connections":N,"users":M}`.
+pub fn presence_stats(reference: Option<&RawValue>, stats: presence::Stats) -> String {
+    encode(&Reply {
+        connections: Some(stats.connections),
+        users: Some(stats.users),
+        ..Reply::ok(reference)
+    })
+}
+
 /// `{"op":"expiring","exp":T}`: the connection's token expires at `T` (Unix
 /// seconds) and the connection closes then (code 4001) unless the client
 /// sends a `refresh` first.
@@ -417,7 +506,9 @@ mod tests {
     #[test]
     fn parses_the_three_operations() {
         let sub = parse(r#"{"op":"subscribe","topic":"room:1","ref":"1"}"#).expect("valid");
-        assert!(matches!(sub.op, Op::Subscribe(t, None) if t.as_str() == "room:1"));
+        assert!(
+            matches!(sub.op, Op::Subscribe(t, None, o) if t.as_str() == "room:1" && !o.join_leave)
+        );
         assert_eq!(sub.reference.map(RawValue::get), Some(r#""1""#));
         let unsub = parse(r#"{"op":"unsubscribe","topic":"room:1"}"#).expect("valid");
         assert!(matches!(unsub.op, Op::Unsubscribe(t) if t.as_str() == "room:1"));
@@ -462,10 +553,10 @@ mod tests {
         let line =
             format!(r#"{{"op":"subscribe","topic":"t","since":{{"epoch":"{epoch}","offset":7}}}}"#);
         let sub = parse(&line).expect("valid");
-        assert!(matches!(sub.op, Op::Subscribe(_, Some(p)) if p == Position::at(epoch, 7)));
+        assert!(matches!(sub.op, Op::Subscribe(_, Some(p), _) if p == Position::at(epoch, 7)));
         let start = parse(r#"{"op":"subscribe","topic":"t","since":{"epoch":"","offset":0}}"#)
             .expect("valid");
-        assert!(matches!(start.op, Op::Subscribe(_, Some(p)) if p == Position::default()));
+        assert!(matches!(start.op, Op::Subscribe(_, Some(p), _) if p == Position::default()));
         let history = parse(r#"{"op":"history","topic":"t","limit":5}"#).expect("valid");
         assert!(matches!(
             history.op,

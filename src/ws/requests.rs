@@ -1,7 +1,7 @@
-//! Answering what a client sends: subscribe (with or without `since`),
-//! unsubscribe, history, ping, refresh (a fresh token) and (when allowed)
-//! publish, each checked against the connection's limits and its user's
-//! token.
+//! Answering what a client sends: subscribe (with or without `since`, with
+//! or without presence events), unsubscribe, history, presence and its
+//! counts, ping, refresh (a fresh token) and (when allowed) publish, each
+//! checked against the connection's limits and its user's token.
 //!
 //! Every reply goes into the session's own queue, in request order, among
 //! the messages queued for it: a subscribe's reply is queued under the
@@ -18,8 +18,10 @@ use crate::auth::{Identity, Verifier};
 use crate::hub::{Membership, Outgoing, Pending};
 use crate::limit::TokenBucket;
 use crate::local::{Local, SubscribeError};
+use crate::presence::Presence;
 use crate::publish::{self, PublishError, Publisher};
 use crate::stats::{self, Counters};
+use crate::topic::Topic;
 
 /// Whether and how a connection may publish.
 pub struct Publishing {
@@ -35,6 +37,8 @@ pub struct Requests {
     pub membership: Membership,
     /// The pod's ordered topics.
     pub local: Local,
+    /// Who is in which topic, cluster-wide.
+    pub presence: Presence,
     /// Its user, when authentication is on.
     pub identity: Option<Identity>,
     /// Checks the tokens `refresh` brings, when authentication is on.
@@ -105,7 +109,7 @@ impl Requests {
         self.local.hub().write_out(pending);
     }
 
-    fn forbidden(&self, topic: &crate::topic::Topic) -> bool {
+    fn forbidden(&self, topic: &Topic) -> bool {
         self.identity
             .as_ref()
             .is_some_and(|id| !id.may_subscribe(topic.as_str()))
@@ -115,21 +119,27 @@ impl Requests {
         let reference = request.reference;
         let refused = &self.counters.refused;
         let reply = match request.op {
-            Op::Subscribe(topic, since) => {
+            Op::Subscribe(topic, since, options) => {
                 if self.forbidden(&topic) {
                     stats::add(&refused.forbidden, 1);
                     let message = format!("your token does not allow subscribing to {topic}");
                     protocol::error(reference, ErrorCode::Forbidden, &message)
+                } else if options.join_leave && !self.presence.covers(&topic) {
+                    presence_disabled(reference, &topic)
                 } else {
-                    let subscribed =
-                        self.local
-                            .subscribe(&mut self.membership, topic, since, |resume| {
-                                Outgoing::text(protocol::subscribed(
-                                    reference,
-                                    resume.head,
-                                    resume.recovered,
-                                ))
-                            });
+                    let subscribed = self.local.subscribe(
+                        &mut self.membership,
+                        topic,
+                        since,
+                        options,
+                        |resume| {
+                            Outgoing::text(protocol::subscribed(
+                                reference,
+                                resume.head,
+                                resume.recovered,
+                            ))
+                        },
+                    );
                     match subscribed {
                         Ok(_) => return,
                         Err(SubscribeError::Position(e)) => {
@@ -164,6 +174,33 @@ impl Requests {
                             protocol::error(reference, ErrorCode::InvalidPosition, &e.to_string())
                         }
                     }
+                }
+            }
+            Op::Presence {
+                topic,
+                limit,
+                cursor,
+            } => {
+                if self.forbidden(&topic) {
+                    stats::add(&refused.forbidden, 1);
+                    let message = format!("your token does not allow subscribing to {topic}");
+                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                } else if !self.presence.covers(&topic) {
+                    presence_disabled(reference, &topic)
+                } else {
+                    let (entries, next) = self.presence.page(&topic, cursor, limit);
+                    protocol::presence(reference, &entries, next)
+                }
+            }
+            Op::PresenceStats(topic) => {
+                if self.forbidden(&topic) {
+                    stats::add(&refused.forbidden, 1);
+                    let message = format!("your token does not allow subscribing to {topic}");
+                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                } else if !self.presence.covers(&topic) {
+                    presence_disabled(reference, &topic)
+                } else {
+                    protocol::presence_stats(reference, self.presence.stats(&topic))
                 }
             }
             Op::Unsubscribe(topic) => {
@@ -252,6 +289,12 @@ impl Requests {
             Err(e) => protocol::error(reference, ErrorCode::InvalidData, &e.to_string()),
         }
     }
+}
+
+/// The error reply for presence asked of a topic that keeps none.
+fn presence_disabled(reference: Option<&serde_json::value::RawValue>, topic: &Topic) -> String {
+    let message = format!("{topic} keeps no presence on this server (--presence-topics)");
+    protocol::error(reference, ErrorCode::PresenceDisabled, &message)
 }
 
 /// `at` as whole seconds since the Unix epoch (0 before it).
