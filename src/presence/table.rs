@@ -180,7 +180,7 @@ impl Table {
     }
 
     /// The net changes since they were last taken, by topic, each topic's
-    /// in connection order.
+    /// leaves then joins, in connection order.
     pub fn take_changes(&mut self) -> Vec<(Topic, Vec<Event>)> {
         let touched = std::mem::take(&mut self.touched);
         touched
@@ -201,7 +201,9 @@ impl Table {
                         }
                     })
                     .collect();
-                events.sort_by_key(Event::conn);
+                // Leaves first: a user who left and came back on another
+                // connection within one flush reads as left, then joined.
+                events.sort_by_key(|e| (matches!(e, Event::Join(..)), e.conn()));
                 (!events.is_empty()).then_some((topic, events))
             })
             .collect()
