@@ -917,6 +917,25 @@ mod tests {
     }
 
     #[test]
+    fn the_presence_info_claim_is_kept_compact_and_one_too_large_refuses_the_token() {
+        let settings = JwtSettings {
+            info_claim: Some("profile".into()),
+            ..JwtSettings::default()
+        };
+        let (_f, v) = secret_verifier(settings);
+        let mut c = claims();
+        assert_eq!(v.verify(&hs256(&c)).expect("valid").info, None);
+        c["profile"] = json!({ "name": "Ada",  "avatar": 3 });
+        let info = v.verify(&hs256(&c)).expect("valid").info;
+        assert_eq!(info.as_deref(), Some(r#"{"avatar":3,"name":"Ada"}"#));
+        c["profile"] = json!("x".repeat(MAX_INFO_BYTES));
+        let err = v.verify(&hs256(&c)).expect_err("too large");
+        assert_eq!(err.reason(), "bad_claims");
+        let (_f, plain) = secret_verifier(JwtSettings::default());
+        assert_eq!(plain.verify(&hs256(&c)).expect("not looked at").info, None);
+    }
+
+    #[test]
     fn a_valid_hs256_token_is_accepted_with_its_permissions() {
         let (_f, v) = secret_verifier(JwtSettings::default());
         let id = v.verify(&hs256(&claims())).expect("valid token");

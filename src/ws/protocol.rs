@@ -606,6 +606,45 @@ mod tests {
     }
 
     #[test]
+    fn parses_presence_requests_and_join_leave() {
+        let sub = parse(r#"{"op":"subscribe","topic":"t","join_leave":true}"#).expect("valid");
+        assert!(matches!(sub.op, Op::Subscribe(_, None, o) if o.join_leave));
+        let page =
+            parse(r#"{"op":"presence","topic":"t","limit":5,"cursor":"ab-1"}"#).expect("valid");
+        assert!(matches!(
+            page.op,
+            Op::Presence { limit: 5, cursor: Some(c), .. } if c.session == 1
+        ));
+        let first = parse(r#"{"op":"presence","topic":"t"}"#).expect("valid");
+        assert!(matches!(
+            first.op,
+            Op::Presence {
+                limit: presence::DEFAULT_PAGE,
+                cursor: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(r#"{"op":"presence_stats","topic":"t"}"#)
+                .expect("valid")
+                .op,
+            Op::PresenceStats(_)
+        ));
+        assert_eq!(
+            code_of(r#"{"op":"presence","topic":"t","cursor":"nope"}"#),
+            ErrorCode::InvalidCursor
+        );
+        assert_eq!(
+            code_of(r#"{"op":"presence","topic":"t","limit":1001}"#),
+            ErrorCode::InvalidLimit
+        );
+        assert_eq!(
+            code_of(r#"{"op":"subscribe","topic":"t","join_leave":1}"#),
+            ErrorCode::MissingField
+        );
+    }
+
+    #[test]
     fn ignores_unknown_fields_for_forward_compatibility() {
         assert!(parse(r#"{"op":"ping","future":{"x":1}}"#).is_ok());
     }
