@@ -21,7 +21,7 @@ help: ## List the targets
 run: ## Build and run one pod: WebSocket on :8080, gRPC on :9090, the demo chat, no Kubernetes
 	$(CARGO) build --release --bin herald
 	@echo "herald: open http://127.0.0.1:8080/demo (two tabs to chat); Ctrl-C stops it"
-	target/release/herald serve --demo --client-publish
+	target/release/herald serve --demo --client-publish --presence-topics='*'
 
 build: ## Build the release binary
 	$(CARGO) build --release --locked --bin herald

@@ -27,6 +27,25 @@ export interface History<T = unknown> extends Position {
   messages: Message<T>[];
 }
 
+/** One connection in a topic that keeps presence. */
+export interface PresenceEntry<I = unknown> {
+  /** The connection's id, unique in the cluster. */
+  conn: string;
+  /** Its user (`sub`); null on a server without auth. */
+  sub: string | null;
+  /** The node id of the pod holding the connection. */
+  node: string;
+  /** The user's info from their token, when the server is configured for it. */
+  info?: I;
+}
+
+/** A page of a topic's presence. */
+export interface PresencePage<I = unknown> {
+  entries: PresenceEntry<I>[];
+  /** Set when more follow: pass it back as `cursor` for the next page. */
+  cursor?: string;
+}
+
 /** A subscribe with `since` was answered. */
 export interface Resume extends Position {
   /** false: some messages after the subscription's position are gone; reload your state. */
@@ -107,6 +126,12 @@ export declare class Subscription<T = unknown> {
   /** A refreshed token no longer allows this topic: the subscription has ended. */
   on(event: "unsubscribed", listener: (info: { reason: string }) => void): () => void;
   on(event: "error", listener: (error: HeraldError) => void): () => void;
+  /** With `joinLeave`: a connection came into the topic (never this one). */
+  on(event: "join", listener: (entry: PresenceEntry) => void): () => void;
+  /** With `joinLeave`: a connection left the topic. */
+  on(event: "leave", listener: (entry: PresenceEntry) => void): () => void;
+  /** With `joinLeave`: the picture held of the topic may be wrong (too many changes, a slow reader, a new socket); ask `presence` again. */
+  on(event: "presence_reset", listener: (info: Record<string, never>) => void): () => void;
   off(event: string, listener: (...args: any[]) => void): void;
   unsubscribe(): void;
 }
@@ -118,9 +143,13 @@ export declare class Herald {
   on(event: "state", listener: (state: State, info: StateInfo) => void): () => void;
   on(event: "error", listener: (error: HeraldError) => void): () => void;
   off(event: string, listener: (...args: any[]) => void): void;
-  subscribe<T = unknown>(topic: string, handler: (message: Message<T>) => void, options?: { since?: Position }): Subscription<T>;
+  subscribe<T = unknown>(topic: string, handler: (message: Message<T>) => void, options?: { since?: Position; joinLeave?: boolean }): Subscription<T>;
   publish(topic: string, data: unknown): Promise<Receipt>;
   history<T = unknown>(topic: string, options?: { limit?: number; since?: Position }): Promise<History<T>>;
+  /** Who is in `topic` across the cluster: up to `limit` (1 to 1,000, default 100) entries after `cursor`. */
+  presence<I = unknown>(topic: string, options?: { limit?: number; cursor?: string }): Promise<PresencePage<I>>;
+  /** How many connections and distinct users are in `topic` across the cluster. */
+  presenceStats(topic: string): Promise<{ connections: number; users: number }>;
   /** Sends a fresh token (`token`, or one from `getToken`) so the connection outlives the current one; done by itself when the server says the token expires soon. */
   refresh(token?: string): Promise<{ exp: number }>;
   close(): void;

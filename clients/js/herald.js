@@ -97,13 +97,21 @@ function report(error) {
  * One topic the application listens to. Events: `resume` ({ recovered,
  * epoch, offset }) after each subscribe with `since` is answered, `gap`
  * ({ epoch, offset }) when the server says messages may be missing, `error`
- * (HeraldError) when the server refuses the subscription.
+ * (HeraldError) when the server refuses the subscription. With `joinLeave`:
+ * `join` and `leave` (an entry { conn, sub, node, info }) as connections
+ * come into and leave the topic, and `presence_reset` ({}) when the picture
+ * the application holds may be wrong (the server said so, or the socket was
+ * replaced): ask `presence` again.
  */
 export class Subscription extends Emitter {
   /** @internal */
-  constructor(herald, topic, handler, since) {
+  constructor(herald, topic, handler, since, joinLeave) {
     super();
     this.topic = topic;
+    /** Whether the subscription asks for join and leave events. */
+    this.joinLeave = joinLeave === true;
+    // Answered once: every later subscribe reply is on a new socket.
+    this.answered = false;
     this.handler = handler;
     /** The (epoch, offset) of the last message handed over, or of the subscribe reply; null before it. */
     this.position = since ? { epoch: since.epoch, offset: since.offset } : null;
@@ -135,6 +143,17 @@ export class Subscription extends Emitter {
     } catch (error) {
       report(error);
     }
+  }
+
+  /** @internal a `join`, `leave` or `presence_reset` of this topic. */
+  presence(frame) {
+    if (!this.joinLeave) return;
+    if (frame.op === "presence_reset") {
+      this.emit("presence_reset", {});
+      return;
+    }
+    const { conn, sub, node, info } = frame;
+    this.emit(frame.op, info === undefined ? { conn, sub, node } : { conn, sub, node, info });
   }
 
   /** @internal the server's `gap`: continue from its position and tell the application. */
@@ -197,12 +216,14 @@ export class Herald extends Emitter {
   /**
    * Calls `handler({ topic, id, offset, epoch, data })` for every message of
    * `topic`, across reconnects, each offset once. `options.since` ({ epoch,
-   * offset }) starts after a position the application already holds.
+   * offset }) starts after a position the application already holds;
+   * `options.joinLeave` (true) adds the topic's `join` and `leave` events
+   * (the topic must keep presence on the server).
    */
   subscribe(topic, handler, options = {}) {
     if (this.#state === "closed") throw new HeraldError("closed", "herald: the client is closed");
     if (this.#subs.has(topic)) throw new HeraldError("already_subscribed", `herald: already subscribed to ${topic}`);
-    const sub = new Subscription(this, topic, handler, options.since);
+    const sub = new Subscription(this, topic, handler, options.since, options.joinLeave);
     this.#subs.set(topic, sub);
     if (this.#state === "connected") this.#send([this.#subscribeRequest(sub)]);
     return sub;
@@ -222,6 +243,22 @@ export class Herald extends Emitter {
     const reply = await this.#request({ op: "history", topic, limit, since });
     const messages = (reply.messages ?? []).map(({ topic, id, offset, epoch, data }) => ({ topic, id, offset, epoch, data }));
     return { epoch: reply.epoch, offset: reply.offset, recovered: reply.recovered, messages };
+  }
+
+  /**
+   * Who is in `topic` across the cluster: resolves { entries, cursor } with up
+   * to `limit` entries ({ conn, sub, node, info }) after `cursor`; `cursor`
+   * is set when more follow.
+   */
+  async presence(topic, { limit, cursor } = {}) {
+    const reply = await this.#request({ op: "presence", topic, limit, cursor });
+    return { entries: reply.entries ?? [], cursor: reply.cursor };
+  }
+
+  /** How many are in `topic` across the cluster: resolves { connections, users }. */
+  async presenceStats(topic) {
+    const { connections, users } = await this.#request({ op: "presence_stats", topic });
+    return { connections, users };
   }
 
   /** Closes the socket for good: pending requests fail with `closed`, no reconnect. */
@@ -422,6 +459,7 @@ export class Herald extends Emitter {
   #subscribeRequest(sub) {
     const request = { op: "subscribe", topic: sub.topic, ref: String(++this.#ref) };
     if (sub.position) request.since = sub.position;
+    if (sub.joinLeave) request.join_leave = true;
     this.#pending.set(request.ref, { request, sub, timer: null });
     return request;
   }
@@ -446,6 +484,11 @@ export class Herald extends Emitter {
           break;
         case "gap":
           this.#subs.get(frame.topic)?.gap(frame);
+          break;
+        case "join":
+        case "leave":
+        case "presence_reset":
+          this.#subs.get(frame.topic)?.presence(frame);
           break;
         case "expiring":
           // The server closes with 4001 at frame.exp unless a fresh token
@@ -505,6 +548,9 @@ export class Herald extends Emitter {
       return;
     }
     sub.active = true;
+    // On a new socket, events of the time between were never sent.
+    if (sub.answered && sub.joinLeave) sub.emit("presence_reset", {});
+    sub.answered = true;
     const head = { epoch: reply.epoch, offset: reply.offset };
     const recovered = request.since ? reply.recovered === true : !sub.resumeLost;
     // Recovered: the replay after our position follows. Otherwise go on

@@ -164,6 +164,44 @@ test("a resume position the new pod rejects is retried without since and reporte
   assert.deepEqual(pod.sockets[1].requests.map((r) => r.since), [{ epoch: "aaaaaaaaaa", offset: 5 }, undefined]);
 });
 
+test("a subscription with joinLeave asks for it, hears join, leave and presence_reset, and a new socket is a presence_reset too", async (t) => {
+  const entry = { conn: "ab-1", sub: "42", node: "ab", info: { name: "Ada" } };
+  const pod = await fakePod((request, socket) => {
+    if (request.op === "subscribe") {
+      sendFrame(socket, ok(request, { epoch: "aaaaaaaaaa", offset: 0 }));
+      if (pod.sockets.length === 1) {
+        sendFrame(socket, { op: "join", topic: "room:1", ...entry }, { op: "leave", topic: "room:1", ...entry }, { op: "presence_reset", topic: "room:1" });
+        setTimeout(() => socket.terminate(), 50);
+      }
+    } else if (request.op === "presence") {
+      sendFrame(socket, ok(request, { entries: [entry], cursor: request.cursor ? undefined : "ab-1" }));
+    } else if (request.op === "presence_stats") {
+      sendFrame(socket, ok(request, { connections: 2, users: 1 }));
+    }
+  });
+  t.after(() => pod.close());
+  const herald = new Herald(pod.url, fast);
+  t.after(() => herald.close());
+  const heard = [];
+  const sub = herald.subscribe("room:1", () => {}, { joinLeave: true });
+  for (const event of ["join", "leave", "presence_reset"]) sub.on(event, (what) => heard.push([event, what]));
+  await eventually("two sockets' events", () => heard.length === 4);
+  assert.deepEqual(heard, [
+    ["join", entry],
+    ["leave", entry],
+    ["presence_reset", {}],
+    ["presence_reset", {}],
+  ]);
+  assert.equal(pod.sockets[0].requests[0].join_leave, true);
+  assert.equal(pod.sockets[1].requests[0].join_leave, true);
+  assert.deepEqual(await herald.presence("room:1", { limit: 1 }), { entries: [entry], cursor: "ab-1" });
+  const next = await herald.presence("room:1", { cursor: "ab-1" });
+  assert.equal(next.cursor, undefined);
+  const asked = pod.sockets[1].requests.filter((r) => r.op === "presence");
+  assert.deepEqual(asked.map((r) => [r.limit, r.cursor]), [[1, undefined], [undefined, "ab-1"]]);
+  assert.deepEqual(await herald.presenceStats("room:1"), { connections: 2, users: 1 });
+});
+
 test("a socket that does not answer ping within the timeout is dropped and replaced", async (t) => {
   const pod = await fakePod(); // never answers anything
   t.after(() => pod.close());
