@@ -63,7 +63,7 @@ fn entry(topic: &Topic, session: SessionId, entry: &Entry) -> PeerPresenceEntry 
 }
 
 /// A delta as it travels.
-fn delta_frame(delta: Delta) -> peer_frame::Kind {
+pub fn delta_frame(delta: Delta) -> peer_frame::Kind {
     peer_frame::Kind::PresenceDelta(PresenceDelta {
         version: delta.version,
         joined: delta

@@ -92,19 +92,9 @@ impl Membership {
         });
     }
 
-    /// Whom the session belongs to.
-    pub fn who(&self) -> &Who {
-        &self.who
-    }
-
     /// The hub's end of the session's mailbox.
     pub fn sender(&self) -> &Sender {
         &self.sender
-    }
-
-    /// The session's id in the hub.
-    pub fn id(&self) -> super::SessionId {
-        self.sender.id()
     }
 
     /// The topics the session is behind on and has room to catch up on

@@ -277,7 +277,7 @@ mod tests {
         listeners.set(&topic(), &sender, true);
         let changes = vec![(
             topic(),
-            vec![join(node, me.id(), "me"), join(node, 99, "you")],
+            vec![join(node, sender.id(), "me"), join(node, 99, "you")],
         )];
         let mut pending = Pending::default();
         listeners.deliver(node, &changes, Instant::now(), &mut pending);
