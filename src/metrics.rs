@@ -191,6 +191,11 @@ fn register(meter: &Meter, sources: Sources) {
         |s| s.hub.stats().topics(),
     );
     gauge(
+        "herald_presence_entries",
+        "Presence entries this pod holds (one per connection per presence topic), its own and its peers'.",
+        |s| s.mesh.presence().entries(),
+    );
+    gauge(
         "herald_history_bytes",
         "Bytes of messages this pod keeps for resumes and history.",
         |s| s.history.stats().bytes() as u64,

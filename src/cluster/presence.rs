@@ -231,6 +231,7 @@ mod tests {
         let mut entries = vec![good];
         entries.extend(bad);
         let peer = NodeId::random();
+        presence.peer_up(peer, "10.0.0.2:7070");
         take_state(
             &presence,
             peer,
@@ -261,6 +262,7 @@ mod tests {
         let frames = state_frames(&sender);
         assert!(frames.len() > 1, "{} frames", frames.len());
         let receiver = presence();
+        receiver.peer_up(sender.node(), "10.0.0.2:7070");
         for frame in frames {
             let peer_frame::Kind::PresenceState(state) = frame else {
                 panic!("a state");

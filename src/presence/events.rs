@@ -145,7 +145,12 @@ impl Listeners {
         for (session, topic) in owed {
             if let Some(sender) = self.by_topic.get(&topic).and_then(|l| l.get(&session)) {
                 let sender = sender.clone();
-                self.offer(&sender, &topic, reset_frame(&topic), pending);
+                self.offer(
+                    &sender,
+                    &topic,
+                    &Outgoing::text(reset_frame(&topic)),
+                    pending,
+                );
             }
         }
         let ended: Vec<Topic> = self
@@ -183,8 +188,9 @@ impl Listeners {
             .get(topic)
             .map(|l| l.values().cloned().collect())
             .unwrap_or_default();
+        let reset = Outgoing::text(reset_frame(topic));
         for sender in listeners {
-            self.offer(&sender, topic, reset_frame(topic), pending);
+            self.offer(&sender, topic, &reset, pending);
         }
     }
 
@@ -192,7 +198,8 @@ impl Listeners {
     /// listener's own connection.
     fn events(&mut self, node: NodeId, topic: &Topic, events: &[Event], pending: &mut Pending) {
         let frames: Vec<String> = events.iter().map(|e| event_frame(topic, e)).collect();
-        let all = frames.join("\n");
+        // One frame shared by every listener not named in it.
+        let all = Outgoing::text(frames.join("\n"));
         let listeners: Vec<Sender> = self
             .by_topic
             .get(topic)
@@ -218,16 +225,16 @@ impl Listeners {
                     if others.is_empty() {
                         continue;
                     }
-                    others.join("\n")
+                    Outgoing::text(others.join("\n"))
                 }
             };
-            self.offer(&sender, topic, frame, pending);
+            self.offer(&sender, topic, &frame, pending);
         }
     }
 
     /// Offers `frame` to `sender` if it has room, else owes it a reset.
-    fn offer(&mut self, sender: &Sender, topic: &Topic, frame: String, pending: &mut Pending) {
-        match sender.offer_spare(topic, &Outgoing::text(frame)) {
+    fn offer(&mut self, sender: &Sender, topic: &Topic, frame: &Outgoing, pending: &mut Pending) {
+        match sender.offer_spare(topic, frame) {
             Some(offer) => pending.record_own(sender, offer),
             None => {
                 self.owed.insert((sender.id(), topic.clone()));

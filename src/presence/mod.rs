@@ -145,6 +145,11 @@ impl Presence {
         (page, next)
     }
 
+    /// Entries held, this pod's own and its peers', in all topics.
+    pub fn entries(&self) -> u64 {
+        self.lock().table.len() as u64
+    }
+
     /// How many connections and users `topic` holds, cluster-wide.
     pub fn stats(&self, topic: &Topic) -> Stats {
         self.lock().table.stats(topic)

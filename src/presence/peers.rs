@@ -86,9 +86,13 @@ impl Peers {
     }
 
     /// Whether a delta of `version` from `node` is newer than what was
-    /// applied (then it is booked as applied).
+    /// applied (then it is booked as applied). Nothing is taken from a
+    /// peer whose stream is not known to be up: it was forgotten (it left,
+    /// or discovery dropped it) and its entries would never expire.
     pub fn accepts(&mut self, node: NodeId, version: u64) -> bool {
-        let peer = self.peers.entry(node).or_default();
+        let Some(peer) = self.peers.get_mut(&node) else {
+            return false;
+        };
         if version <= peer.version {
             return false;
         }
@@ -106,7 +110,7 @@ impl Peers {
         last: bool,
         entries: Entries,
     ) -> Option<Entries> {
-        let peer = self.peers.entry(node).or_default();
+        let peer = self.peers.get_mut(&node)?;
         let mut partial = match peer.partial.take() {
             _ if first => (version, Vec::new()),
             Some(partial) if partial.0 == version => partial,
@@ -162,18 +166,23 @@ mod tests {
     }
 
     #[test]
-    fn deltas_older_than_the_applied_state_are_refused() {
+    fn deltas_older_than_the_applied_state_are_refused_and_a_forgotten_peers_all() {
         let mut peers = Peers::default();
+        assert!(!peers.accepts(node(1), 1), "not up");
+        peers.up(node(1), "10.0.0.1:7070");
         let state = peers.state_part(node(1), 5, true, true, Vec::new());
         assert_eq!(state, Some(Vec::new()));
         assert!(!peers.accepts(node(1), 5));
         assert!(peers.accepts(node(1), 6));
         assert!(!peers.accepts(node(1), 6));
+        peers.forget(node(1));
+        assert!(!peers.accepts(node(1), 7), "forgotten");
     }
 
     #[test]
     fn a_state_in_parts_is_whole_only_with_its_first_and_last_part() {
         let mut peers = Peers::default();
+        peers.up(node(1), "10.0.0.1:7070");
         let entry = |s: u64| {
             (
                 Topic::new("t").expect("valid"),

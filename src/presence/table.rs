@@ -86,10 +86,67 @@ impl Event {
 /// Every topic's entries, and which owner holds which.
 #[derive(Debug, Default)]
 pub struct Table {
-    topics: HashMap<Topic, BTreeMap<Conn, Entry>>,
+    topics: HashMap<Topic, Members>,
     owned: HashMap<NodeId, HashSet<(Topic, SessionId)>>,
     /// What each entry changed since the last `take_changes` was before.
     touched: HashMap<Topic, HashMap<Conn, Option<Entry>>>,
+    /// Entries in all topics.
+    len: usize,
+}
+
+/// One topic's entries, and how many of them each user holds, so that
+/// its counts are read without a pass over them.
+#[derive(Debug, Default)]
+struct Members {
+    entries: BTreeMap<Conn, Entry>,
+    users: HashMap<Arc<str>, usize>,
+    /// Entries with a user.
+    named: usize,
+}
+
+impl Members {
+    fn insert(&mut self, conn: Conn, entry: Entry) -> Option<Entry> {
+        self.count(&entry);
+        let before = self.entries.insert(conn, entry);
+        if let Some(before) = &before {
+            self.uncount(before);
+        }
+        before
+    }
+
+    fn remove(&mut self, conn: &Conn) -> Option<Entry> {
+        let before = self.entries.remove(conn)?;
+        self.uncount(&before);
+        Some(before)
+    }
+
+    fn count(&mut self, entry: &Entry) {
+        if let Some(sub) = &entry.sub {
+            *self.users.entry(Arc::clone(sub)).or_default() += 1;
+            self.named += 1;
+        }
+    }
+
+    fn uncount(&mut self, entry: &Entry) {
+        let Some(sub) = &entry.sub else {
+            return;
+        };
+        self.named -= 1;
+        if let hash_map::Entry::Occupied(mut held) = self.users.entry(Arc::clone(sub)) {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let anonymous = self.entries.len() - self.named;
+        Stats {
+            connections: self.entries.len() as u64,
+            users: (self.users.len() + anonymous) as u64,
+        }
+    }
 }
 
 /// How many entries a topic holds and how many users they belong to.
@@ -104,8 +161,9 @@ pub struct Stats {
 impl Table {
     /// Puts `conn` in `topic`. False if it was there already, as it is.
     pub fn insert(&mut self, topic: &Topic, conn: Conn, entry: Entry) -> bool {
-        let entries = self.topics.entry(topic.clone()).or_default();
-        let before = entries.insert(conn, entry.clone());
+        let members = self.topics.entry(topic.clone()).or_default();
+        let before = members.insert(conn, entry.clone());
+        self.len += usize::from(before.is_none());
         let changed = before.as_ref() != Some(&entry);
         if changed {
             touch(&mut self.touched, topic, conn, before);
@@ -119,13 +177,14 @@ impl Table {
 
     /// Takes `conn` out of `topic`. False if it was not there.
     pub fn remove(&mut self, topic: &Topic, conn: Conn) -> bool {
-        let Some(entries) = self.topics.get_mut(topic) else {
+        let Some(members) = self.topics.get_mut(topic) else {
             return false;
         };
-        let Some(before) = entries.remove(&conn) else {
+        let Some(before) = members.remove(&conn) else {
             return false;
         };
-        if entries.is_empty() {
+        self.len -= 1;
+        if members.entries.is_empty() {
             self.topics.remove(topic);
         }
         touch(&mut self.touched, topic, conn, Some(before));
@@ -173,7 +232,7 @@ impl Table {
                     node,
                     session: *session,
                 };
-                let entry = self.topics.get(topic)?.get(&conn)?;
+                let entry = self.topics.get(topic)?.entries.get(&conn)?;
                 Some((topic.clone(), *session, entry.clone()))
             })
             .collect()
@@ -190,7 +249,7 @@ impl Table {
                 let mut events: Vec<Event> = conns
                     .into_iter()
                     .filter_map(|(conn, before)| {
-                        let after = now.and_then(|entries| entries.get(&conn));
+                        let after = now.and_then(|members| members.entries.get(&conn));
                         match (before, after) {
                             (None, Some(after)) => Some(Event::Join(conn, after.clone())),
                             (Some(before), None) => Some(Event::Leave(conn, before)),
@@ -217,7 +276,7 @@ impl Table {
         after: Option<Conn>,
         limit: usize,
     ) -> (Vec<(Conn, Entry)>, bool) {
-        let Some(entries) = self.topics.get(topic) else {
+        let Some(Members { entries, .. }) = self.topics.get(topic) else {
             return (Vec::new(), false);
         };
         let range = match after {
@@ -235,25 +294,22 @@ impl Table {
         (page, more)
     }
 
+    /// Entries in all topics.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no topic holds an entry.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// How many connections and users `topic` holds.
     pub fn stats(&self, topic: &Topic) -> Stats {
-        let Some(entries) = self.topics.get(topic) else {
-            return Stats::default();
-        };
-        let mut users = HashSet::new();
-        let mut anonymous = 0;
-        for entry in entries.values() {
-            match &entry.sub {
-                Some(sub) => {
-                    users.insert(Arc::clone(sub));
-                }
-                None => anonymous += 1,
-            }
-        }
-        Stats {
-            connections: entries.len() as u64,
-            users: users.len() as u64 + anonymous,
-        }
+        self.topics
+            .get(topic)
+            .map(Members::stats)
+            .unwrap_or_default()
     }
 }
 
@@ -336,8 +392,10 @@ mod tests {
                 ]
             )]
         );
+        assert_eq!(table.len(), 2);
         table.drop_owner(node);
         assert_eq!(table.take_changes()[0].1.len(), 2);
+        assert!(table.is_empty());
         assert_eq!(table.stats(&room), Stats::default());
         assert!(table.owned_by(node).is_empty());
     }
@@ -365,6 +423,21 @@ mod tests {
                 connections: 6,
                 users: 2
             }
+        );
+        table.remove(&room, conn(2, 0));
+        let anonymous = Entry {
+            sub: None,
+            info: None,
+        };
+        table.insert(&room, conn(3, 0), anonymous.clone());
+        table.insert(&room, conn(3, 1), anonymous);
+        assert_eq!(
+            table.stats(&room),
+            Stats {
+                connections: 7,
+                users: 3
+            },
+            "one user left; two connections without one count one each"
         );
     }
 
