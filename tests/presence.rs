@@ -2,7 +2,8 @@
 //! is in a topic is the same on every pod, leaves reach every pod when a user
 //! closes, when their pod is killed (within a stated bound) and when it
 //! drains; a restarted pod or a flapping link brings no duplicates and no
-//! phantom joins; bad requests get their documented errors.
+//! phantom joins; a burst of joins past the events limit is a
+//! `presence_reset`; bad requests get their documented errors.
 
 mod common;
 
@@ -687,4 +688,49 @@ async fn bad_presence_requests_get_their_documented_errors_and_the_pod_carries_o
     assert_eq!(reply["ok"], true, "{reply}");
     let entries = presence(&mut user, ROOM).await;
     assert_eq!(subs(&entries), ["ned"]);
+}
+
+#[tokio::test]
+async fn a_burst_of_joins_past_the_limit_reaches_a_listener_as_a_presence_reset_not_as_joins() {
+    let secret = secret();
+    let ports = Ports::free_on(&IPS[..1]);
+    let peers = peer_list(&IPS[..1], ports);
+    let extra = [
+        "--max-connection-rate-per-ip=0",
+        "--max-connection-rate=10000",
+    ];
+    let pod = Process::spawn(IPS[0], ports, &flags(&secret, &peers, &extra), &[]);
+    pod.wait_ready().await;
+    let mut watcher = join(&pod, "watcher", true).await;
+    let mut crowd = Vec::new();
+    for i in 0..60 {
+        crowd.push(connect(&pod, &format!("fan{i}")).await);
+    }
+    // Sixty subscribes within a few milliseconds: one or two flushes, at
+    // least one with more than the 20 events a topic sends per flush.
+    for user in &mut crowd {
+        user.send_json(json!({"op": "subscribe", "topic": ROOM, "ref": "s"}))
+            .await;
+    }
+    let mut resets = 0;
+    while let Some(frame) = event(&mut watcher, Duration::from_secs(2)).await {
+        assert_eq!(
+            frame["op"], "presence_reset",
+            "no joins of the burst: {frame}"
+        );
+        resets += 1;
+    }
+    assert!((1..=2).contains(&resets), "{resets} resets");
+    let mut probe = connect(&pod, "probe").await;
+    assert_eq!(
+        presence(&mut probe, ROOM).await.len(),
+        61,
+        "the picture to ask for is whole"
+    );
+    // Quiet is over: single changes are events again.
+    drop(crowd.pop());
+    assert_eq!(
+        event_for(&mut watcher, "leave", "fan59").await["op"],
+        "leave"
+    );
 }
