@@ -201,8 +201,6 @@ pub async fn run(
         counters.clone(),
     );
     tracker.spawn(sweep(history.clone(), stop.clone()));
-    let health = Health::new(mesh.clone());
-
     let (peers_tx, peers_rx) = watch::channel(None);
     let discovery = Discovery {
         cluster: &cluster,
@@ -213,6 +211,7 @@ pub async fn run(
     };
     discovery.spawn(peers_tx, &tracker, &stop)?;
     let (verifier, api_tokens) = load_auth(&auth, &tracker, &stop)?;
+    let health = Health::new(mesh.clone(), verifier.clone());
     tracker.spawn(
         mesh.clone()
             .follow(peers_rx)
@@ -412,6 +411,9 @@ fn load_auth(
                 secret_file: auth.jwt_secret_file.clone(),
                 public_key_file: auth.jwt_public_key_file.clone(),
                 jwks_file: auth.jwks_file.clone(),
+                jwks_url: auth.jwks_url.clone(),
+                oidc_issuer: auth.oidc_issuer.clone(),
+                jwks_ca_file: auth.jwks_ca_file.clone(),
                 issuer: auth.jwt_issuer.clone(),
                 audience: auth.jwt_audience.clone(),
                 leeway: auth.jwt_leeway,

@@ -227,6 +227,20 @@ pub struct AuthArgs {
     /// JWKS file with the keys for user tokens, picked by `kid`.
     #[arg(long, env = "HERALD_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL of an identity provider (https://; http:// only to
+    /// loopback): fetched at start, kept per its Cache-Control, fetched
+    /// again for an unknown `kid`.
+    #[arg(long, env = "HERALD_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// OpenID Connect issuer URL: its discovery document names the JWKS URL,
+    /// and user tokens must carry it as `iss` (unless --jwt-issuer says
+    /// otherwise).
+    #[arg(long, env = "HERALD_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// PEM CA bundle that the --jwks-url or --oidc-issuer server's
+    /// certificate must chain to (default: the system's CA certificates).
+    #[arg(long, env = "HERALD_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Required `iss` of user tokens.
     #[arg(long, env = "HERALD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,

@@ -152,7 +152,7 @@ fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>,
 }
 
 /// The CA certificates of a PEM file as trust roots.
-fn roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+pub(crate) fn roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in certificates(pem, path)? {
         roots

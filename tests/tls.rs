@@ -4,67 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::pki::{Issued, Pki};
 use common::pod::Pod;
 use common::process::{Ports, Process};
 use common::user::User;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 use serde_json::json;
-
-/// A test CA and the files of the certificates it issues.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-    dir: tempfile::TempDir,
-}
-
-/// A certificate and key on disk.
-struct Issued {
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let ca =
-            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("written");
-        Self { ca, dir }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    fn issue(&self, name: &str, sans: &[&str]) -> Issued {
-        let key = KeyPair::generate().expect("key");
-        let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &self.ca).expect("signed");
-        let write = |file: &str, text: String| {
-            let path = self.dir.path().join(file);
-            std::fs::write(&path, text).expect("written");
-            path
-        };
-        Issued {
-            cert: write(&format!("{name}.pem"), cert.pem()),
-            key: write(&format!("{name}.key"), key.serialize_pem()),
-        }
-    }
-}
 
 fn flag(name: &str, path: &Path) -> String {
     format!("--{name}={}", path.display())

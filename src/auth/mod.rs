@@ -39,6 +39,7 @@ mod error;
 pub mod extract;
 pub mod jwt;
 pub mod patterns;
+pub mod provider;
 pub(crate) mod reload;
 
 pub use api_tokens::{ApiTokens, MAX_API_TOKEN_BYTES, TokenScope, bearer, parse_bearer};

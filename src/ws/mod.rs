@@ -140,7 +140,7 @@ impl Gateway {
     /// client address's own rate comes before the token check, and the
     /// pod-wide rate after it, so neither a flood from one address nor
     /// one of bad tokens spends what other users' reconnects need.
-    fn admit(
+    async fn admit(
         &self,
         peer: Option<IpAddr>,
         headers: &HeaderMap,
@@ -197,7 +197,7 @@ impl Gateway {
                 );
             }
         }
-        let identity = self.identity(headers, uri)?;
+        let identity = self.identity(headers, uri).await?;
         let admitted = limits
             .connection_rate
             .lock()
@@ -235,7 +235,7 @@ impl Gateway {
     }
 
     /// The user of an upgrade's token, when auth is on.
-    fn identity(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
+    async fn identity(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
         let refused = &self.meters.counters.refused;
         let Some(verifier) = &self.verifier else {
             return Ok(None);
@@ -251,7 +251,7 @@ impl Gateway {
                 message,
             );
         };
-        match verifier.verify(&token.value) {
+        match verifier.authenticate(&token.value).await {
             Ok(identity) => Ok(Some(identity)),
             Err(e) => {
                 tracing::debug!(
@@ -292,10 +292,11 @@ pub async fn upgrade(
             .into_response();
         }
     };
-    let Admitted { identity, slot } = match gateway.admit(connection.0.peer_ip(), &headers, &uri) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let Admitted { identity, slot } =
+        match gateway.admit(connection.0.peer_ip(), &headers, &uri).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal.into_response(),
+        };
     let limit = gateway.max_frame_bytes;
     let mut upgrade = upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
