@@ -12,7 +12,7 @@
 //!   `Cache-Control` header, within [`MIN_REFRESH`] and [`MAX_REFRESH`];
 //!   without one (or with `no-cache`/`no-store`), for [`DEFAULT_REFRESH`].
 //! - **Rotation.** A token naming a `kid` the set does not hold asks for an
-//!   early fetch and waits for it ([`Provider::refresh_for_unknown_key`]), so
+//!   early fetch and waits for it (`Provider::refresh_for_unknown_key`), so
 //!   a key the provider has just started signing with works on its first
 //!   token. Such fetches are at most one per [`UNKNOWN_KEY_COOLDOWN`]: tokens
 //!   with forged `kid`s cannot make herald hammer the provider.
