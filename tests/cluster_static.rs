@@ -26,33 +26,6 @@ fn static_flags(ports: Ports) -> Vec<String> {
     ]
 }
 
-/// Waits until `pod` reports a connected stream to each of `peers`.
-async fn wait_connected(pod: &Process, peers: &[String]) {
-    let mut client = PublisherClient::connect(pod.grpc_url())
-        .await
-        .expect("gRPC connects");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let reply = client
-            .list_peers(ListPeersRequest {})
-            .await
-            .expect("peers")
-            .into_inner();
-        let up = peers
-            .iter()
-            .all(|p| reply.peers.iter().any(|s| &s.address == p && s.connected));
-        if up {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never connected to {peers:?}: {reply:?}",
-            pod.ip
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn start_cluster() -> (Ports, Vec<Process>) {
     let ports = Ports::free_on(&IPS);
     let pods: Vec<Process> = IPS
@@ -158,7 +131,7 @@ async fn a_killed_pod_does_not_disturb_the_others_and_rejoins_when_restarted() {
     pods[2] = Process::spawn(IPS[2], ports, &static_flags(ports), &[]);
     pods[2].wait_ready().await;
     let third = format!("{}:{}", IPS[2], ports.peer);
-    wait_connected(&pods[0], std::slice::from_ref(&third)).await;
+    pods[0].wait_connected(std::slice::from_ref(&third)).await;
     let mut returner = User::connect(&pods[2].ws_url()).await;
     returner.subscribe("t").await;
     pods[0].publish("t", r#""back""#).await;
