@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::PATIENCE;
 use common::process::{Ports, Process};
 use common::user::User;
+use herald::proto::v1::PublishRequest;
 use herald::proto::v1::publisher_client::PublisherClient;
-use herald::proto::v1::{ListPeersRequest, PublishRequest};
 use serde_json::json;
 
 const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
