@@ -52,6 +52,73 @@ async fn new_connections_past_the_rate_are_refused_with_429() {
     assert_eq!(refusals(&pod, "connection_rate").await, 1.0);
 }
 
+/// The `Retry-After` header and the body of a raw upgrade request's answer.
+async fn raw_upgrade(pod: &Pod) -> (Option<u64>, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(pod.http)
+        .await
+        .expect("connects");
+    let request = "GET /ws HTTP/1.1\r\nHost: herald\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    let text = loop {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the pod answered {response:?}");
+        response.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().expect("length"))
+                })
+                .expect("content-length");
+            if body.len() >= length {
+                break text;
+            }
+        }
+    };
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let retry_after = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("retry-after:")
+            .map(|v| v.trim().parse().expect("seconds"))
+    });
+    (retry_after, serde_json::from_str(body).expect("JSON body"))
+}
+
+#[tokio::test]
+async fn refusals_for_load_carry_a_random_retry_after_that_spreads_the_refused_out() {
+    let pod = Pod::start(&["--max-connection-rate=1", "--max-connection-rate-per-ip=0"]).await;
+    let _first = User::connect(&pod.ws_url()).await;
+    let mut hints = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (header, body) = raw_upgrade(&pod).await;
+        assert_eq!(body["error"]["code"], "rate_limited");
+        let seconds = header.expect("a Retry-After header");
+        assert!((1..=5).contains(&seconds), "{seconds}");
+        assert_eq!(
+            body["error"]["retry_after"], seconds,
+            "the body says the same"
+        );
+        hints.insert(seconds);
+    }
+    assert!(
+        hints.len() >= 3,
+        "forty refusals at once should not share one hint: {hints:?}"
+    );
+
+    let full = Pod::start(&["--max-connections=1"]).await;
+    let _only = User::connect(&full.ws_url()).await;
+    let (header, body) = raw_upgrade(&full).await;
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    assert!((5..=30).contains(&header.expect("a Retry-After header")));
+}
+
 #[tokio::test]
 async fn only_allowed_browser_origins_may_connect() {
     let pod = Pod::start(&["--allowed-origins=https://app.example,https://admin.example"]).await;

@@ -105,10 +105,40 @@ struct Refusal {
     message: String,
 }
 
+impl Refusal {
+    /// For a refusal because of load, how many seconds the client should
+    /// wait before it tries again: drawn at random from a range that fits
+    /// the cause, so that the users refused together (a killed pod's users
+    /// all reconnecting at once) come back spread out rather than together.
+    fn retry_after(&self) -> Option<u64> {
+        let (low, high) = match (self.status, self.code) {
+            // Another pod answers a draining pod's users.
+            (StatusCode::SERVICE_UNAVAILABLE, "draining") => (1, 3),
+            // A full pod stays full for a while.
+            (StatusCode::SERVICE_UNAVAILABLE, _) => (5, 30),
+            // A rate bucket refills within a second or two.
+            (StatusCode::TOO_MANY_REQUESTS, _) => (1, 5),
+            _ => return None,
+        };
+        Some(rand::random_range(low..=high))
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let retry_after = self.retry_after();
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(seconds) = retry_after {
+            error["retry_after"] = seconds.into();
+        }
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
