@@ -42,7 +42,7 @@ use crate::metrics::{Metrics, Sources};
 use crate::publish::Publisher;
 use crate::stats::Counters;
 use crate::ws::fairness::{AddressRates, ClientAddress, UserConnections};
-use crate::ws::socket::{Connection, SharedListener};
+use crate::ws::socket::SharedListener;
 use crate::ws::{EdgeLimits, Gateway, session};
 use crate::{grpc, http, tls};
 
@@ -258,7 +258,7 @@ pub async fn run(
         stop.clone(),
         health.clone(),
         mesh.clone(),
-        counters,
+        counters.clone(),
         drain_window,
     ));
 
@@ -281,19 +281,29 @@ pub async fn run(
             None,
         ),
     };
-    let http = axum::serve(
+    let edge = http::serve::Limits {
+        header_read_timeout: limits.header_read_timeout,
+        max_pending: limits.max_pending_handshakes,
+    };
+    let http = http::serve::serve(
         SharedListener::new(listeners.http),
-        public_router.into_make_service_with_connect_info::<Connection>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
+        public_router,
+        http::serve::Port::Http,
+        edge,
+        counters.clone(),
+        stop.clone(),
+    );
     let admin = async {
-        match admin_listener {
-            Some(listener) => {
-                axum::serve(listener, admin_router)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .await
-            }
-            None => Ok(()),
+        if let Some(listener) = admin_listener {
+            http::serve::serve(
+                SharedListener::new(listener),
+                admin_router,
+                http::serve::Port::Admin,
+                edge,
+                counters.clone(),
+                stop.clone(),
+            )
+            .await;
         }
     };
     let mut grpc_server = tonic::transport::Server::builder();
@@ -315,8 +325,10 @@ pub async fn run(
     };
     health.set_serving();
     let served = tokio::try_join!(
-        async { http.await.map_err(|e| serve_error("http", e)) },
-        async { admin.await.map_err(|e| serve_error("admin", e)) },
+        async {
+            tokio::join!(http, admin);
+            Ok(())
+        },
         async { grpc.await.map_err(|e| serve_error("grpc", e)) },
         peer,
     );
