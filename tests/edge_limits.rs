@@ -167,10 +167,10 @@ async fn wait_for_sample(pod: &Pod, name: &str, value: f64) {
     loop {
         // While the cap of pending handshakes is reached, the metrics
         // request itself is refused; it is asked again.
-        if let Some((200, body)) = http_get(pod.http, "/metrics").await {
-            if sample(&body, name) == value {
-                return;
-            }
+        if let Some((200, body)) = http_get(pod.http, "/metrics").await
+            && sample(&body, name) == value
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "{name} never read {value}");
         tokio::time::sleep(Duration::from_millis(50)).await;
