@@ -261,8 +261,9 @@ pub struct AuthArgs {
     pub client_publish: bool,
 }
 
-/// TLS for the gRPC API and mutual TLS between pods. Certificates are read
-/// at start; a rotated certificate takes effect when the pod restarts.
+/// TLS for the gRPC API and mutual TLS between pods. The files are re-read
+/// when they change: new connections use the new certificate, key and CA,
+/// open ones carry on; a set that does not parse or match keeps the old.
 #[derive(Debug, Clone, Args)]
 pub struct TlsArgs {
     /// PEM certificate chain the gRPC API presents (turns TLS on there).
