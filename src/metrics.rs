@@ -8,7 +8,7 @@
 //! delivery latency histogram, recorded once per frame written.
 //!
 //! Every name starts with `herald_` and carries its unit; labels are few and
-//! fixed (`reason`, `result`), never a topic or a user.
+//! fixed (`reason`, `result`, `listener`), never a topic or a user.
 
 use std::sync::Arc;
 
@@ -150,6 +150,18 @@ fn register(meter: &Meter, sources: Sources) {
         .with_callback(move |o| {
             for (reason, n) in refused.counters.refused.by_reason() {
                 o.observe(n, &[KeyValue::new("reason", reason)]);
+            }
+        })
+        .build();
+    let handshakes = sources.clone();
+    meter
+        .u64_observable_gauge("herald_handshakes_pending")
+        .with_description(
+            "Connections accepted on an HTTP listener whose first request's headers are not in yet, by listener.",
+        )
+        .with_callback(move |o| {
+            for (listener, n) in handshakes.counters.handshakes.by_listener() {
+                o.observe(n, &[KeyValue::new("listener", listener)]);
             }
         })
         .build();

@@ -1,13 +1,19 @@
 //! No client can hurt the others: connection count, connection rate and
-//! origin limits refuse the upgrade with a clear HTTP error, and each
-//! refusal is counted.
+//! origin limits refuse the upgrade with a clear HTTP error, connections
+//! that stall before their request are cut off, and each refusal is
+//! counted.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use common::PATIENCE;
 use common::pod::Pod;
 use common::process::{http_get, sample};
 use common::user::User;
-use serde_json::Value;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 async fn refusals(pod: &Pod, reason: &str) -> f64 {
     let (_, body) = http_get(pod.http, "/metrics").await.expect("metrics");
@@ -220,4 +226,98 @@ async fn behind_a_trusted_proxy_the_client_address_comes_from_its_header_and_onl
     .err()
     .expect("still its own address's rate");
     assert_eq!(status, 429);
+}
+
+/// Waits until the pod's metrics answer and `name` reads `value`.
+async fn wait_for_sample(pod: &Pod, name: &str, value: f64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // While the cap of pending handshakes is reached, the metrics
+        // request itself is refused; it is asked again.
+        if let Some((200, body)) = http_get(pod.http, "/metrics").await
+            && sample(&body, name) == value
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never read {value}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A socket on `pod`'s HTTP port that has sent the start of a request line.
+async fn stalled(pod: &Pod) -> TcpStream {
+    let mut socket = TcpStream::connect(pod.http).await.expect("connects");
+    socket.write_all(b"GET /ws HTT").await.expect("written");
+    socket
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_request_is_cut_off_after_the_header_timeout_while_others_are_served()
+ {
+    let pod = Pod::start(&["--header-read-timeout=1s"]).await;
+    let mut slow = stalled(&pod).await;
+    let cut_off = async {
+        // One more byte of a header every 200 ms: trickling does not
+        // restart the timeout.
+        let mut read = [0u8; 64];
+        let mut trickle = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                n = slow.read(&mut read) => {
+                    assert!(matches!(n, Ok(0) | Err(_)), "an answer to half a request: {n:?}");
+                    return;
+                }
+                _ = trickle.tick() => {
+                    let _ = slow.write_all(b"x").await;
+                }
+            }
+        }
+    };
+    let others = async {
+        let mut user = User::connect(&pod.ws_url()).await;
+        user.subscribe("t").await;
+        pod.publish("t", r#""meanwhile""#).await;
+        assert_eq!(user.message("t").await, json!("meanwhile"));
+        user
+    };
+    let (within, mut user) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(5), cut_off),
+        others
+    );
+    within.expect("the trickling client is cut off within a few seconds of a 1 s timeout");
+    assert_eq!(refusals(&pod, "header_timeout").await, 1.0);
+    user.still_usable().await;
+}
+
+#[tokio::test]
+async fn past_the_cap_of_pending_handshakes_a_connection_is_refused_and_counted_and_upgrades_work_once_they_are_gone()
+ {
+    let pod = Pod::start(&["--max-pending-handshakes=3", "--header-read-timeout=60s"]).await;
+    let mut held = vec![stalled(&pod).await, stalled(&pod).await];
+    wait_for_sample(&pod, r#"herald_handshakes_pending{listener="http"}"#, 2.0).await;
+    held.push(stalled(&pod).await);
+
+    // The fourth is closed at once, well before the header timeout, with
+    // a 503 since it has sent nothing the socket would have to discard.
+    let mut refused = TcpStream::connect(pod.http).await.expect("connects");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, refused.read_to_end(&mut answer))
+        .await
+        .expect("closed at once")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_handshakes"), "{answer}");
+
+    for mut socket in held {
+        // Ends the request half-way; once the pod has closed its side, the
+        // connection has left the count.
+        socket.shutdown().await.expect("shut down");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, socket.read_to_end(&mut rest)).await;
+    }
+    wait_for_sample(&pod, r#"herald_handshakes_pending{listener="http"}"#, 0.0).await;
+    assert_eq!(refusals(&pod, "handshakes").await, 1.0);
+    let mut user = User::connect(&pod.ws_url()).await;
+    user.still_usable().await;
 }

@@ -61,6 +61,8 @@ ALL_ON: dict[str, Any] = {
         "maxConnectionRate": 500,
         "maxConnectionRatePerIp": 100,
         "maxConnectionsPerUser": 5,
+        "headerReadTimeout": "5s",
+        "maxPendingHandshakes": 4096,
         "clientIpHeader": "X-Forwarded-For",
         "trustedProxies": ["10.0.0.0/8", "192.168.1.7"],
         "clientPublishRate": 5,

@@ -422,6 +422,8 @@ def test_topology_spread_covers_each_key_when_enabled() -> None:
         {"image": {"tagg": "x"}},
         {"discovery": {"api": "pods"}},
         {"limits": {"heartbeatInterval": "soon"}},
+        {"limits": {"headerReadTimeout": "0s"}},
+        {"limits": {"maxPendingHandshakes": 0}},
         {"drainWindow": "1m"},
         {"drainWindow": "500ms"},
         {"auth": {"mode": "oauth"}},
@@ -432,6 +434,8 @@ def test_topology_spread_covers_each_key_when_enabled() -> None:
         "unknown-nested",
         "bad-enum",
         "bad-duration",
+        "header-timeout-off",
+        "no-pending-handshakes",
         "drain-in-minutes",
         "drain-in-ms",
         "bad-auth-mode",
@@ -961,12 +965,16 @@ def test_client_publish_and_the_edge_limits_follow_the_values() -> None:
         "--client-publish-rate=10",
         "--max-connection-rate-per-ip=50",
         "--max-connections-per-user=20",
+        "--header-read-timeout=10s",
+        "--max-pending-handshakes=1024",
     ):
         assert flag in args
     assert not [a for a in args if a.startswith(("--client-ip-header", "--trusted-proxies"))]
     args = container(render(VALUE_SETS["all"]))["args"]
     assert "--max-connection-rate-per-ip=100" in args
     assert "--max-connections-per-user=5" in args
+    assert "--header-read-timeout=5s" in args
+    assert "--max-pending-handshakes=4096" in args
     assert "--client-ip-header=X-Forwarded-For" in args
     assert "--trusted-proxies=10.0.0.0/8,192.168.1.7" in args
     assert "--client-publish" in args

@@ -20,6 +20,8 @@ pub struct Issued {
     pub cert: PathBuf,
     /// The PEM private key.
     pub key: PathBuf,
+    /// The certificate itself (DER), as a server presents it.
+    pub der: Vec<u8>,
 }
 
 impl Pki {
@@ -38,6 +40,16 @@ impl Pki {
     /// The CA certificate's file.
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// The directory the files are written to.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// A certificate for `sans` (names or IP addresses), for servers and
@@ -61,6 +73,7 @@ impl Pki {
         Issued {
             cert: write(&format!("{name}.pem"), cert.pem()),
             key: write(&format!("{name}.key"), key.serialize_pem()),
+            der: cert.der().to_vec(),
         }
     }
 }

@@ -303,6 +303,8 @@ the chart tests.
 {{- $args = append $args (printf "--max-connection-rate=%d" (int64 $v.limits.maxConnectionRate)) }}
 {{- $args = append $args (printf "--max-connection-rate-per-ip=%d" (int64 $v.limits.maxConnectionRatePerIp)) }}
 {{- $args = append $args (printf "--max-connections-per-user=%d" (int64 $v.limits.maxConnectionsPerUser)) }}
+{{- $args = append $args (printf "--header-read-timeout=%s" $v.limits.headerReadTimeout) }}
+{{- $args = append $args (printf "--max-pending-handshakes=%d" (int64 $v.limits.maxPendingHandshakes)) }}
 {{- with $v.limits.clientIpHeader }}
 {{- $args = append $args (printf "--client-ip-header=%s" .) }}
 {{- end }}
