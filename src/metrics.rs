@@ -301,4 +301,9 @@ fn register(meter: &Meter, sources: Sources) {
         "Peer streams re-established after a break.",
         |s| read(&s.counters.peer_reconnects),
     );
+    counter(
+        "herald_peer_bytes_sent_total",
+        "Bytes of peer-wire frames written to other pods after the handshake.",
+        |s| read(&s.counters.peer_bytes_sent),
+    );
 }

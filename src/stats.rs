@@ -118,6 +118,9 @@ pub struct Counters {
     pub peer_queue_drops: AtomicU64,
     /// Peer streams re-established after a break.
     pub peer_reconnects: AtomicU64,
+    /// Bytes of peer-wire frames written to other pods (after the
+    /// handshake): what the cluster's traffic costs this pod.
+    pub peer_bytes_sent: AtomicU64,
     /// Peer handshakes refused (either side) because the peer did not
     /// prove the cluster secret.
     pub peer_auth_failures: AtomicU64,

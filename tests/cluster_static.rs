@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::PATIENCE;
-use common::process::{Ports, Process};
+use common::process::{Ports, Process, http_get, sample};
 use common::user::User;
 use herald::proto::v1::PublishRequest;
 use herald::proto::v1::publisher_client::PublisherClient;
@@ -92,6 +92,17 @@ async fn messages_from_one_publisher_arrive_in_order_on_every_pod() {
             assert_eq!(user.message("seq").await, json!(n));
         }
     }
+    // The topic's sequencer sent each message to the two other pods: an
+    // envelope carries at least its id, topic and data.
+    let mut sent = 0.0;
+    for pod in &pods {
+        let addr = format!("{}:{}", pod.ip, pod.ports.http)
+            .parse()
+            .expect("address");
+        let (_, body) = http_get(addr, "/metrics").await.expect("metrics");
+        sent += sample(&body, "herald_peer_bytes_sent_total");
+    }
+    assert!(sent >= 2.0 * 300.0 * 20.0, "peer bytes sent: {sent}");
 }
 
 #[tokio::test]

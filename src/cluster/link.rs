@@ -335,6 +335,7 @@ async fn stream_wire(
                     if let Err(e) = stream.write_all(&out).await {
                         return LinkError::Stream(e.to_string());
                     }
+                    stats::add(&link.counters.peer_bytes_sent, out.len() as u64);
                     out.clear();
                 }
             }
@@ -387,6 +388,7 @@ async fn send<W: AsyncWrite + Unpin + ?Sized>(
         lose_all(link, writing);
         return Err(LinkError::Stream(e.to_string()));
     }
+    stats::add(&link.counters.peer_bytes_sent, out.len() as u64);
     out.clear();
     writing.clear();
     Ok(())
