@@ -37,9 +37,10 @@ test-rust: nats-server ## Rust unit and integration tests (cargo nextest when in
 	fi
 	$(CARGO) test --locked --doc
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, and the fuzz targets still build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(MAKE) fuzz-build
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

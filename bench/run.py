@@ -137,10 +137,12 @@ def target_args(server):
     return [f"--ws={ws}", f"--grpc=http://{IPS[0]}:{GRPC_PORT}"]
 
 
-def bench(bin_dir, pids, label, extra, raw, server="herald"):
-    """Runs herald-bench once; returns its JSON report and the command."""
+def bench(bin_dir, pids, label, extra, raw, server="herald", target=None):
+    """Runs herald-bench once against `target` (flags naming the users' and
+    the publisher's ends; by default `target_args(server)`); returns its
+    JSON report and the command."""
     cmd = [
-        os.path.join(bin_dir, "herald-bench"), *target_args(server),
+        os.path.join(bin_dir, "herald-bench"), *(target_args(server) if target is None else target),
         f"--pids={','.join(map(str, pids))}", f"--label={label}", "--json=-",
     ] + extra
     print(f"\n== {label}: herald-bench {' '.join(extra)}", flush=True)

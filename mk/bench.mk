@@ -8,7 +8,7 @@
 PYTHON3 ?= python3
 CARGO   ?= cargo
 
-.PHONY: bench bench-quick bench-history bench-micro bench-floor
+.PHONY: bench bench-quick bench-history bench-micro bench-floor bench-scale
 
 bench: ## Run S1-S4 on a local 2-pod cluster (127.0.0.1-2); results to bench/results/
 	$(CARGO) build --release --bin herald --bin herald-bench
@@ -21,6 +21,10 @@ bench-quick: ## A shorter `make bench` (fewer S2 steps, shorter runs), to try th
 bench-history: ## S1, S2 and S4 with history on and off, one sitting; report to bench/results/
 	$(CARGO) build --release --bin herald --bin herald-bench
 	$(PYTHON3) bench/run.py --history-cost
+
+bench-scale: ## Cost of a publish against pod count (2, 4, 8, 16 pods on 127.0.0.x), three load shapes; report to bench/results/
+	$(CARGO) build --release --bin herald --bin herald-bench
+	$(PYTHON3) bench/scale.py
 
 bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup, loopback write
 	$(CARGO) bench --bench hot_paths

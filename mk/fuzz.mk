@@ -1,7 +1,9 @@
 # Fuzzing: cargo-fuzz targets in fuzz/ for the parsers that see untrusted
-# input (client frames, tokens, topic patterns). Not part of CI: run
-# `make fuzz` before a release or after touching those parsers. A crash
-# leaves its input in fuzz/artifacts/<target>/; turn it into a unit test.
+# input (client frames, the peer wire, tokens and where an upgrade carries
+# them, topic patterns). CI only builds them (`make fuzz-build`, part of
+# `make lint`), so they cannot rot; run `make fuzz` before a release or
+# after touching those parsers. A crash leaves its input in
+# fuzz/artifacts/<target>/; turn it into a unit test.
 #
 # Included by the main Makefile; also usable alone: `make -f mk/fuzz.mk fuzz`.
 #
@@ -15,10 +17,14 @@
 CARGO          ?= cargo
 FUZZ_SECONDS   ?= 60
 FUZZ_SANITIZER ?= none
-FUZZ_TARGETS   ?= client_frame jwt_token topic_patterns
+FUZZ_TARGETS   ?= client_frame peer_frame jwt_token upgrade_token topic_patterns
 FUZZ_DIR       := $(dir $(lastword $(MAKEFILE_LIST)))../fuzz
 
-.PHONY: fuzz
+.PHONY: fuzz fuzz-build
+
+fuzz-build: ## Build the fuzz targets without running them (stable, no sanitizer), and check their format
+	$(CARGO) fmt --manifest-path $(FUZZ_DIR)/Cargo.toml -- --check
+	$(CARGO) build --locked --manifest-path $(FUZZ_DIR)/Cargo.toml --target-dir target --bins
 
 fuzz: ## Run each fuzz target for FUZZ_SECONDS (default 60)
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

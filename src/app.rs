@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -44,7 +45,7 @@ use crate::presence::{self, Presence};
 use crate::publish::Publisher;
 use crate::stats::Counters;
 use crate::ws::fairness::{AddressRates, ClientAddress, UserConnections};
-use crate::ws::socket::{Connection, SharedListener};
+use crate::ws::socket::SharedListener;
 use crate::ws::{EdgeLimits, Gateway, session};
 use crate::{cluster, grpc, http, tls};
 
@@ -163,9 +164,15 @@ pub async fn run(
         .cloned()
         .unwrap_or_else(|| format!("0.0.0.0:{peer_port}"));
 
-    let grpc_tls = tls::grpc_server(&tls)?;
-    let peer_tls = tls::peer(&tls)?;
+    let grpc_tls = tls::GrpcTls::load(&tls)?;
+    let peer_tls = tls::PeerTls::load(&tls)?;
     let tracker = TaskTracker::new();
+    if let Some(tls) = &grpc_tls {
+        tracker.spawn(tls.clone().watch(stop.clone()));
+    }
+    if let Some(tls) = &peer_tls {
+        tracker.spawn(tls.clone().watch(stop.clone()));
+    }
     let secret = cluster_secret(&cluster, &tracker, &stop)?;
     let counters = Arc::new(Counters::default());
     let hub = Hub::with_write_delay(limits.write_delay);
@@ -219,8 +226,6 @@ pub async fn run(
         counters.clone(),
     );
     tracker.spawn(sweep(history.clone(), stop.clone()));
-    let health = Health::new(mesh.clone());
-
     let (peers_tx, peers_rx) = watch::channel(None);
     let discovery = Discovery {
         cluster: &cluster,
@@ -231,6 +236,7 @@ pub async fn run(
     };
     discovery.spawn(peers_tx, &tracker, &stop)?;
     let (verifier, api_tokens) = load_auth(&auth, info_claim, &tracker, &stop)?;
+    let health = Health::new(mesh.clone(), verifier.clone());
     tracker.spawn(
         mesh.clone()
             .follow(peers_rx)
@@ -277,7 +283,7 @@ pub async fn run(
         stop.clone(),
         health.clone(),
         mesh.clone(),
-        counters,
+        counters.clone(),
         drain_window,
     ));
 
@@ -300,42 +306,58 @@ pub async fn run(
             None,
         ),
     };
-    let http = axum::serve(
+    let edge = http::serve::Limits {
+        header_read_timeout: limits.header_read_timeout,
+        max_pending: limits.max_pending_handshakes,
+    };
+    let http = http::serve::serve(
         SharedListener::new(listeners.http),
-        public_router.into_make_service_with_connect_info::<Connection>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
+        public_router,
+        http::serve::Port::Http,
+        edge,
+        counters.clone(),
+        stop.clone(),
+    );
     let admin = async {
-        match admin_listener {
-            Some(listener) => {
-                axum::serve(listener, admin_router)
-                    .with_graceful_shutdown(stop.clone().cancelled_owned())
-                    .await
-            }
-            None => Ok(()),
+        if let Some(listener) = admin_listener {
+            http::serve::serve(
+                SharedListener::new(listener),
+                admin_router,
+                http::serve::Port::Admin,
+                edge,
+                counters.clone(),
+                stop.clone(),
+            )
+            .await;
         }
     };
-    let mut grpc_server = tonic::transport::Server::builder();
-    if let Some(config) = grpc_tls {
-        grpc_server = grpc_server.tls_config(config).map_err(Error::TlsConfig)?;
-    }
-    let grpc = grpc_server
-        .add_routes(grpc_routes)
-        .serve_with_incoming_shutdown(incoming(listeners.grpc), stop.clone().cancelled_owned());
+    let grpc_router = tonic::transport::Server::builder().add_routes(grpc_routes);
+    let grpc = match grpc_tls {
+        None => Either::Left(grpc_router.serve_with_incoming_shutdown(
+            incoming(listeners.grpc),
+            stop.clone().cancelled_owned(),
+        )),
+        Some(tls) => Either::Right(grpc_router.serve_with_incoming_shutdown(
+            tls.accept(incoming(listeners.grpc)),
+            stop.clone().cancelled_owned(),
+        )),
+    };
     // Inbound peer streams end with `stop`; outbound ones last until their
     // queues are flushed.
     let accepted = inbound::Accepted::new(mesh.clone(), tracker.clone(), stop.clone());
     let peer = async {
         match peer_tls {
             None => accepted.serve(listeners.peer).await,
-            Some(tls) => accepted.serve_tls(listeners.peer, tls.acceptor).await,
+            Some(tls) => accepted.serve_tls(listeners.peer, tls).await,
         }
         Ok::<(), Error>(())
     };
     health.set_serving();
     let served = tokio::try_join!(
-        async { http.await.map_err(|e| serve_error("http", e)) },
-        async { admin.await.map_err(|e| serve_error("admin", e)) },
+        async {
+            tokio::join!(http, admin);
+            Ok(())
+        },
         async { grpc.await.map_err(|e| serve_error("grpc", e)) },
         peer,
     );
@@ -435,6 +457,9 @@ fn load_auth(
                 secret_file: auth.jwt_secret_file.clone(),
                 public_key_file: auth.jwt_public_key_file.clone(),
                 jwks_file: auth.jwks_file.clone(),
+                jwks_url: auth.jwks_url.clone(),
+                oidc_issuer: auth.oidc_issuer.clone(),
+                jwks_ca_file: auth.jwks_ca_file.clone(),
                 issuer: auth.jwt_issuer.clone(),
                 audience: auth.jwt_audience.clone(),
                 leeway: auth.jwt_leeway,

@@ -165,6 +165,19 @@ pub struct LimitArgs {
     /// are refused with HTTP 429. 0 turns it off.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", default_value_t = 20)]
     pub max_connections_per_user: usize,
+    /// Longest a client may take to send the headers of a request on the
+    /// HTTP port (and the admin port); a slower one is disconnected, so a
+    /// client that trickles its request (slowloris) cannot hold a socket.
+    /// An idle keep-alive connection is closed after as long. It cannot be
+    /// turned off: 0 is refused (behind a proxy that times headers itself,
+    /// a long one does no harm).
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_read_timeout: Duration,
+    /// Most connections on the HTTP port (and, counted apart, the admin
+    /// port) whose first request's headers are not in yet; a connection
+    /// past it is closed at once (with a 503 when the socket takes it).
+    #[arg(long, env = "HERALD_MAX_PENDING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_handshakes: u64,
     /// The request header a trusted proxy puts the client's address in
     /// (e.g. `X-Forwarded-For`); believed only from `--trusted-proxies`.
     #[arg(long, env = "HERALD_CLIENT_IP_HEADER")]
@@ -249,6 +262,20 @@ pub struct AuthArgs {
     /// JWKS file with the keys for user tokens, picked by `kid`.
     #[arg(long, env = "HERALD_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL of an identity provider (https://; http:// only to
+    /// loopback): fetched at start, kept per its Cache-Control, fetched
+    /// again for an unknown `kid`.
+    #[arg(long, env = "HERALD_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// OpenID Connect issuer URL: its discovery document names the JWKS URL,
+    /// and user tokens must carry it as `iss` (unless --jwt-issuer says
+    /// otherwise).
+    #[arg(long, env = "HERALD_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// PEM CA bundle that the --jwks-url or --oidc-issuer server's
+    /// certificate must chain to (default: the system's CA certificates).
+    #[arg(long, env = "HERALD_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
     /// Required `iss` of user tokens.
     #[arg(long, env = "HERALD_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -270,8 +297,9 @@ pub struct AuthArgs {
     pub client_publish: bool,
 }
 
-/// TLS for the gRPC API and mutual TLS between pods. Certificates are read
-/// at start; a rotated certificate takes effect when the pod restarts.
+/// TLS for the gRPC API and mutual TLS between pods. The files are re-read
+/// when they change: new connections use the new certificate, key and CA,
+/// open ones carry on; a set that does not parse or match keeps the old.
 #[derive(Debug, Clone, Args)]
 pub struct TlsArgs {
     /// PEM certificate chain the gRPC API presents (turns TLS on there).
@@ -485,6 +513,17 @@ pub struct PeersArgs {
     pub tls: ClientTlsArgs,
 }
 
+/// A duration above zero, for timeouts that cannot be turned off.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => {
+            Err("must be above zero; there is no turning it off".into())
+        }
+        Ok(duration) => Ok(duration),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -507,6 +546,16 @@ mod tests {
         assert_eq!(args.listen.peer_addr.port(), 7070);
         assert_eq!(args.cluster.discovery, DiscoveryKind::None);
         assert_eq!(args.limits.heartbeat_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_header_read_timeout_of_zero_is_refused_rather_than_turning_it_off() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["herald", "serve", &format!("--header-read-timeout={value}")])
+        };
+        let error = parse("0s").expect_err("0 refused").to_string();
+        assert!(error.contains("above zero"), "{error}");
+        assert!(parse("1s").is_ok());
     }
 
     #[test]

@@ -34,12 +34,9 @@ pub enum Error {
     /// Authentication could not be set up (keys or token files).
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
-    /// A TLS file could not be read.
+    /// A TLS file could not be read or its material was refused.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    /// The TLS material was refused.
-    #[error("TLS configuration: {0}")]
-    TlsConfig(tonic::transport::Error),
     /// Metrics could not be set up.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),

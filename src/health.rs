@@ -2,11 +2,13 @@
 //!
 //! Alive means the process serves HTTP at all. Ready means: every listener
 //! is serving, the cluster has settled (streams to all discovered peers, or
-//! the bounded wait passed), and the pod is not draining.
+//! the bounded wait passed), user tokens can be checked (an identity
+//! provider's first key set has arrived), and the pod is not draining.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::auth::Verifier;
 use crate::cluster::Mesh;
 
 /// A handle to the pod's readiness. Clones share it.
@@ -19,17 +21,19 @@ struct Inner {
     serving: AtomicBool,
     draining: AtomicBool,
     mesh: Mesh,
+    verifier: Option<Verifier>,
 }
 
 impl Health {
     /// Not ready until [`Health::set_serving`]; the cluster's part comes from
-    /// `mesh`.
-    pub fn new(mesh: Mesh) -> Self {
+    /// `mesh`, the tokens' part from `verifier` (none: no tokens to check).
+    pub fn new(mesh: Mesh, verifier: Option<Verifier>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 serving: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 mesh,
+                verifier,
             }),
         }
     }
@@ -50,5 +54,6 @@ impl Health {
         inner.serving.load(Ordering::Acquire)
             && !inner.draining.load(Ordering::Acquire)
             && inner.mesh.is_settled()
+            && inner.verifier.as_ref().is_none_or(Verifier::has_keys)
     }
 }

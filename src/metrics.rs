@@ -8,7 +8,7 @@
 //! delivery latency histogram, recorded once per frame written.
 //!
 //! Every name starts with `herald_` and carries its unit; labels are few and
-//! fixed (`reason`, `result`), never a topic or a user.
+//! fixed (`reason`, `result`, `listener`), never a topic or a user.
 
 use std::sync::Arc;
 
@@ -153,6 +153,18 @@ fn register(meter: &Meter, sources: Sources) {
             }
         })
         .build();
+    let handshakes = sources.clone();
+    meter
+        .u64_observable_gauge("herald_handshakes_pending")
+        .with_description(
+            "Connections accepted on an HTTP listener whose first request's headers are not in yet, by listener.",
+        )
+        .with_callback(move |o| {
+            for (listener, n) in handshakes.counters.handshakes.by_listener() {
+                o.observe(n, &[KeyValue::new("listener", listener)]);
+            }
+        })
+        .build();
     let tokens = sources.clone();
     meter
         .u64_observable_counter("herald_token_refusals_total")
@@ -293,5 +305,10 @@ fn register(meter: &Meter, sources: Sources) {
         "herald_peer_reconnects_total",
         "Peer streams re-established after a break.",
         |s| read(&s.counters.peer_reconnects),
+    );
+    counter(
+        "herald_peer_bytes_sent_total",
+        "Bytes of peer-wire frames written to other pods after the handshake.",
+        |s| read(&s.counters.peer_bytes_sent),
     );
 }

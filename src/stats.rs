@@ -52,11 +52,17 @@ pub struct Refusals {
     /// `refresh` requests with a token that is not valid or for another
     /// user (`invalid_token`).
     pub invalid_token: AtomicU64,
+    /// Connections closed at once because `--max-pending-handshakes` were
+    /// still in their handshake.
+    pub handshakes: AtomicU64,
+    /// Connections closed because their first request's headers took
+    /// longer than `--header-read-timeout`.
+    pub header_timeout: AtomicU64,
 }
 
 impl Refusals {
     /// Every reason with its label and count.
-    pub fn by_reason(&self) -> [(&'static str, u64); 12] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 14] {
         [
             ("unauthorized", read(&self.unauthorized)),
             ("origin", read(&self.origin)),
@@ -70,11 +76,32 @@ impl Refusals {
             ("too_many_subscriptions", read(&self.too_many_subscriptions)),
             ("api_unauthenticated", read(&self.api_unauthenticated)),
             ("invalid_token", read(&self.invalid_token)),
+            ("handshakes", read(&self.handshakes)),
+            ("header_timeout", read(&self.header_timeout)),
         ]
     }
 }
 
-/// The pod's event counters. Monotonic; shared behind an `Arc`.
+/// Connections on an HTTP listener still in their handshake: accepted, the
+/// head of their first request not yet read. Gauges, unlike the rest of
+/// [`Counters`].
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    /// On the HTTP port.
+    pub http: AtomicU64,
+    /// On the admin port (`--admin-addr`).
+    pub admin: AtomicU64,
+}
+
+impl Handshakes {
+    /// Every listener with its label and count.
+    pub fn by_listener(&self) -> [(&'static str, u64); 2] {
+        [("http", read(&self.http)), ("admin", read(&self.admin))]
+    }
+}
+
+/// The pod's event counters. Monotonic (but for [`Handshakes`]); shared
+/// behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// WebSocket connections accepted.
@@ -91,6 +118,9 @@ pub struct Counters {
     pub peer_queue_drops: AtomicU64,
     /// Peer streams re-established after a break.
     pub peer_reconnects: AtomicU64,
+    /// Bytes of peer-wire frames written to other pods (after the
+    /// handshake): what the cluster's traffic costs this pod.
+    pub peer_bytes_sent: AtomicU64,
     /// Peer handshakes refused (either side) because the peer did not
     /// prove the cluster secret.
     pub peer_auth_failures: AtomicU64,
@@ -98,6 +128,8 @@ pub struct Counters {
     pub discovery_errors: AtomicU64,
     /// Requests refused at the edge, by reason.
     pub refused: Refusals,
+    /// Connections in their handshake now, by listener.
+    pub handshakes: Handshakes,
     /// User tokens refused, by why (a fixed, small set of labels).
     pub token_refusals: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }

@@ -436,3 +436,53 @@ async fn a_forbidden_watch_logs_what_rbac_is_missing_and_the_pod_still_serves() 
     assert_eq!(user.message("local").await, json!(1));
     cluster.pods.push(pod);
 }
+
+#[tokio::test]
+async fn a_service_of_twelve_hundred_pods_in_twelve_endpoint_slices_is_one_peer_set() {
+    let mut cluster = Cluster::api().await;
+    let port = i32::from(cluster.ports.peer);
+    // Beside the three real pods, 1,197 that never answer: nothing listens
+    // on 127.1.x.y.
+    let absent: Vec<String> = (0..1197)
+        .map(|n| format!("127.1.{}.{}", n / 250, n % 250 + 1))
+        .collect();
+    let mut all: Vec<&str> = IPS.to_vec();
+    all.extend(absent.iter().map(String::as_str));
+    for (n, chunk) in all.chunks(100).enumerate() {
+        let ready: Vec<(&str, bool)> = chunk.iter().map(|ip| (*ip, true)).collect();
+        let name = format!("herald-peers-{n}");
+        cluster.api.apply_endpoint_slice(kube_api::endpoint_slice(
+            "default", &name, SERVICE, &ready, "peer", port,
+        ));
+    }
+    cluster.start(&IPS, &["--k8s-api=endpointslices"]).await;
+    for pod in &cluster.pods {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let known = peers(pod).await.map_or(0, |p| p.len());
+            if known == 1199 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} knows {known} peers", pod.ip);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_fan_out(&cluster).await;
+}
+
+#[tokio::test]
+async fn a_truncated_endpoints_object_is_warned_about_and_endpoint_slices_are_named() {
+    let mut cluster = Cluster::api().await;
+    let mut endpoints = cluster.endpoints(&IPS[..1]);
+    endpoints.metadata.annotations = Some(
+        [(
+            "endpoints.kubernetes.io/over-capacity".to_owned(),
+            "truncated".to_owned(),
+        )]
+        .into(),
+    );
+    cluster.api.apply_endpoints(endpoints);
+    cluster.start(&IPS[..1], &[]).await;
+    let line = cluster.pods[0].wait_for_log("over-capacity").await;
+    assert!(line.contains("--k8s-api endpointslices"), "{line}");
+}

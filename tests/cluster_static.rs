@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::PATIENCE;
-use common::process::{Ports, Process};
+use common::process::{Ports, Process, http_get, sample};
 use common::user::User;
+use herald::proto::v1::PublishRequest;
 use herald::proto::v1::publisher_client::PublisherClient;
-use herald::proto::v1::{ListPeersRequest, PublishRequest};
 use serde_json::json;
 
 const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
@@ -24,33 +24,6 @@ fn static_flags(ports: Ports) -> Vec<String> {
         "--discovery=static".into(),
         format!("--peers={}", peers.join(",")),
     ]
-}
-
-/// Waits until `pod` reports a connected stream to each of `peers`.
-async fn wait_connected(pod: &Process, peers: &[String]) {
-    let mut client = PublisherClient::connect(pod.grpc_url())
-        .await
-        .expect("gRPC connects");
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let reply = client
-            .list_peers(ListPeersRequest {})
-            .await
-            .expect("peers")
-            .into_inner();
-        let up = peers
-            .iter()
-            .all(|p| reply.peers.iter().any(|s| &s.address == p && s.connected));
-        if up {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never connected to {peers:?}: {reply:?}",
-            pod.ip
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn start_cluster() -> (Ports, Vec<Process>) {
@@ -119,6 +92,17 @@ async fn messages_from_one_publisher_arrive_in_order_on_every_pod() {
             assert_eq!(user.message("seq").await, json!(n));
         }
     }
+    // The topic's sequencer sent each message to the two other pods: an
+    // envelope carries at least its id, topic and data.
+    let mut sent = 0.0;
+    for pod in &pods {
+        let addr = format!("{}:{}", pod.ip, pod.ports.http)
+            .parse()
+            .expect("address");
+        let (_, body) = http_get(addr, "/metrics").await.expect("metrics");
+        sent += sample(&body, "herald_peer_bytes_sent_total");
+    }
+    assert!(sent >= 2.0 * 300.0 * 20.0, "peer bytes sent: {sent}");
 }
 
 #[tokio::test]
@@ -158,7 +142,7 @@ async fn a_killed_pod_does_not_disturb_the_others_and_rejoins_when_restarted() {
     pods[2] = Process::spawn(IPS[2], ports, &static_flags(ports), &[]);
     pods[2].wait_ready().await;
     let third = format!("{}:{}", IPS[2], ports.peer);
-    wait_connected(&pods[0], std::slice::from_ref(&third)).await;
+    pods[0].wait_connected(std::slice::from_ref(&third)).await;
     let mut returner = User::connect(&pods[2].ws_url()).await;
     returner.subscribe("t").await;
     pods[0].publish("t", r#""back""#).await;

@@ -14,9 +14,18 @@ use std::path::PathBuf;
 pub enum AuthError {
     /// `--auth jwt` without a key source.
     #[error(
-        "JWT auth needs exactly one key source: --jwt-secret-file, --jwt-public-key-file or --jwks-file; none is set"
+        "JWT auth needs exactly one key source: --jwt-secret-file, --jwt-public-key-file, --jwks-file, --jwks-url or --oidc-issuer; none is set"
     )]
     NoKeySource,
+    /// `--jwks-url`, `--oidc-issuer` or a discovered `jwks_uri` is not a
+    /// URL herald fetches keys from.
+    #[error("{0}")]
+    Url(String),
+    /// No `--jwks-ca-file` and the system has no usable CA certificates.
+    #[error(
+        "no CA certificates found to check the identity provider's TLS certificate: install the system's CA bundle, set SSL_CERT_FILE, or give --jwks-ca-file"
+    )]
+    NoTrustRoots,
     /// More than one of the key-source flags is set.
     #[error("JWT auth takes exactly one key source, but {0} are set; keep one")]
     SeveralKeySources(String),

@@ -1,9 +1,11 @@
 //! JWT verification for WebSocket users: the key source (`--jwt-secret-file`,
-//! `--jwt-public-key-file` or `--jwks-file`), the checks a token must pass,
-//! and the [`Identity`] a valid token yields.
+//! `--jwt-public-key-file`, `--jwks-file`, or an identity provider's
+//! `--jwks-url` / `--oidc-issuer`, see [`provider`](super::provider)), the
+//! checks a token must pass, and the [`Identity`] a valid token yields.
 //!
 //! Each key is pinned to exactly one algorithm when it is loaded: a secret
-//! to HS256, an RSA key to RS256, a P-256 key to ES256. A token whose header
+//! (or a JWKS `oct` key) to HS256, an RSA key to RS256, a P-256 key to
+//! ES256. A token whose header
 //! names any other algorithm is refused before any signature is checked, so
 //! `alg: none` and the HS256-signed-with-the-public-key confusion cannot
 //! work. Then, in this order: signature, `exp` (required), `nbf` (when
@@ -11,8 +13,9 @@
 //! configured), and finally herald's own claims `sub`, `topics`, `publish`.
 //!
 //! The keys sit behind an [`ArcSwap`], so [`Verifier::verify`] never waits
-//! and [`Verifier::watch`] can swap in a rotated key file while connections
-//! are being verified; a bad new file leaves the old keys in force.
+//! and [`Verifier::watch`] can swap in a rotated key file (or a provider's
+//! new key set) while connections are being verified; a bad new file leaves
+//! the old keys in force.
 
 use std::fmt;
 use std::future::Future;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AuthError;
 use super::patterns::TopicPatterns;
+use super::provider::Provider;
 use super::reload::{self, Fingerprint};
 use crate::topic::Topic;
 
@@ -45,7 +49,8 @@ pub const MAX_TOKEN_BYTES: usize = 32 * 1024;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// Where the verification keys come from and what tokens must claim; the
-/// JWT half of the command line. Exactly one of the three files must be set.
+/// JWT half of the command line. Exactly one of the three files, the JWKS
+/// URL and the OIDC issuer must be set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtSettings {
     /// `--jwt-secret-file`: an HS256 shared secret; one trailing newline
@@ -56,6 +61,14 @@ pub struct JwtSettings {
     pub public_key_file: Option<PathBuf>,
     /// `--jwks-file`: a JWKS document; tokens pick a key by `kid`.
     pub jwks_file: Option<PathBuf>,
+    /// `--jwks-url`: a JWKS document fetched over HTTPS and kept current.
+    pub jwks_url: Option<String>,
+    /// `--oidc-issuer`: an OpenID Connect issuer; its discovery document
+    /// names the JWKS URL, and tokens must carry it as `iss`.
+    pub oidc_issuer: Option<String>,
+    /// `--jwks-ca-file`: the CA bundle the provider's certificate must
+    /// chain to, instead of the system's.
+    pub jwks_ca_file: Option<PathBuf>,
     /// `--jwt-issuer`: when set, `iss` must be present and equal.
     pub issuer: Option<String>,
     /// `--jwt-audience`: when set, `aud` must be present and contain it.
@@ -76,6 +89,9 @@ impl Default for JwtSettings {
             secret_file: None,
             public_key_file: None,
             jwks_file: None,
+            jwks_url: None,
+            oidc_issuer: None,
+            jwks_ca_file: None,
             issuer: None,
             audience: None,
             leeway: DEFAULT_LEEWAY,
@@ -200,17 +216,20 @@ struct Inner {
     loaded: Fingerprint,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum KeySource {
     Secret(PathBuf),
     PublicKey(PathBuf),
     Jwks(PathBuf),
+    Provider(Box<Provider>),
 }
 
 impl KeySource {
-    fn path(&self) -> &Path {
+    /// The key file, for the sources that are one.
+    fn path(&self) -> Option<&Path> {
         match self {
-            Self::Secret(p) | Self::PublicKey(p) | Self::Jwks(p) => p,
+            Self::Secret(p) | Self::PublicKey(p) | Self::Jwks(p) => Some(p),
+            Self::Provider(_) => None,
         }
     }
 }
@@ -269,8 +288,13 @@ impl KeyRing {
             KeySource::PublicKey(_) => {
                 parse_public_key(contents, rules).map(|k| Self::Single(Box::new(k)))
             }
-            KeySource::Jwks(_) => parse_jwks(contents, rules).map(Self::Set),
+            KeySource::Jwks(_) => parse_jwks(contents, rules, Secrets::Allowed).map(Self::Set),
+            KeySource::Provider(_) => parse_jwks(contents, rules, Secrets::Refused).map(Self::Set),
         }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Self::Set(keys) if keys.is_empty())
     }
 
     fn describe(&self) -> String {
@@ -394,6 +418,20 @@ fn check_rsa_key(key: &DecodingKey) -> Result<(), String> {
     Ok(())
 }
 
+/// A JWKS `oct` key must be as long as RFC 7518 §3.2 asks: unlike the
+/// `--jwt-secret-file`, which only warns, there is no old setup to keep
+/// working.
+fn check_secret_length(key: &DecodingKey) -> Result<(), String> {
+    match key.kind() {
+        DecodingKeyKind::SecretOrDer(secret) if secret.len() >= MIN_SECRET_BYTES => Ok(()),
+        DecodingKeyKind::SecretOrDer(secret) => Err(format!(
+            "oct key is {} bytes; HS256 needs at least {MIN_SECRET_BYTES}",
+            secret.len()
+        )),
+        DecodingKeyKind::RsaModulusExponent { .. } => Err("oct key is not a secret".into()),
+    }
+}
+
 fn check_p256_key(key: &DecodingKey) -> Result<(), String> {
     (DEFAULT_PROVIDER.verifier_factory)(&Algorithm::ES256, key)
         .map(drop)
@@ -405,7 +443,19 @@ struct JwksDocument {
     keys: Vec<Value>,
 }
 
-fn parse_jwks(contents: &[u8], rules: &Rules) -> Result<Vec<(Option<String>, PinnedKey)>, String> {
+/// Whether a JWKS may hold symmetric (`oct`) keys: from a file, yes; from
+/// a URL, never, since a secret published at a URL lets anyone sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Allowed,
+    Refused,
+}
+
+fn parse_jwks(
+    contents: &[u8],
+    rules: &Rules,
+    secrets: Secrets,
+) -> Result<Vec<(Option<String>, PinnedKey)>, String> {
     let doc: JwksDocument = serde_json::from_slice(contents)
         .map_err(|e| format!("is not a JWKS document (a JSON object with `keys`): {e}"))?;
     let mut keys: Vec<(Option<String>, PinnedKey)> = Vec::new();
@@ -420,7 +470,7 @@ fn parse_jwks(contents: &[u8], rules: &Rules) -> Result<Vec<(Option<String>, Pin
             }
         };
         let kid = jwk.common.key_id.clone();
-        match pin_jwk(&jwk, rules) {
+        match pin_jwk(&jwk, rules, secrets) {
             Ok(key) => {
                 if let Some(kid) = &kid
                     && keys.iter().any(|(k, _)| k.as_ref() == Some(kid))
@@ -433,7 +483,11 @@ fn parse_jwks(contents: &[u8], rules: &Rules) -> Result<Vec<(Option<String>, Pin
         }
     }
     if keys.is_empty() {
-        return Err("holds no usable key (RSA for RS256, or EC P-256 for ES256)".into());
+        let usable = match secrets {
+            Secrets::Allowed => "RSA for RS256, EC P-256 for ES256, or oct for HS256",
+            Secrets::Refused => "RSA for RS256, or EC P-256 for ES256",
+        };
+        return Err(format!("holds no usable key ({usable})"));
     }
     if keys.len() > 1 && keys.iter().any(|(kid, _)| kid.is_none()) {
         tracing::warn!("a JWKS with several keys has keys without `kid`; no token can select them");
@@ -441,7 +495,7 @@ fn parse_jwks(contents: &[u8], rules: &Rules) -> Result<Vec<(Option<String>, Pin
     Ok(keys)
 }
 
-fn pin_jwk(jwk: &Jwk, rules: &Rules) -> Result<PinnedKey, String> {
+fn pin_jwk(jwk: &Jwk, rules: &Rules, secrets: Secrets) -> Result<PinnedKey, String> {
     if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
         return Err("`use` is not `sig`".into());
     }
@@ -456,28 +510,47 @@ fn pin_jwk(jwk: &Jwk, rules: &Rules) -> Result<PinnedKey, String> {
             check_p256_key(&key)?;
             (Algorithm::ES256, key)
         }
-        _ => return Err("only RSA and EC P-256 keys are supported".into()),
+        AlgorithmParameters::OctetKey(_) if secrets == Secrets::Refused => {
+            return Err(
+                "a symmetric (`oct`) key from a URL is never used: anyone who can \
+                        read it could sign tokens; put HS256 keys in a --jwks-file"
+                    .into(),
+            );
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("bad oct key: {e}"))?;
+            check_secret_length(&key)?;
+            (Algorithm::HS256, key)
+        }
+        _ => return Err("only RSA, EC P-256 and oct keys are supported".into()),
     };
     let named = match jwk.common.key_algorithm {
         None => true,
         Some(KeyAlgorithm::RS256) => alg == Algorithm::RS256,
         Some(KeyAlgorithm::ES256) => alg == Algorithm::ES256,
+        Some(KeyAlgorithm::HS256) => alg == Algorithm::HS256,
         Some(_) => false,
     };
     if !named {
-        return Err("`alg` is not RS256 or ES256 (or does not fit the key type)".into());
+        return Err("`alg` is not RS256, ES256 or HS256 (or does not fit the key type)".into());
     }
     Ok(pin(alg, key, rules))
 }
 
 impl Verifier {
     /// Reads the one configured key source. Fails when none or several are
-    /// set, or when the file cannot be read or holds no usable key.
+    /// set, or when the file cannot be read or holds no usable key. An
+    /// identity provider is not asked yet: until [`Verifier::watch`] has
+    /// fetched its first set, no token verifies and
+    /// [`Verifier::has_keys`] is false.
     pub fn load(settings: &JwtSettings) -> Result<Self, AuthError> {
         let JwtSettings {
             secret_file,
             public_key_file,
             jwks_file,
+            jwks_url,
+            oidc_issuer,
+            jwks_ca_file,
             issuer,
             audience,
             leeway,
@@ -493,6 +566,24 @@ impl Verifier {
         if let Some(p) = jwks_file {
             sources.push((KeySource::Jwks(p.clone()), "--jwks-file"));
         }
+        if jwks_url.is_some() || oidc_issuer.is_some() {
+            if let (Some(_), Some(_)) = (jwks_url, oidc_issuer) {
+                return Err(AuthError::SeveralKeySources(
+                    "--jwks-url and --oidc-issuer".into(),
+                ));
+            }
+            let provider = Provider::new(
+                jwks_url.as_deref(),
+                oidc_issuer.as_deref(),
+                jwks_ca_file.as_deref(),
+            )?;
+            let flag = if jwks_url.is_some() {
+                "--jwks-url"
+            } else {
+                "--oidc-issuer"
+            };
+            sources.push((KeySource::Provider(Box::new(provider)), flag));
+        }
         let source = match sources.len() {
             0 => return Err(AuthError::NoKeySource),
             1 => sources.remove(0).0,
@@ -502,25 +593,32 @@ impl Verifier {
             }
         };
         let rules = Rules {
-            issuer: issuer.clone(),
+            // Tokens of an OIDC provider name it as `iss`.
+            issuer: issuer.clone().or_else(|| oidc_issuer.clone()),
             audience: audience.clone(),
             leeway_secs: leeway.as_secs(),
             info_claim: info_claim.clone(),
         };
-        let path = source.path();
-        let contents = std::fs::read(path).map_err(|source| AuthError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let keys =
-            KeyRing::parse(&source, &contents, &rules).map_err(|reason| AuthError::Invalid {
-                path: path.to_owned(),
-                reason,
-            })?;
-        tracing::info!(path = %path.display(), "JWT verification with {}", keys.describe());
+        let (keys, loaded) = match source.path() {
+            Some(path) => {
+                let contents = std::fs::read(path).map_err(|source| AuthError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let keys = KeyRing::parse(&source, &contents, &rules).map_err(|reason| {
+                    AuthError::Invalid {
+                        path: path.to_owned(),
+                        reason,
+                    }
+                })?;
+                tracing::info!(path = %path.display(), "JWT verification with {}", keys.describe());
+                (keys, Fingerprint::of(&contents))
+            }
+            None => (KeyRing::Set(Vec::new()), Fingerprint::of(&[])),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
-                loaded: Fingerprint::of(&contents),
+                loaded,
                 keys: ArcSwap::from_pointee(keys),
                 source,
                 rules,
@@ -534,8 +632,32 @@ impl Verifier {
         Duration::from_secs(self.inner.rules.leeway_secs)
     }
 
-    /// Checks `token` and returns who it belongs to. Never panics and never
-    /// blocks; safe to call with anything a client sends.
+    /// Whether any key is loaded: false only while an identity provider's
+    /// first key set has not arrived.
+    pub fn has_keys(&self) -> bool {
+        !self.inner.keys.load().is_empty()
+    }
+
+    /// [`Verifier::verify`], and for a token whose `kid` the keys lack, when
+    /// they come from an identity provider: one fetch of the provider's
+    /// current set (shared with other such tokens, at most one per
+    /// [`UNKNOWN_KEY_COOLDOWN`](super::provider::UNKNOWN_KEY_COOLDOWN)),
+    /// then a second try. Waits at most for that fetch.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKey) => match &self.inner.source {
+                KeySource::Provider(provider) if provider.refresh_for_unknown_key().await => {
+                    self.verify(token)
+                }
+                _ => Err(TokenError::UnknownKey),
+            },
+            verified => verified,
+        }
+    }
+
+    /// Checks `token` against the keys held now and returns who it belongs
+    /// to. Never panics and never blocks; safe to call with anything a
+    /// client sends.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
@@ -560,9 +682,11 @@ impl Verifier {
         Ok(identity)
     }
 
-    /// Reloads the key file whenever its contents change, until `shutdown`.
-    /// A file that no longer parses is logged and ignored: the current keys
-    /// stay in force. Spawn it on the server's task tracker.
+    /// Reloads the key file whenever its contents change, or fetches the
+    /// identity provider's key set as its cache time and unknown `kid`s ask,
+    /// until `shutdown`. A file or set that no longer parses is logged and
+    /// ignored: the current keys stay in force. Spawn it on the server's
+    /// task tracker.
     pub fn watch(self, shutdown: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
         self.watch_every(reload::POLL_INTERVAL, shutdown)
     }
@@ -573,19 +697,21 @@ impl Verifier {
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         let inner = self.inner;
-        let path = inner.source.path().to_owned();
-        let loaded = inner.loaded;
-        let what = match inner.source {
-            KeySource::Secret(_) => "JWT secret",
-            KeySource::PublicKey(_) => "JWT public key",
-            KeySource::Jwks(_) => "JWKS",
-        };
-        reload::watch_file(path, what, loaded, interval, shutdown, move |contents| {
-            let keys = KeyRing::parse(&inner.source, contents, &inner.rules)?;
-            let summary = keys.describe();
-            inner.keys.store(Arc::new(keys));
-            Ok(summary)
-        })
+        async move {
+            let apply = |contents: &[u8]| {
+                let keys = KeyRing::parse(&inner.source, contents, &inner.rules)?;
+                let summary = keys.describe();
+                inner.keys.store(Arc::new(keys));
+                Ok(summary)
+            };
+            let (path, what) = match &inner.source {
+                KeySource::Secret(path) => (path.clone(), "JWT secret"),
+                KeySource::PublicKey(path) => (path.clone(), "JWT public key"),
+                KeySource::Jwks(path) => (path.clone(), "JWKS"),
+                KeySource::Provider(provider) => return provider.run(shutdown, apply).await,
+            };
+            reload::watch_file(path, what, inner.loaded, interval, shutdown, apply).await;
+        }
     }
 }
 
@@ -1306,6 +1432,69 @@ mod tests {
         })
         .expect_err("no usable key");
         assert!(err.to_string().contains("no usable key"), "{err}");
+    }
+
+    fn hs256_with_kid(kid: &str, secret: &str) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.into());
+        encode(
+            &header,
+            &claims(),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn jwks_oct_keys_let_an_hs256_secret_rotate_with_an_overlap() {
+        let (old, new) = (SECRET, "another-test-secret-0123456789abcdef012345");
+        let doc = json!({"keys": [
+            {"kty": "oct", "kid": "2026-11", "alg": "HS256", "k": b64(old.as_bytes())},
+            {"kty": "oct", "kid": "2026-12", "k": b64(new.as_bytes())},
+            {"kty": "oct", "kid": "short", "k": b64(b"too short")},
+        ]});
+        let (_f, v) = jwks_verifier(&doc.to_string());
+        assert!(v.verify(&hs256_with_kid("2026-11", old)).is_ok());
+        assert!(v.verify(&hs256_with_kid("2026-12", new)).is_ok());
+        assert_eq!(
+            v.verify(&hs256_with_kid("2026-12", old)),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&hs256_with_kid("short", "too short")),
+            Err(TokenError::UnknownKey),
+            "an oct key shorter than 32 bytes is skipped"
+        );
+        assert_eq!(
+            v.verify(&rs256(RSA_A_KEY, Some("2026-11"), &claims())),
+            Err(TokenError::WrongAlgorithm),
+            "an oct key verifies HS256 only"
+        );
+    }
+
+    #[test]
+    fn an_oct_key_from_an_identity_provider_is_never_used() {
+        let provider =
+            Provider::new(Some("https://idp.example.com/keys"), None, None).expect("provider");
+        let source = KeySource::Provider(Box::new(provider));
+        let rules = Rules {
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+            info_claim: None,
+        };
+        let secret = json!({"kty": "oct", "kid": "s", "k": b64(SECRET.as_bytes())});
+        let only_secret = json!({"keys": [secret]}).to_string();
+        let Err(reason) = KeyRing::parse(&source, only_secret.as_bytes(), &rules) else {
+            panic!("a fetched set of only a secret is unusable");
+        };
+        assert!(reason.contains("no usable key"), "{reason}");
+        let mut mixed: Value =
+            serde_json::from_str(&jwks(&[("rsa-1", Algorithm::RS256, RSA_A_KEY)])).expect("json");
+        mixed["keys"].as_array_mut().expect("keys").push(secret);
+        let keys = KeyRing::parse(&source, mixed.to_string().as_bytes(), &rules).expect("RSA key");
+        assert!(keys.find(Some("rsa-1")).is_some());
+        assert!(keys.find(Some("s")).is_none());
     }
 
     #[test]

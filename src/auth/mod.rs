@@ -15,8 +15,9 @@
 //!
 //! - **WebSocket users** present a JWT at the upgrade ([`extract`]). The
 //!   [`Verifier`] checks it against one key source, a shared HS256 secret, a
-//!   PEM public key (RS256 or ES256) or a JWKS file, each key pinned to one
-//!   algorithm, plus `exp`, `nbf`, and `iss`/`aud` when configured ([`jwt`]).
+//!   PEM public key (RS256 or ES256), a JWKS file, or an identity provider's
+//!   JWKS over HTTPS ([`provider`]), each key pinned to one algorithm, plus
+//!   `exp`, `nbf`, and `iss`/`aud` when configured ([`jwt`]).
 //!   A refused token never opens a socket: the gateway answers 401 with the
 //!   [`TokenError`] text, which never quotes the token.
 //! - **Topic permissions** come from the token: `topics` lists the names and
@@ -32,13 +33,15 @@
 //!
 //! Key and token files come from Kubernetes Secrets. [`Verifier::watch`] and
 //! [`ApiTokens::watch`] poll their file's contents and swap in a changed
-//! file atomically; a broken file is logged and the previous keys stay.
+//! file atomically (or, for a provider, fetch its set as it asks); a broken
+//! file or set is logged and the previous keys stay.
 
 pub mod api_tokens;
 mod error;
 pub mod extract;
 pub mod jwt;
 pub mod patterns;
+pub mod provider;
 pub(crate) mod reload;
 
 pub use api_tokens::{ApiTokens, MAX_API_TOKEN_BYTES, TokenScope, bearer, parse_bearer};

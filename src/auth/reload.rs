@@ -1,5 +1,7 @@
 //! Re-reading a mounted file when its contents change, shared by the JWT
-//! [`Verifier`](super::Verifier) and the [`ApiTokens`](super::ApiTokens).
+//! [`Verifier`](super::Verifier), the [`ApiTokens`](super::ApiTokens), the
+//! cluster secret and the TLS certificates (whose certificate, key and CA
+//! files are watched as one whole).
 //!
 //! Kubernetes updates a mounted Secret by writing a new directory and
 //! swapping a `..data` symlink, so a file's mtime (often the epoch, or the
@@ -31,12 +33,17 @@ pub(crate) struct Fingerprint {
 impl Fingerprint {
     /// The fingerprint of `contents`.
     pub(crate) fn of(contents: &[u8]) -> Self {
+        Self::of_all(&[contents])
+    }
+
+    /// The fingerprint of several files' contents together, in order.
+    pub(crate) fn of_all(contents: &[&[u8]]) -> Self {
         // NB: `DefaultHasher::new()` uses fixed keys, so fingerprints are
         // stable within the process, which is all that is compared.
         let mut hasher = DefaultHasher::new();
         contents.hash(&mut hasher);
         Self {
-            len: contents.len(),
+            len: contents.iter().map(|c| c.len()).sum(),
             hash: hasher.finish(),
         }
     }
@@ -55,16 +62,42 @@ enum Failure {
 pub(crate) async fn watch_file<F>(
     path: PathBuf,
     what: &'static str,
-    mut current: Fingerprint,
+    current: Fingerprint,
     interval: Duration,
     shutdown: CancellationToken,
     mut apply: F,
 ) where
     F: FnMut(&[u8]) -> Result<String, String>,
 {
+    watch_files(vec![path], what, current, interval, shutdown, |contents| {
+        apply(contents[0])
+    })
+    .await;
+}
+
+/// As [`watch_file`], for files that change together (a certificate and
+/// its key): a change to any of them hands all of them, read in the same
+/// poll and in the order of `paths`, to `apply`. `current` is their
+/// [`Fingerprint::of_all`]. Files that do not make a whole yet (one
+/// rewritten, the other not) are one warning, then taken when they do.
+pub(crate) async fn watch_files<F>(
+    paths: Vec<PathBuf>,
+    what: &'static str,
+    mut current: Fingerprint,
+    interval: Duration,
+    shutdown: CancellationToken,
+    mut apply: F,
+) where
+    F: FnMut(&[&[u8]]) -> Result<String, String>,
+{
+    let shown = paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick completes at once; the caller just loaded the file.
+    // The first tick completes at once; the caller just loaded the files.
     ticker.tick().await;
     let mut last_failure: Option<Failure> = None;
     loop {
@@ -72,9 +105,9 @@ pub(crate) async fn watch_file<F>(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let contents = match tokio::fs::read(&path).await {
+        let contents = match read_all(&paths).await {
             Ok(contents) => contents,
-            Err(e) => {
+            Err((path, e)) => {
                 let failure = Some(Failure::Read(e.kind()));
                 if last_failure != failure {
                     tracing::warn!(path = %path.display(), error = %e, "cannot re-read {what}; keeping the current ones");
@@ -83,7 +116,8 @@ pub(crate) async fn watch_file<F>(
                 continue;
             }
         };
-        let fingerprint = Fingerprint::of(&contents);
+        let contents: Vec<&[u8]> = contents.iter().map(Vec::as_slice).collect();
+        let fingerprint = Fingerprint::of_all(&contents);
         if fingerprint == current {
             last_failure = None;
             continue;
@@ -93,16 +127,25 @@ pub(crate) async fn watch_file<F>(
         }
         match apply(&contents) {
             Ok(summary) => {
-                tracing::info!(path = %path.display(), "reloaded {what}: {summary}");
+                tracing::info!(path = %shown, "reloaded {what}: {summary}");
                 current = fingerprint;
                 last_failure = None;
             }
             Err(reason) => {
-                tracing::warn!(path = %path.display(), %reason, "{what} changed but is invalid; keeping the current ones");
+                tracing::warn!(path = %shown, %reason, "{what} changed but is invalid; keeping the current ones");
                 last_failure = Some(Failure::Invalid(fingerprint));
             }
         }
     }
+}
+
+/// Every one of `paths`, read; the first that cannot be, and why.
+async fn read_all(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, (&PathBuf, io::Error)> {
+    let mut contents = Vec::with_capacity(paths.len());
+    for path in paths {
+        contents.push(tokio::fs::read(path).await.map_err(|e| (path, e))?);
+    }
+    Ok(contents)
 }
 
 /// Waits (up to 5 s) until `condition` holds: for tests that rewrite a
@@ -116,5 +159,49 @@ pub(crate) async fn wait_until(mut condition: impl FnMut() -> bool) {
             "timed out waiting for a reload"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A certificate's and a key's contents, as handed over.
+    type Pair = (Vec<u8>, Vec<u8>);
+
+    #[tokio::test]
+    async fn files_watched_together_are_handed_over_together_when_either_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("cert"), dir.path().join("key"));
+        std::fs::write(&cert, "a").expect("written");
+        std::fs::write(&key, "1").expect("written");
+        let seen: Arc<Mutex<Vec<Pair>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let watching = tokio::spawn(watch_files(
+            vec![cert.clone(), key.clone()],
+            "test files",
+            Fingerprint::of_all(&[b"a", b"1"]),
+            Duration::from_millis(10),
+            stop.clone(),
+            {
+                let seen = seen.clone();
+                move |contents| {
+                    let pair = (contents[0].to_vec(), contents[1].to_vec());
+                    seen.lock().expect("lock").push(pair);
+                    Ok(String::new())
+                }
+            },
+        ));
+        let last = || seen.lock().expect("lock").last().cloned();
+        let pair =
+            |cert: &str, key: &str| Some((cert.as_bytes().to_vec(), key.as_bytes().to_vec()));
+        std::fs::write(&key, "2").expect("written");
+        wait_until(|| last() == pair("a", "2")).await;
+        std::fs::write(&cert, "b").expect("written");
+        wait_until(|| last() == pair("b", "2")).await;
+        stop.cancel();
+        watching.await.expect("the watcher stops");
     }
 }

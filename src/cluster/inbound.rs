@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +19,7 @@ use super::wire::{self, PeerIo};
 use crate::message::NodeId;
 use crate::proto::v1::{PeerFrame, Refusal, peer_frame};
 use crate::stats;
+use crate::tls::PeerTls;
 
 /// How long a connecting peer has to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,11 +66,12 @@ impl Accepted {
         .await;
     }
 
-    /// Accepts connections under mutual TLS until shutdown.
-    pub async fn serve_tls(self, listener: TcpListener, acceptor: TlsAcceptor) {
+    /// Accepts connections under mutual TLS until shutdown, each with the
+    /// certificates current when it arrives.
+    pub async fn serve_tls(self, listener: TcpListener, tls: PeerTls) {
         let this = self.clone();
         self.run(listener, move |stream: TcpStream| {
-            let (this, acceptor) = (this.clone(), acceptor.clone());
+            let (this, acceptor) = (this.clone(), tls.acceptor());
             async move {
                 let remote = stream.peer_addr().ok();
                 match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {

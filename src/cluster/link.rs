@@ -333,7 +333,7 @@ async fn stream_wire(
     // The peer replaces what it holds of this pod's presence with this
     // first, before any delta queued (older ones it ignores).
     link.presence_stale.store(false, Ordering::Release);
-    if let Err(e) = send_presence_state(&mut stream, mesh, &mut out).await {
+    if let Err(e) = send_presence_state(&mut stream, link, mesh, &mut out).await {
         return e;
     }
     // What was lost on a stream before this one is told first.
@@ -344,7 +344,7 @@ async fn stream_wire(
         tokio::select! {
             _ = sync_check.tick() => {
                 if link.presence_stale.swap(false, Ordering::AcqRel)
-                    && let Err(e) = send_presence_state(&mut stream, mesh, &mut out).await
+                    && let Err(e) = send_presence_state(&mut stream, link, mesh, &mut out).await
                 {
                     return e;
                 }
@@ -356,6 +356,7 @@ async fn stream_wire(
                     if let Err(e) = stream.write_all(&out).await {
                         return LinkError::Stream(e.to_string());
                     }
+                    stats::add(&link.counters.peer_bytes_sent, out.len() as u64);
                     out.clear();
                 }
             }
@@ -399,6 +400,7 @@ async fn stream_wire(
 /// Writes this pod's whole presence state to the stream, now.
 async fn send_presence_state<W: AsyncWrite + Unpin + ?Sized>(
     stream: &mut W,
+    link: &Link,
     mesh: &Mesh,
     out: &mut BytesMut,
 ) -> Result<(), LinkError> {
@@ -407,6 +409,7 @@ async fn send_presence_state<W: AsyncWrite + Unpin + ?Sized>(
         if let Err(e) = stream.write_all(out).await {
             return Err(LinkError::Stream(e.to_string()));
         }
+        stats::add(&link.counters.peer_bytes_sent, out.len() as u64);
         out.clear();
     }
     Ok(())
@@ -424,6 +427,7 @@ async fn send<W: AsyncWrite + Unpin + ?Sized>(
         lose_all(link, writing);
         return Err(LinkError::Stream(e.to_string()));
     }
+    stats::add(&link.counters.peer_bytes_sent, out.len() as u64);
     out.clear();
     writing.clear();
     Ok(())

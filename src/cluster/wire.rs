@@ -169,7 +169,7 @@ pub async fn dial(
     tune(&tcp);
     let mut io: Box<dyn PeerIo> = match tls {
         None => Box::new(tcp),
-        Some(tls) => match tls.connector.connect(tls.server_name.clone(), tcp).await {
+        Some(tls) => match tls.connector().connect(tls.server_name.clone(), tcp).await {
             Ok(stream) => Box::new(stream),
             Err(e) if knows_no_wire(&e) => {
                 return Err(DialError::NoWire(

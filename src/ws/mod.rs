@@ -109,10 +109,40 @@ struct Refusal {
     message: String,
 }
 
+impl Refusal {
+    /// For a refusal because of load, how many seconds the client should
+    /// wait before it tries again: drawn at random from a range that fits
+    /// the cause, so that the users refused together (a killed pod's users
+    /// all reconnecting at once) come back spread out rather than together.
+    fn retry_after(&self) -> Option<u64> {
+        let (low, high) = match (self.status, self.code) {
+            // Another pod answers a draining pod's users.
+            (StatusCode::SERVICE_UNAVAILABLE, "draining") => (1, 3),
+            // A full pod stays full for a while.
+            (StatusCode::SERVICE_UNAVAILABLE, _) => (5, 30),
+            // A rate bucket refills within a second or two.
+            (StatusCode::TOO_MANY_REQUESTS, _) => (1, 5),
+            _ => return None,
+        };
+        Some(rand::random_range(low..=high))
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let retry_after = self.retry_after();
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(seconds) = retry_after {
+            error["retry_after"] = seconds.into();
+        }
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -144,7 +174,7 @@ impl Gateway {
     /// client address's own rate comes before the token check, and the
     /// pod-wide rate after it, so neither a flood from one address nor
     /// one of bad tokens spends what other users' reconnects need.
-    fn admit(
+    async fn admit(
         &self,
         peer: Option<IpAddr>,
         headers: &HeaderMap,
@@ -201,7 +231,7 @@ impl Gateway {
                 );
             }
         }
-        let identity = self.identity(headers, uri)?;
+        let identity = self.identity(headers, uri).await?;
         let admitted = limits
             .connection_rate
             .lock()
@@ -239,7 +269,7 @@ impl Gateway {
     }
 
     /// The user of an upgrade's token, when auth is on.
-    fn identity(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
+    async fn identity(&self, headers: &HeaderMap, uri: &Uri) -> Result<Option<Identity>, Refusal> {
         let refused = &self.meters.counters.refused;
         let Some(verifier) = &self.verifier else {
             return Ok(None);
@@ -255,7 +285,7 @@ impl Gateway {
                 message,
             );
         };
-        match verifier.verify(&token.value) {
+        match verifier.authenticate(&token.value).await {
             Ok(identity) => Ok(Some(identity)),
             Err(e) => {
                 tracing::debug!(
@@ -296,10 +326,11 @@ pub async fn upgrade(
             .into_response();
         }
     };
-    let Admitted { identity, slot } = match gateway.admit(connection.0.peer_ip(), &headers, &uri) {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal.into_response(),
-    };
+    let Admitted { identity, slot } =
+        match gateway.admit(connection.0.peer_ip(), &headers, &uri).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal.into_response(),
+        };
     let limit = gateway.max_frame_bytes;
     let mut upgrade = upgrade
         .read_buffer_size(READ_BUFFER_BYTES)

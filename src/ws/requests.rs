@@ -209,7 +209,7 @@ impl Requests {
             }
             Op::Ping => protocol::pong(reference),
             Op::Publish { topic, data } => self.publish(reference, topic, data).await,
-            Op::Refresh(token) => self.refresh(reference, &token),
+            Op::Refresh(token) => self.refresh(reference, &token).await,
         };
         self.reply(reply);
     }
@@ -217,13 +217,17 @@ impl Requests {
     /// Replaces the connection's token with `token` after the checks of an
     /// upgrade, for the same user; the topics it no longer allows are left
     /// (each with an `unsubscribed` event, before the reply).
-    fn refresh(&mut self, reference: Option<&serde_json::value::RawValue>, token: &str) -> String {
+    async fn refresh(
+        &mut self,
+        reference: Option<&serde_json::value::RawValue>,
+        token: &str,
+    ) -> String {
         let refused = &self.counters.refused;
         let (Some(verifier), Some(current)) = (&self.verifier, &self.identity) else {
             let message = "this server does not use tokens (--auth none)";
             return protocol::error(reference, ErrorCode::InvalidToken, message);
         };
-        let fresh = match verifier.verify(token) {
+        let fresh = match verifier.authenticate(token).await {
             Ok(fresh) => fresh,
             Err(e) => {
                 stats::add(&refused.invalid_token, 1);

@@ -20,8 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
@@ -36,7 +35,7 @@ use crate::stats;
 /// a few replies.
 const REST_LIMIT: usize = 128 * 1024;
 
-/// Accepts TCP connections for the public router, with `TCP_NODELAY` set,
+/// Accepts TCP connections for the HTTP routers, with `TCP_NODELAY` set,
 /// as [`Conn`]s whose sockets the gateway can hand to the hub.
 pub struct SharedListener(TcpListener);
 
@@ -45,40 +44,39 @@ impl SharedListener {
     pub fn new(listener: TcpListener) -> Self {
         Self(listener)
     }
-}
 
-impl Listener for SharedListener {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        // axum's own accept loop retries, and backs off on errors such as
-        // running out of file descriptors.
+    /// The next connection and its peer's address.
+    pub async fn accept(&mut self) -> (Conn, SocketAddr) {
+        // axum's accept retries, and backs off on errors such as running
+        // out of file descriptors.
         let (stream, addr) = Listener::accept(&mut self.0).await;
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
         (Conn(Arc::new(Socket::new(stream))), addr)
     }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
 }
 
 /// One accepted connection as hyper sees it.
 pub struct Conn(Arc<Socket>);
 
+impl Conn {
+    /// The connection as the requests arriving on it carry it.
+    pub fn connection(&self) -> Connection {
+        Connection(self.0.clone())
+    }
+
+    /// Writes what of `bytes` the socket takes now, without waiting: for a
+    /// last word before the connection is dropped.
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.stream.try_write(bytes)
+    }
+}
+
 /// The connection a request arrived on: the extension through which the
 /// WebSocket gateway reaches the socket under an upgrade.
 #[derive(Clone)]
 pub struct Connection(pub Arc<Socket>);
-
-impl Connected<IncomingStream<'_, SharedListener>> for Connection {
-    fn connect_info(stream: IncomingStream<'_, SharedListener>) -> Self {
-        Self(stream.io().0.clone())
-    }
-}
 
 /// A TCP socket and what is waiting to be written to it.
 pub struct Socket {

@@ -61,6 +61,8 @@ ALL_ON: dict[str, Any] = {
         "maxConnectionRate": 500,
         "maxConnectionRatePerIp": 100,
         "maxConnectionsPerUser": 5,
+        "headerReadTimeout": "5s",
+        "maxPendingHandshakes": 4096,
         "clientIpHeader": "X-Forwarded-For",
         "trustedProxies": ["10.0.0.0/8", "192.168.1.7"],
         "clientPublishRate": 5,
@@ -156,6 +158,11 @@ GRPC_TLS_CERT_MANAGER: dict[str, Any] = {
     "tls": {"grpc": {"enabled": True, "certManager": {"enabled": True, "issuerRef": {"name": "herald-ca"}}}}
 }
 
+# An identity provider the keys come from, with no Secret: by OpenID Connect
+# discovery (a Keycloak realm), or straight from its JWKS URL.
+OIDC_ISSUER = "https://id.example.com/realms/app"
+JWKS_URL = "https://id.example.com/realms/app/protocol/openid-connect/certs"
+
 # The value sets every check runs against, by name.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -167,6 +174,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "topologyspread": {"topologySpread": {"enabled": True}},
     "auth-none": {"auth": {"mode": "none"}},
     "auth-publickey": {"auth": {"jwt": {"existingSecret": "idp-keys", "secretKey": "", "publicKeyKey": "key.pem"}}},
+    "auth-oidc": {"auth": {"jwt": {"secretKey": "", "oidcIssuer": OIDC_ISSUER, "providerCA": {"configMap": "idp-ca"}}}},
+    "auth-jwksurl": {"auth": {"jwt": {"secretKey": "", "jwksUrl": JWKS_URL, "issuer": "https://id.example.com/"}}},
     "apitokens": {"auth": {"apiTokens": {"existingSecret": "my-api-tokens"}}},
     "apitokens-off": {"auth": {"apiTokens": {"generate": False}}},
     "cluster-secret": {"cluster": {"secret": {"existingSecret": "my-cluster-secret", "key": "shared"}}},

@@ -422,6 +422,8 @@ def test_topology_spread_covers_each_key_when_enabled() -> None:
         {"image": {"tagg": "x"}},
         {"discovery": {"api": "pods"}},
         {"limits": {"heartbeatInterval": "soon"}},
+        {"limits": {"headerReadTimeout": "0s"}},
+        {"limits": {"maxPendingHandshakes": 0}},
         {"drainWindow": "1m"},
         {"drainWindow": "500ms"},
         {"auth": {"mode": "oauth"}},
@@ -432,6 +434,8 @@ def test_topology_spread_covers_each_key_when_enabled() -> None:
         "unknown-nested",
         "bad-enum",
         "bad-duration",
+        "header-timeout-off",
+        "no-pending-handshakes",
         "drain-in-minutes",
         "drain-in-ms",
         "bad-auth-mode",
@@ -622,17 +626,119 @@ def test_auth_none_mounts_no_key_and_generates_no_jwt_secret() -> None:
         {"secretKey": "", "existingSecret": "k"},
         {"publicKeyKey": "key.pem", "existingSecret": "k"},
         {"secretKey": "", "publicKeyKey": "key.pem", "jwksKey": "jwks.json", "existingSecret": "k"},
+        # secretKey is set by default: naming a provider does not replace it.
+        {"oidcIssuer": chartlib.OIDC_ISSUER},
+        {"jwksUrl": chartlib.JWKS_URL},
+        {"secretKey": "", "jwksUrl": chartlib.JWKS_URL, "oidcIssuer": chartlib.OIDC_ISSUER},
+        {"secretKey": "", "jwksKey": "jwks.json", "existingSecret": "k", "jwksUrl": chartlib.JWKS_URL},
     ],
-    ids=["none", "two", "three"],
+    ids=["none", "two", "three", "default-secret-and-oidc", "default-secret-and-jwks-url", "url-and-oidc", "file-and-url"],
 )
 def test_exactly_one_jwt_key_must_be_named(jwt: dict[str, str]) -> None:
-    with pytest.raises(helm_python.HelmRenderError, match="exactly one of secretKey, publicKeyKey and jwksKey"):
+    message = re.escape(
+        'auth.jwt: set exactly one of secretKey, publicKeyKey, jwksKey, jwksUrl and oidcIssuer '
+        '(secretKey defaults to "secret": clear it with "" to use one of the others)'
+    )
+    with pytest.raises(helm_python.HelmRenderError, match=message):
         render({"auth": {"jwt": jwt}})
 
 
 def test_a_public_key_needs_an_existing_secret() -> None:
     with pytest.raises(helm_python.HelmRenderError, match="need auth.jwt.existingSecret"):
         render({"auth": {"jwt": {"secretKey": "", "publicKeyKey": "key.pem"}}})
+
+
+# Every flag that names where user-token keys come from.
+JWT_KEY_FLAGS = ("--jwt-secret-file", "--jwt-public-key-file", "--jwks-file", "--jwks-url", "--oidc-issuer")
+
+
+@pytest.mark.parametrize(
+    ("jwt", "flag"),
+    [
+        ({"oidcIssuer": chartlib.OIDC_ISSUER}, f"--oidc-issuer={chartlib.OIDC_ISSUER}"),
+        ({"jwksUrl": chartlib.JWKS_URL}, f"--jwks-url={chartlib.JWKS_URL}"),
+        # A leftover existingSecret is not mounted either: nothing reads it.
+        ({"oidcIssuer": chartlib.OIDC_ISSUER, "existingSecret": "idp-keys"}, f"--oidc-issuer={chartlib.OIDC_ISSUER}"),
+        # A URL is passed whole, query string and all.
+        ({"jwksUrl": "https://id.example.com/keys?tenant=a&v=2"}, "--jwks-url=https://id.example.com/keys?tenant=a&v=2"),
+    ],
+    ids=["oidc-issuer", "jwks-url", "oidc-issuer-with-existing-secret", "jwks-url-with-query"],
+)
+def test_an_identity_provider_is_passed_by_url_with_no_jwt_secret_generated_or_mounted(
+    jwt: dict[str, str], flag: str
+) -> None:
+    objects = render({"auth": {"jwt": {"secretKey": "", **jwt}}})
+    args = container(objects)["args"]
+    assert "--auth=jwt" in args
+    assert [a for a in args if a.startswith(JWT_KEY_FLAGS)] == [flag]
+    # The issuer check is herald's own (the oidcIssuer), not a --jwt-issuer.
+    assert not [a for a in args if a.startswith(("--jwt-issuer", "--jwks-ca-file"))]
+    assert set(secrets(objects)) == {"herald-cluster", "herald-api-tokens"}
+    vols, mounts = volumes(objects)
+    assert "jwt" not in vols and "jwt" not in mounts
+    assert not [v for v in vols.values() if v.get("secret", {}).get("secretName") in {"herald-jwt", "idp-keys"}]
+    assert not [m for m in mounts.values() if m["mountPath"].startswith("/etc/herald/jwt")]
+
+
+def test_the_provider_ca_config_map_is_mounted_read_only_and_passed_as_the_jwks_ca_file() -> None:
+    for values, key in (
+        (VALUE_SETS["auth-oidc"], "ca.crt"),
+        ({"auth": {"jwt": {"secretKey": "", "jwksUrl": chartlib.JWKS_URL, "providerCA": {"configMap": "idp-ca", "key": "bundle.pem"}}}}, "bundle.pem"),
+    ):
+        objects = render(values)
+        args = container(objects)["args"]
+        assert [a for a in args if a.startswith("--jwks-ca-file")] == [f"--jwks-ca-file=/etc/herald/provider-ca/{key}"]
+        vols, mounts = volumes(objects)
+        assert vols["provider-ca"] == {"name": "provider-ca", "configMap": {"name": "idp-ca", "defaultMode": 0o444}}
+        assert mounts["provider-ca"] == {"name": "provider-ca", "mountPath": "/etc/herald/provider-ca", "readOnly": True}
+        # A CA is not secret: it is a ConfigMap, and no JWT Secret appears.
+        assert "jwt" not in vols and set(secrets(objects)) == {"herald-cluster", "herald-api-tokens"}
+    # Without providerCA the pods trust the image's system CA certificates.
+    objects = render(VALUE_SETS["auth-jwksurl"])
+    assert not [a for a in container(objects)["args"] if a.startswith("--jwks-ca-file")]
+    assert "provider-ca" not in volumes(objects)[0]
+
+
+@pytest.mark.parametrize(
+    "jwt",
+    [{}, {"secretKey": "", "jwksKey": "jwks.json", "existingSecret": "idp-keys"}],
+    ids=["hs256-secret", "jwks-file"],
+)
+def test_a_provider_ca_without_an_identity_provider_is_refused(jwt: dict[str, str]) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="auth.jwt.providerCA .* needs auth.jwt.jwksUrl or auth.jwt.oidcIssuer"):
+        render({"auth": {"jwt": {**jwt, "providerCA": {"configMap": "idp-ca"}}}})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://id.example.com/keys",
+        "http://localhost.example.com/keys",
+        "id.example.com/keys",
+        "https:///keys",
+        "ftp://id.example.com/keys",
+        "https://id.example.com/ keys",
+    ],
+)
+@pytest.mark.parametrize("value", ["jwksUrl", "oidcIssuer"])
+def test_the_schema_takes_provider_urls_over_https_and_plain_http_only_to_loopback(value: str, url: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        render({"auth": {"jwt": {"secretKey": "", value: url}}})
+    for ok in ("https://id.example.com", "http://127.0.0.1:8080/keys", "http://localhost/keys", "http://[::1]:9000"):
+        assert render({"auth": {"jwt": {"secretKey": "", value: ok}}})
+
+
+def test_notes_send_users_to_the_identity_provider_and_warn_the_pods_wait_for_its_keys() -> None:
+    text = notes(VALUE_SETS["auth-oidc"])
+    assert "Get a user token ($TOKEN below) from your identity provider" in text
+    assert f"Its `iss` must be {chartlib.OIDC_ISSUER}." in text
+    assert f"{chartlib.OIDC_ISSUER}/.well-known/openid-configuration, trusting the CA in\n   ConfigMap idp-ca." in text
+    assert "not ready until they have fetched the first key set" in text
+    assert "herald token" not in text and "herald-jwt" not in text
+    text = notes(VALUE_SETS["auth-jwksurl"])
+    assert f"herald fetches the keys from {chartlib.JWKS_URL}." in text
+    assert "Its `iss` must be https://id.example.com/." in text
+    assert "herald token" not in text and "herald-jwt" not in text
 
 
 def test_an_existing_api_tokens_secret_is_mounted_and_not_generated() -> None:
@@ -859,12 +965,16 @@ def test_client_publish_and_the_edge_limits_follow_the_values() -> None:
         "--client-publish-rate=10",
         "--max-connection-rate-per-ip=50",
         "--max-connections-per-user=20",
+        "--header-read-timeout=10s",
+        "--max-pending-handshakes=1024",
     ):
         assert flag in args
     assert not [a for a in args if a.startswith(("--client-ip-header", "--trusted-proxies"))]
     args = container(render(VALUE_SETS["all"]))["args"]
     assert "--max-connection-rate-per-ip=100" in args
     assert "--max-connections-per-user=5" in args
+    assert "--header-read-timeout=5s" in args
+    assert "--max-pending-handshakes=4096" in args
     assert "--client-ip-header=X-Forwarded-For" in args
     assert "--trusted-proxies=10.0.0.0/8,192.168.1.7" in args
     assert "--client-publish" in args

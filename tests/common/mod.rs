@@ -4,6 +4,7 @@
 
 pub mod kube_api;
 pub mod otlp;
+pub mod pki;
 pub mod pod;
 pub mod process;
 pub mod user;

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use herald::proto::v1::ListPeersRequest;
+use herald::proto::v1::publisher_client::PublisherClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::PATIENCE;
@@ -115,6 +117,34 @@ impl Process {
                 "pod {} not ready; log:\n{}",
                 self.ip,
                 self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until this pod reports a connected stream to each of `peers`
+    /// (`ip:port` of their peer listeners).
+    pub async fn wait_connected(&self, peers: &[String]) {
+        let mut client = PublisherClient::connect(self.grpc_url())
+            .await
+            .expect("gRPC connects");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let reply = client
+                .list_peers(ListPeersRequest {})
+                .await
+                .expect("peers")
+                .into_inner();
+            let up = peers
+                .iter()
+                .all(|p| reply.peers.iter().any(|s| &s.address == p && s.connected));
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never connected to {peers:?}: {reply:?}",
+                self.ip
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

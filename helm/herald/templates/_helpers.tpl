@@ -97,25 +97,72 @@ upgrades keep it, else a fresh random 48-character one. `helm template` and
 {{- end }}
 
 {{/*
-herald.jwtKeyFlag is the flag and the Secret key for the JWT key material, as
-"<flag>=<key>": --jwt-secret-file, --jwt-public-key-file or --jwks-file,
-whichever of auth.jwt.secretKey, publicKeyKey and jwksKey is set. It fails
-unless exactly one is, and when a public key or JWKS is asked for without
-auth.jwt.existingSecret (the chart can only generate an HS256 secret).
+herald.jwtKeySource is the one auth.jwt value that names where the user-token
+keys come from: "secretKey", "publicKeyKey" or "jwksKey" (a key of the JWT
+Secret), or "jwksUrl" or "oidcIssuer" (an identity provider herald fetches
+the keys from, with no Secret). It fails unless exactly one is set (secretKey
+defaults to "secret", so using any other means clearing it), when a public
+key or JWKS is asked for without auth.jwt.existingSecret (the chart can only
+generate an HS256 secret), and when auth.jwt.providerCA is given without an
+identity provider to trust it for.
+*/}}
+{{- define "herald.jwtKeySource" -}}
+{{- $jwt := .Values.auth.jwt }}
+{{- $set := list }}
+{{- range list "secretKey" "publicKeyKey" "jwksKey" "jwksUrl" "oidcIssuer" }}
+{{- if index $jwt . }}{{ $set = append $set . }}{{ end }}
+{{- end }}
+{{- if ne (len $set) 1 }}
+{{- fail "auth.jwt: set exactly one of secretKey, publicKeyKey, jwksKey, jwksUrl and oidcIssuer (secretKey defaults to \"secret\": clear it with \"\" to use one of the others)" }}
+{{- end }}
+{{- $source := first $set }}
+{{- if and (has $source (list "publicKeyKey" "jwksKey")) (not $jwt.existingSecret) }}
+{{- fail "auth.jwt.publicKeyKey and auth.jwt.jwksKey need auth.jwt.existingSecret: the chart can only generate an HS256 secret" }}
+{{- end }}
+{{- if and $jwt.providerCA.configMap (not (has $source (list "jwksUrl" "oidcIssuer"))) }}
+{{- fail "auth.jwt.providerCA is the CA of the identity provider's server: it needs auth.jwt.jwksUrl or auth.jwt.oidcIssuer" }}
+{{- end }}
+{{- $source }}
+{{- end }}
+
+{{/*
+herald.jwtKeyFlag is the command-line flag for the user-token keys:
+--jwt-secret-file, --jwt-public-key-file or --jwks-file with the file's path
+in the JWT Secret's mount, or --jwks-url or --oidc-issuer with the URL,
+following herald.jwtKeySource.
 */}}
 {{- define "herald.jwtKeyFlag" -}}
 {{- $jwt := .Values.auth.jwt }}
-{{- $set := list }}
-{{- if $jwt.secretKey }}{{ $set = append $set (printf "--jwt-secret-file=%s" $jwt.secretKey) }}{{ end }}
-{{- if $jwt.publicKeyKey }}{{ $set = append $set (printf "--jwt-public-key-file=%s" $jwt.publicKeyKey) }}{{ end }}
-{{- if $jwt.jwksKey }}{{ $set = append $set (printf "--jwks-file=%s" $jwt.jwksKey) }}{{ end }}
-{{- if ne (len $set) 1 }}
-{{- fail "auth.jwt: set exactly one of secretKey, publicKeyKey and jwksKey (clear secretKey with \"\" to use one of the others)" }}
+{{- $source := include "herald.jwtKeySource" . }}
+{{- $flag := get (dict "secretKey" "--jwt-secret-file" "publicKeyKey" "--jwt-public-key-file" "jwksKey" "--jwks-file" "jwksUrl" "--jwks-url" "oidcIssuer" "--oidc-issuer") $source }}
+{{- if include "herald.jwtFromSecret" . }}
+{{- printf "%s=/etc/herald/jwt/%s" $flag (index $jwt $source) }}
+{{- else }}
+{{- printf "%s=%s" $flag (index $jwt $source) }}
 {{- end }}
-{{- if and (not $jwt.existingSecret) (not $jwt.secretKey) }}
-{{- fail "auth.jwt.publicKeyKey and auth.jwt.jwksKey need auth.jwt.existingSecret: the chart can only generate an HS256 secret" }}
 {{- end }}
-{{- first $set }}
+
+{{/*
+herald.jwtFromSecret is "true" when the user-token keys are a file of the JWT
+Secret (herald.jwtSecretName), which the chart then mounts and, without
+auth.jwt.existingSecret, generates: auth.mode is "jwt" and the key source is
+secretKey, publicKeyKey or jwksKey, not an identity provider.
+*/}}
+{{- define "herald.jwtFromSecret" -}}
+{{- if eq .Values.auth.mode "jwt" }}
+{{- if has (include "herald.jwtKeySource" .) (list "secretKey" "publicKeyKey" "jwksKey") }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+herald.jwtProviderCA is "true" when the pods mount auth.jwt.providerCA and
+pass it as --jwks-ca-file: auth.mode is "jwt", the keys come from an
+identity provider, and providerCA.configMap is set.
+*/}}
+{{- define "herald.jwtProviderCA" -}}
+{{- if and (eq .Values.auth.mode "jwt") .Values.auth.jwt.providerCA.configMap }}
+{{- if has (include "herald.jwtKeySource" .) (list "jwksUrl" "oidcIssuer") }}true{{ end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -256,6 +303,8 @@ the chart tests.
 {{- $args = append $args (printf "--max-connection-rate=%d" (int64 $v.limits.maxConnectionRate)) }}
 {{- $args = append $args (printf "--max-connection-rate-per-ip=%d" (int64 $v.limits.maxConnectionRatePerIp)) }}
 {{- $args = append $args (printf "--max-connections-per-user=%d" (int64 $v.limits.maxConnectionsPerUser)) }}
+{{- $args = append $args (printf "--header-read-timeout=%s" $v.limits.headerReadTimeout) }}
+{{- $args = append $args (printf "--max-pending-handshakes=%d" (int64 $v.limits.maxPendingHandshakes)) }}
 {{- with $v.limits.clientIpHeader }}
 {{- $args = append $args (printf "--client-ip-header=%s" .) }}
 {{- end }}
@@ -274,8 +323,10 @@ the chart tests.
 {{- end }}
 {{- $args = append $args (printf "--auth=%s" $v.auth.mode) }}
 {{- if eq $v.auth.mode "jwt" }}
-{{- $flag := splitList "=" (include "herald.jwtKeyFlag" .) }}
-{{- $args = append $args (printf "%s=/etc/herald/jwt/%s" (first $flag) (last $flag)) }}
+{{- $args = append $args (include "herald.jwtKeyFlag" .) }}
+{{- if include "herald.jwtProviderCA" . }}
+{{- $args = append $args (printf "--jwks-ca-file=/etc/herald/provider-ca/%s" $v.auth.jwt.providerCA.key) }}
+{{- end }}
 {{- with $v.auth.jwt.issuer }}
 {{- $args = append $args (printf "--jwt-issuer=%s" .) }}
 {{- end }}

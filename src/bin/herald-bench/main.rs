@@ -173,11 +173,12 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
     .await;
 
     let received = shared.received.load(Ordering::Relaxed);
-    let cpu_seconds: f64 = window_end
+    let cpu_seconds_each: Vec<f64> = window_end
         .iter()
         .zip(&window_start)
         .map(|(after, before)| after.cpu_seconds - before.cpu_seconds)
-        .sum();
+        .collect();
+    let cpu_seconds: f64 = cpu_seconds_each.iter().sum();
     let rss = |samples: &[procstat::Sample]| samples.iter().map(|s| s.rss_bytes).sum::<u64>();
     let (rss_before, rss_after) = if args.idle {
         (rss(&before_connect), rss(&window_end))
@@ -221,6 +222,7 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
         server: Server {
             pids: args.pids.clone(),
             cpu_seconds,
+            cpu_seconds_each,
             rss_before_bytes: rss_before,
             rss_after_bytes: rss_after,
             cpu_us_per_delivery: (has_pids && received > 0)

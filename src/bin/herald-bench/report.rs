@@ -127,6 +127,8 @@ pub struct Server {
     pub pids: Vec<u32>,
     /// CPU seconds used (all pids) over the window.
     pub cpu_seconds: f64,
+    /// CPU seconds used by each pid over the window, in `pids`' order.
+    pub cpu_seconds_each: Vec<f64>,
     /// Resident memory (all pids) before the window.
     pub rss_before_bytes: u64,
     /// Resident memory (all pids) after it.

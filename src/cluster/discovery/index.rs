@@ -13,13 +13,23 @@
 //!   published set stays. A set with only this pod in it is real: it empties
 //!   the group;
 //! - a re-list (after a dropped watch or 410 Gone) replaces the objects only
-//!   once it is complete, so the set never passes through a partial state.
+//!   once it is complete, so the set never passes through a partial state;
+//! - the set is the union of every object: a Service's EndpointSlices (100
+//!   endpoints each by default, so a 1,000-pod Service has ten or more) are
+//!   merged, and an endpoint listed by two slices while the controller moves
+//!   it is one peer. A v1 `Endpoints` holds at most 1,000 addresses: past
+//!   that the controller truncates it and says so in the
+//!   [`OVER_CAPACITY`] annotation, which the observation carries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::{EndpointPort, Endpoints};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The annotation the endpoints controller puts on a v1 `Endpoints` whose
+/// Service has more than 1,000 addresses, of which it keeps 1,000.
+pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 
 /// The peers of a pod: `host:port` of their peer listeners, sorted.
 pub type PeerSet = BTreeSet<String>;
@@ -40,6 +50,8 @@ pub struct Observation {
     pub peers: PeerSet,
     /// Every address the object lists on the peer port, this pod included.
     pub addresses: usize,
+    /// The object says it lists only part of the Service ([`OVER_CAPACITY`]).
+    pub truncated: bool,
 }
 
 impl Filter {
@@ -82,7 +94,14 @@ impl Filter {
 
     /// The peers a v1 `Endpoints` object lists.
     pub fn endpoints(&self, endpoints: &Endpoints) -> Observation {
-        let mut observation = Observation::default();
+        let mut observation = Observation {
+            truncated: endpoints
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(OVER_CAPACITY)),
+            ..Observation::default()
+        };
         for subset in endpoints.subsets.iter().flatten() {
             let ports = subset
                 .ports
@@ -327,6 +346,7 @@ mod tests {
         Observation {
             peers: set(peers),
             addresses: peers.len() + usize::from(with_self),
+            truncated: false,
         }
     }
 
@@ -380,6 +400,89 @@ mod tests {
             Some(set(&["p1", "p2"]))
         );
         assert_eq!(index.delete("s2"), Some(set(&["p1"])));
+    }
+
+    /// A slice of `ips` on the peer port, as the EndpointSlice controller
+    /// writes them (100 endpoints each by default).
+    fn slice_of(ips: &[String]) -> EndpointSlice {
+        EndpointSlice {
+            address_type: "IPv4".into(),
+            endpoints: ips
+                .iter()
+                .map(|ip| Endpoint {
+                    addresses: vec![ip.clone()],
+                    ..Default::default()
+                })
+                .collect(),
+            ports: Some(vec![k8s_openapi::api::discovery::v1::EndpointPort {
+                name: Some("peer".into()),
+                port: Some(7070),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn twelve_hundred_pods_in_twelve_slices_are_one_peer_set_and_an_endpoint_moving_between_slices_stays()
+     {
+        let ips: Vec<String> = (0..1200)
+            .map(|n| format!("10.1.{}.{}", n / 250, n % 250 + 1))
+            .collect();
+        let me = filter(Some("10.1.0.1"));
+        let mut index = Index::default();
+        index.relist_begin();
+        for (n, chunk) in ips.chunks(100).enumerate() {
+            index.relist_object(format!("herald-{n}"), me.slice(&slice_of(chunk)));
+        }
+        let peers = index.relist_done().expect("published");
+        assert_eq!(peers.len(), 1199, "every pod but this one");
+        assert!(!peers.contains("10.1.0.1:7070"));
+        // The controller moves 10.1.4.51 (pod 1050) from slice 10 to slice
+        // 11: while both list it, and after, it is one peer.
+        let moving = ips[1050].clone();
+        let mut eleven = ips[1100..].to_vec();
+        eleven.push(moving.clone());
+        assert_eq!(
+            index.apply("herald-11".into(), me.slice(&slice_of(&eleven))),
+            None
+        );
+        let ten: Vec<String> = ips[1000..1100]
+            .iter()
+            .filter(|ip| **ip != moving)
+            .cloned()
+            .collect();
+        assert_eq!(
+            index.apply("herald-10".into(), me.slice(&slice_of(&ten))),
+            None
+        );
+        assert_eq!(index.published().map(BTreeSet::len), Some(1199));
+        // A slice deleted (its pods gone) takes exactly its peers.
+        let after = index.delete("herald-3").expect("moved");
+        assert_eq!(after.len(), 1099);
+        assert!(
+            ips[300..400]
+                .iter()
+                .all(|ip| !after.contains(&format!("{ip}:7070")))
+        );
+    }
+
+    #[test]
+    fn an_endpoints_object_marked_over_capacity_is_observed_as_truncated() {
+        let mut ep = endpoints(vec![subset(
+            &["10.0.0.1"],
+            &[],
+            vec![port(Some("peer"), 7070)],
+        )]);
+        assert!(!filter(None).endpoints(&ep).truncated);
+        ep.metadata.annotations = Some([(OVER_CAPACITY.to_owned(), "truncated".to_owned())].into());
+        let seen = filter(None).endpoints(&ep);
+        assert!(seen.truncated);
+        assert_eq!(
+            seen.peers,
+            set(&["10.0.0.1:7070"]),
+            "what it lists still counts"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::index::{Filter, Index, Observation};
+use super::index::{Filter, Index, OVER_CAPACITY, Observation};
 use super::{Discovery, FailureLog, PeerSetSender, publish};
 use crate::cluster::backoff::Backoff;
 use crate::config::K8sApi;
@@ -108,6 +108,7 @@ impl Discovery for Kubernetes {
             peers,
             shutdown,
             index: Index::default(),
+            truncated: false,
             retry: Retry {
                 backoff: Backoff::new(FIRST_RETRY, backoff_max.max(FIRST_RETRY)),
                 failures: FailureLog::new(counters),
@@ -196,6 +197,9 @@ struct Follow {
     /// Kept across rebuilt clients: the last known peers stay in place.
     index: Index,
     retry: Retry,
+    /// Whether the last object seen said it was truncated, so the warning
+    /// is logged once per time it becomes so.
+    truncated: bool,
 }
 
 impl Follow {
@@ -240,7 +244,8 @@ impl Follow {
                     None
                 }
                 Some(Ok(Event::InitApply(o))) => {
-                    self.index.relist_object(o.name_any(), observe(&o));
+                    let observation = self.observed(&o, &observe);
+                    self.index.relist_object(o.name_any(), observation);
                     None
                 }
                 Some(Ok(Event::InitDone)) => {
@@ -249,7 +254,8 @@ impl Follow {
                 }
                 Some(Ok(Event::Apply(o))) => {
                     self.retry.succeeded();
-                    self.index.apply(o.name_any(), observe(&o))
+                    let observation = self.observed(&o, &observe);
+                    self.index.apply(o.name_any(), observation)
                 }
                 Some(Ok(Event::Delete(o))) => {
                     self.retry.succeeded();
@@ -261,6 +267,27 @@ impl Follow {
                 publish(&self.peers, set);
             }
         }
+    }
+}
+
+impl Follow {
+    /// What `object` lists, warning when it lists only part of the Service.
+    fn observed<K: ResourceExt>(
+        &mut self,
+        object: &K,
+        observe: impl Fn(&K) -> Observation,
+    ) -> Observation {
+        let observation = observe(object);
+        if observation.truncated && !self.truncated {
+            tracing::warn!(
+                object = %object.name_any(),
+                listed = observation.addresses,
+                "the Endpoints object is truncated ({OVER_CAPACITY}): the Service has more pods than it \
+                 can list, and those beyond are not peers; use --k8s-api endpointslices"
+            );
+        }
+        self.truncated = observation.truncated;
+        observation
     }
 }
 

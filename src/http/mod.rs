@@ -1,7 +1,10 @@
 //! The HTTP routers: the public one (`GET /ws`, `GET /herald.js`, the demo) and the admin one (probes
 //! and metrics). Both share the HTTP port unless `--admin-addr` moves the
 //! admin router to its own listener, so an Ingress for `/ws` never exposes
-//! metrics.
+//! metrics. [`serve`] runs a router on its listener, with the limits on
+//! connections that have not sent a request yet.
+
+pub mod serve;
 
 use axum::Router;
 use axum::extract::State;

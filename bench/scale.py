@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""What a publish costs against the number of pods: 2, 4, 8 and 16 pods.
+
+Starts N `herald serve` processes with static discovery on 127.0.0.1 to
+127.0.0.N (the harness of bench/run.py, its ports and its cleanup by PID),
+and runs three load shapes with herald-bench, publishing on the first pod:
+
+- (a) `everywhere`: one topic, its users spread over every pod;
+- (b) `one pod`: one topic, all its users on the last pod;
+- (c) `user topics`: 10,000 users, one `user:`-like topic each, spread over
+  every pod, messages round robin over the topics.
+
+For each: the CPU microseconds of the origin pod and of all pods together
+per message published (herald-bench samples /proc/PID/stat over the publish
+window), the peer-wire bytes all pods
+sent per message (`herald_peer_bytes_sent_total`), deliveries per second,
+and the p99 delivery latency; medians of `--repeats` runs. Writes
+bench/results/<UTC date>-scale-<short commit>.md (and the raw JSON lines
+beside it). Python 3 standard library only; `make bench-scale` builds the
+binaries first.
+"""
+
+import argparse
+import atexit
+import datetime
+import os
+import signal
+import statistics
+import sys
+
+import run as harness
+
+POD_COUNTS = [2, 4, 8, 16]
+
+
+def peer_bytes(ips):
+    """herald_peer_bytes_sent_total summed over the pods on `ips`."""
+    total = 0.0
+    for ip in ips:
+        total += harness.metrics(ip).get("herald_peer_bytes_sent_total", 0.0)
+    return total
+
+
+def shapes(ips, quick):
+    """The three load shapes on the pods at `ips`: (label, herald-bench's
+    target flags, its other flags)."""
+    ws = lambda hosts: "--ws=" + ",".join(f"ws://{ip}:{harness.HTTP_PORT}/ws" for ip in hosts)
+    duration = "3s" if quick else "5s"
+    users = 1000 if quick else 10000
+    common = ["--connect-rate=2000", "--payload-bytes=128", f"--duration={duration}"]
+    grpc = f"--grpc=http://{ips[0]}:{harness.GRPC_PORT}"
+    return [
+        ("(a) everywhere", [ws(ips), grpc],
+         ["--users=100", "--topics=shared", "--rate=500", *common]),
+        ("(b) one pod", [ws(ips[-1:]), grpc],
+         ["--users=100", "--topics=shared", "--rate=500", *common]),
+        ("(c) user topics", [ws(ips), grpc],
+         [f"--users={users}", "--topics=per-user", "--rate=2000", *common]),
+    ]
+
+
+def measure(args, log_dir, raw, count):
+    """Every shape on `count` fresh pods; {label: [row values]} of medians."""
+    ips = [f"127.0.0.{n}" for n in range(1, count + 1)]
+    harness.IPS = ips
+    pids = harness.start_pods(args.bin_dir, log_dir, f"scale{count}")
+    out = {}
+    for label, target, flags in shapes(ips, args.quick):
+        runs = []
+        for n in range(args.repeats):
+            before = peer_bytes(ips)
+            r, command = harness.bench(args.bin_dir, pids, f"{count} pods {label} #{n + 1}",
+                                       flags, raw, target=target)
+            published = max(r["published"], 1)
+            server = r["server"]
+            runs.append({
+                "origin_us": server["cpu_seconds_each"][0] * 1e6 / published,
+                "all_us": server["cpu_seconds"] * 1e6 / published,
+                "bytes": (peer_bytes(ips) - before) / published,
+                "deliveries": r["deliveries_per_sec"],
+                "p99": r["latency_ms"]["p99"],
+                "lost": r["lost"],
+            })
+        out[label] = ({k: statistics.median(run[k] for run in runs) for k in runs[0]}, command)
+    harness.stop_pods()
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin-dir", default=os.path.join(harness.ROOT, "target", "release"))
+    parser.add_argument("--out", default=os.path.join(harness.ROOT, "bench", "results"))
+    parser.add_argument("--quick", action="store_true", help="shorter runs, fewer users")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per shape and pod count")
+    parser.add_argument("--pods", default=",".join(map(str, POD_COUNTS)),
+                        help="the pod counts, comma-separated")
+    args = parser.parse_args()
+    signal.signal(signal.SIGINT, harness.on_signal)
+    signal.signal(signal.SIGTERM, harness.on_signal)
+    atexit.register(harness.stop_pods)
+
+    commit = harness.git("rev-parse", "--short", "HEAD") or "unknown"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stem = f"{now:%Y-%m-%d}-scale-{commit}"
+    os.makedirs(args.out, exist_ok=True)
+    log_dir = os.path.join(harness.ROOT, "target", "bench")
+    os.makedirs(log_dir, exist_ok=True)
+    raw = open(os.path.join(args.out, f"{stem}.json"), "w")
+    counts = [int(c) for c in args.pods.split(",")]
+    results = {count: measure(args, log_dir, raw, count) for count in counts}
+
+    md = [f"# Cost against pod count, {now:%Y-%m-%d %H:%M} UTC, commit {commit}\n",
+          f"- Machine: {harness.machine()}; the load generator and every pod share the cores.",
+          f"- Pods on 127.0.0.1-N with static discovery, publishing on the first; medians of "
+          f"{args.repeats} runs per cell, one sitting.",
+          "- origin / all: CPU microseconds per message published, on the first pod / summed "
+          "over every pod; bytes: peer-wire bytes all pods sent per message published.",
+          ""]
+    for label, (_, command) in results[counts[0]].items():
+        md.append(f"## {label}\n")
+        md.append(f"`{command}`, users on {'the last pod' if 'one pod' in label else 'every pod'}\n")
+        md.append("| pods | origin µs/msg | all pods µs/msg | peer bytes/msg | deliveries/s | "
+                  "p99 ms | lost |")
+        md.append("|---:|---:|---:|---:|---:|---:|---:|")
+        for count in counts:
+            m, _ = results[count][label]
+            md.append(f"| {count} | {m['origin_us']:.1f} | {m['all_us']:.1f} | {m['bytes']:.0f} | "
+                      f"{m['deliveries']:.0f} | {m['p99']:.2f} | {m['lost']:.0f} |")
+        md.append("")
+    path = os.path.join(args.out, f"{stem}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
