@@ -183,6 +183,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "servicemonitor": {"metrics": {"serviceMonitor": {"enabled": True}}},
     "dashboard": {"metrics": {"dashboard": {"enabled": True}}},
     "allowedorigins": {"limits": {"allowedOrigins": ["https://app.example.com"]}},
+    "presence": {"presence": {"topics": ["room:*", "user:*"], "infoClaim": "profile"}},
     "peer-tls-secret": PEER_TLS_SECRET,
     "peer-tls-certmanager": PEER_TLS_CERT_MANAGER,
     "grpc-tls-clientcerts": GRPC_TLS_CLIENT_CERTS,

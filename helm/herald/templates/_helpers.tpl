@@ -321,6 +321,12 @@ the chart tests.
 {{- with $v.history.offTopics }}
 {{- $args = append $args (printf "--history-off=%s" (join "," .)) }}
 {{- end }}
+{{- with $v.presence.topics }}
+{{- $args = append $args (printf "--presence-topics=%s" (join "," .)) }}
+{{- end }}
+{{- with $v.presence.infoClaim }}
+{{- $args = append $args (printf "--presence-info-claim=%s" .) }}
+{{- end }}
 {{- $args = append $args (printf "--auth=%s" $v.auth.mode) }}
 {{- if eq $v.auth.mode "jwt" }}
 {{- $args = append $args (include "herald.jwtKeyFlag" .) }}
