@@ -8,7 +8,7 @@
 PYTHON3 ?= python3
 CARGO   ?= cargo
 
-.PHONY: bench bench-quick bench-history bench-micro bench-floor bench-scale
+.PHONY: bench bench-quick bench-history bench-micro bench-floor bench-scale bench-churn
 
 bench: ## Run S1-S4 on a local 2-pod cluster (127.0.0.1-2); results to bench/results/
 	$(CARGO) build --release --bin herald --bin herald-bench
@@ -25,6 +25,10 @@ bench-history: ## S1, S2 and S4 with history on and off, one sitting; report to 
 bench-scale: ## Cost of a publish against pod count (2, 4, 8, 16 pods on 127.0.0.x), three load shapes; report to bench/results/
 	$(CARGO) build --release --bin herald --bin herald-bench
 	$(PYTHON3) bench/scale.py
+
+bench-churn: ## Presence churn: 1,000 joins and leaves a second across 3 pods beside a steady load, presence on and off; report to bench/results/
+	$(CARGO) build --release --bin herald --bin herald-bench
+	$(PYTHON3) bench/churn.py
 
 bench-micro: ## Criterion micro-benchmarks: topic, frame encoding, hub fan-out and lookup, loopback write
 	$(CARGO) bench --bench hot_paths

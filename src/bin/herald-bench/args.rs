@@ -73,6 +73,13 @@ pub struct Args {
     /// resident memory per connection; publish nothing.
     #[arg(long)]
     pub idle: bool,
+    /// Churn: this many connections per second join `--churn-topic` and
+    /// leave it again while the messages are published (herald only).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn: f64,
+    /// The topic the churn's connections subscribe to.
+    #[arg(long, default_value = "room:churn")]
+    pub churn_topic: String,
     /// How long idle mode waits before sampling memory.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -128,6 +135,10 @@ impl Args {
         anyhow::ensure!(self.users > 0, "--users must be at least 1");
         anyhow::ensure!(self.connect_rate > 0.0, "--connect-rate must be positive");
         anyhow::ensure!(self.batch > 0, "--batch must be at least 1");
+        anyhow::ensure!(
+            self.churn >= 0.0 && (self.churn == 0.0 || self.server == ServerKind::Herald),
+            "--churn takes a rate of 0 or more, against herald"
+        );
         if self.idle {
             return Ok(Plan {
                 rate: None,

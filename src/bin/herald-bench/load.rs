@@ -246,7 +246,8 @@ fn receive(
 
 /// Connects, upgrades and subscribes; returns the client and, for NATS,
 /// the reader holding whatever followed the subscription's confirmation.
-async fn connect_and_subscribe(user: &User) -> anyhow::Result<(Client, nats::Reader)> {
+/// Connects `user`, subscribes it and waits for the confirmation.
+pub async fn connect_and_subscribe(user: &User) -> anyhow::Result<(Client, nats::Reader)> {
     let socket = match user.target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,

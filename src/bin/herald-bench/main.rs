@@ -22,6 +22,7 @@
 //! table).
 
 mod args;
+mod churn;
 mod client;
 mod load;
 mod micros;
@@ -137,10 +138,21 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
     let mut published = load::Published::default();
     let mut expected = 0;
     let mut deliveries_per_sec = 0.0;
+    let churn_stop = tokio_util::sync::CancellationToken::new();
+    let mut churn_report = None;
     match sink {
         None => tokio::time::sleep(args.settle).await,
         Some(sink) => {
             let publish_start = shared.start.elapsed();
+            let churning = (args.churn > 0.0).then(|| {
+                tokio::spawn(churn::run(
+                    targets.clone(),
+                    args.churn_topic.clone(),
+                    args.churn,
+                    args.source_ips,
+                    churn_stop.clone(),
+                ))
+            });
             let publisher = Publisher {
                 sink,
                 topic: run_id.clone(),
@@ -154,6 +166,10 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
                 .await
                 .context("the publisher's runtime stopped")?;
             expected = expected_deliveries(&published, &shared, args.topics, args.users);
+            if let Some(churning) = churning {
+                churn_stop.cancel();
+                churn_report = Some(churning.await.context("the churn stopped")?);
+            }
             drain(&shared, expected, args.drain_timeout).await;
             let last = Duration::from_nanos(shared.last_rx_nanos.load(Ordering::Relaxed));
             let span = last.saturating_sub(publish_start).as_secs_f64();
@@ -231,6 +247,7 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
                 .then(|| (rss_after as f64 - rss_before as f64) / subscribed as f64),
         },
         bench_cpu_seconds: bench_end.cpu_seconds - bench_start.cpu_seconds,
+        churn: churn_report,
     })
 }
 

@@ -62,6 +62,8 @@ pub struct Report {
     pub server: Server,
     /// CPU seconds the bench itself used over the same window.
     pub bench_cpu_seconds: f64,
+    /// The churn beside the load, with `--churn`.
+    pub churn: Option<crate::churn::ChurnReport>,
 }
 
 /// Connection figures.
