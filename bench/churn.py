@@ -16,10 +16,7 @@ Python 3 standard library only; `make bench-churn` builds the binaries first.
 """
 
 import argparse
-import atexit
-import datetime
 import os
-import signal
 import statistics
 import sys
 
@@ -36,18 +33,11 @@ def main():
     parser.add_argument("--churn", type=float, default=1000.0, help="joins and leaves a second")
     parser.add_argument("--duration", default="10s")
     args = parser.parse_args()
-    signal.signal(signal.SIGINT, harness.on_signal)
-    signal.signal(signal.SIGTERM, harness.on_signal)
-    atexit.register(harness.stop_pods)
+    sitting = harness.Sitting(args.out, "churn")
     harness.IPS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 
-    commit = harness.git("rev-parse", "--short", "HEAD") or "unknown"
-    now = datetime.datetime.now(datetime.timezone.utc)
-    stem = f"{now:%Y-%m-%d}-churn-{commit}"
-    os.makedirs(args.out, exist_ok=True)
-    log_dir = os.path.join(harness.ROOT, "target", "bench")
-    os.makedirs(log_dir, exist_ok=True)
-    raw = open(os.path.join(args.out, f"{stem}.json"), "w")
+    commit, now, stem = sitting.commit, sitting.now, sitting.stem
+    log_dir, raw = sitting.log_dir, sitting.raw
     flags = ["--users=300", "--topics=shared", "--rate=200", "--payload-bytes=128",
              "--connect-rate=2000", f"--duration={args.duration}", f"--churn={args.churn:g}",
              "--churn-topic=room:churn"]
@@ -100,11 +90,7 @@ def main():
     md.append("Presence's cost per join and leave, on minus off: "
               + ", ".join(f"pod {i + 1} {on['cpu_us'][i] - off['cpu_us'][i]:.1f} µs"
                           for i in range(3)) + ".")
-    path = os.path.join(args.out, f"{stem}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"\nwrote {path}")
+    harness.write_report(args.out, stem, md, show=True)
 
 
 if __name__ == "__main__":

@@ -170,6 +170,35 @@ def clean(r):
     return r["lost"] == 0 and r["duplicates"] == 0 and r["latency_ms"]["p99"] < 100.0
 
 
+class Sitting:
+    """One run of a bench script: its commit and time, the stem of its
+    report (`<UTC date>-<kind>-<commit>`), the pods' log directory and the
+    raw JSON lines file; stops the pods on SIGINT, SIGTERM and exit."""
+
+    def __init__(self, out, kind):
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        atexit.register(stop_pods)
+        self.commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+        self.stem = f"{self.now:%Y-%m-%d}-{kind}-{self.commit}"
+        os.makedirs(out, exist_ok=True)
+        self.log_dir = os.path.join(ROOT, "target", "bench")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.raw = open(os.path.join(out, f"{self.stem}.json"), "w")
+
+
+def write_report(out, stem, md, show=False):
+    """Writes the markdown lines `md` to <out>/<stem>.md (and prints them
+    with `show`), then says where."""
+    path = os.path.join(out, f"{stem}.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    if show:
+        print("\n".join(md))
+    print(f"\nwrote {path}")
+
+
 def machine():
     model = "unknown"
     with open("/proc/cpuinfo") as f:
@@ -348,11 +377,7 @@ def main():
         stem = f"{now:%Y-%m-%d}-history-{commit}"
     raw = open(os.path.join(args.out, f"{stem}.json"), "w")
     if args.history_cost:
-        md = history_cost(args, log_dir, raw, commit, now)
-        path = os.path.join(args.out, f"{stem}.md")
-        with open(path, "w") as f:
-            f.write("\n".join(md) + "\n")
-        print(f"\nwrote {path}")
+        write_report(args.out, stem, history_cost(args, log_dir, raw, commit, now))
         return
 
     secs = "3s" if args.quick else "10s"
@@ -501,10 +526,7 @@ def main():
     md.append("```sh")
     md.extend(commands)
     md.append("```")
-    path = os.path.join(args.out, f"{stem}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(md) + "\n")
-    print(f"\nwrote {path}")
+    write_report(args.out, stem, md)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,7 @@ binaries first.
 """
 
 import argparse
-import atexit
-import datetime
 import os
-import signal
 import statistics
 import sys
 
@@ -95,17 +92,10 @@ def main():
     parser.add_argument("--pods", default=",".join(map(str, POD_COUNTS)),
                         help="the pod counts, comma-separated")
     args = parser.parse_args()
-    signal.signal(signal.SIGINT, harness.on_signal)
-    signal.signal(signal.SIGTERM, harness.on_signal)
-    atexit.register(harness.stop_pods)
+    sitting = harness.Sitting(args.out, "scale")
 
-    commit = harness.git("rev-parse", "--short", "HEAD") or "unknown"
-    now = datetime.datetime.now(datetime.timezone.utc)
-    stem = f"{now:%Y-%m-%d}-scale-{commit}"
-    os.makedirs(args.out, exist_ok=True)
-    log_dir = os.path.join(harness.ROOT, "target", "bench")
-    os.makedirs(log_dir, exist_ok=True)
-    raw = open(os.path.join(args.out, f"{stem}.json"), "w")
+    commit, now, stem = sitting.commit, sitting.now, sitting.stem
+    log_dir, raw = sitting.log_dir, sitting.raw
     counts = [int(c) for c in args.pods.split(",")]
     results = {count: measure(args, log_dir, raw, count) for count in counts}
 
@@ -127,11 +117,7 @@ def main():
             md.append(f"| {count} | {m['origin_us']:.1f} | {m['all_us']:.1f} | {m['bytes']:.0f} | "
                       f"{m['deliveries']:.0f} | {m['p99']:.2f} | {m['lost']:.0f} |")
         md.append("")
-    path = os.path.join(args.out, f"{stem}.md")
-    with open(path, "w") as f:
-        f.write("\n".join(md) + "\n")
-    print("\n".join(md))
-    print(f"\nwrote {path}")
+    harness.write_report(args.out, stem, md, show=True)
 
 
 if __name__ == "__main__":

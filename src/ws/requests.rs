@@ -121,9 +121,7 @@ impl Requests {
         let reply = match request.op {
             Op::Subscribe(topic, since, options) => {
                 if self.forbidden(&topic) {
-                    stats::add(&refused.forbidden, 1);
-                    let message = format!("your token does not allow subscribing to {topic}");
-                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                    forbidden_reply(refused, reference, "subscribing to", &topic)
                 } else if options.join_leave && !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
@@ -162,9 +160,7 @@ impl Requests {
                 since,
             } => {
                 if self.forbidden(&topic) {
-                    stats::add(&refused.forbidden, 1);
-                    let message = format!("your token does not allow reading {topic}");
-                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                    forbidden_reply(refused, reference, "reading", &topic)
                 } else {
                     match self.local.page(&topic, since, limit) {
                         Ok(page) => {
@@ -182,9 +178,7 @@ impl Requests {
                 cursor,
             } => {
                 if self.forbidden(&topic) {
-                    stats::add(&refused.forbidden, 1);
-                    let message = format!("your token does not allow subscribing to {topic}");
-                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                    forbidden_reply(refused, reference, "subscribing to", &topic)
                 } else if !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
@@ -194,9 +188,7 @@ impl Requests {
             }
             Op::PresenceStats(topic) => {
                 if self.forbidden(&topic) {
-                    stats::add(&refused.forbidden, 1);
-                    let message = format!("your token does not allow subscribing to {topic}");
-                    protocol::error(reference, ErrorCode::Forbidden, &message)
+                    forbidden_reply(refused, reference, "subscribing to", &topic)
                 } else if !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
@@ -272,9 +264,7 @@ impl Requests {
             .as_ref()
             .is_some_and(|id| !id.may_publish(topic.as_str()))
         {
-            stats::add(&refused.forbidden, 1);
-            let message = format!("your token does not allow publishing to {topic}");
-            return protocol::error(reference, ErrorCode::Forbidden, &message);
+            return forbidden_reply(refused, reference, "publishing to", &topic);
         }
         if !publishing.limit.try_take(Instant::now()) {
             stats::add(&refused.rate_limited, 1);
@@ -293,6 +283,19 @@ impl Requests {
             Err(e) => protocol::error(reference, ErrorCode::InvalidData, &e.to_string()),
         }
     }
+}
+
+/// The `forbidden` reply to a request for `topic` that the token does not
+/// allow `doing` to, counted.
+fn forbidden_reply(
+    refused: &stats::Refusals,
+    reference: Option<&serde_json::value::RawValue>,
+    doing: &str,
+    topic: &Topic,
+) -> String {
+    stats::add(&refused.forbidden, 1);
+    let message = format!("your token does not allow {doing} {topic}");
+    protocol::error(reference, ErrorCode::Forbidden, &message)
 }
 
 /// The error reply for presence asked of a topic that keeps none.
