@@ -2,7 +2,8 @@
 // playwright-core; nothing downloads a browser), each page loaded from a
 // real pod: two pages on two pods chat; then the first page's pod is
 // SIGKILLed while messages are published, and that page shows every message
-// exactly once after it reconnects to the other pod. Screenshots go to
+// exactly once after it reconnects to the other pod; and with presence on, each
+// page lists who is in the room across pods. Screenshots go to
 // target/js-screenshots/.
 
 import { test, after } from "node:test";
@@ -32,6 +33,18 @@ async function shows(page, text) {
   await eventually(`"${text}" on ${page.url()}`, async () => (await lines(page)).some((l) => l.text === text));
 }
 
+/** A demo page of `pod` in `browser` that has joined `room` as `name`. */
+async function openDemo(browser, pod, room, name, extra = "") {
+  const page = await browser.newPage({ viewport: { width: 900, height: 700 } });
+  page.on("pageerror", (error) => console.error(`${name}: ${error.message}`));
+  await page.goto(`${pod.httpUrl}/demo?room=${encodeURIComponent(room)}&name=${name}${extra}`);
+  await page.click("#join button");
+  await eventually(`${name} joined`, async () => (await notes(page)).some((n) => n.startsWith("joined")));
+  return page;
+}
+
+const launch = () => chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+
 test("two demo pages on two pods chat, and the first keeps every message exactly once when its pod is SIGKILLed and it moves to the other pod", async (t) => {
   mkdirSync(SHOTS, { recursive: true });
   const cluster = await startCluster({ count: 2, flags: ["--client-publish", "--client-publish-rate=10000", "--demo"] });
@@ -45,16 +58,9 @@ test("two demo pages on two pods chat, and the first keeps every message exactly
   const survivor = await sequencerOf(cluster, room, (pod, topic) => backend.get(pod).publish(topic, { name: "probe", text: "probe" }));
   const victim = cluster.pods.find((pod) => pod !== survivor);
 
-  const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+  const browser = await launch();
   cleanup.push(() => browser.close());
-  const open = async (pod, name, extra = "") => {
-    const page = await browser.newPage({ viewport: { width: 900, height: 700 } });
-    page.on("pageerror", (error) => console.error(`${name}: ${error.message}`));
-    await page.goto(`${pod.httpUrl}/demo?room=${encodeURIComponent(room)}&name=${name}${extra}`);
-    await page.click("#join button");
-    await eventually(`${name} joined`, async () => (await notes(page)).some((n) => n.startsWith("joined")));
-    return page;
-  };
+  const open = (pod, name, extra) => openDemo(browser, pod, room, name, extra);
   const alice = await open(victim, "alice", `&pods=${encodeURIComponent(survivor.wsUrl)}`);
   const bob = await open(survivor, "bob");
   assert.equal(await alice.textContent("#pod"), victim.wsUrl);
@@ -112,4 +118,22 @@ test("two demo pages on two pods chat, and the first keeps every message exactly
   const resumed = (await notes(alice)).filter((n) => n.startsWith("resumed on"));
   assert.deepEqual(resumed, [`resumed on ${survivor.wsUrl}: recovered true, nothing missed`]);
   assert.deepEqual((await lines(bob)).map((l) => l.text), shown.map((l) => l.text), "the two pages disagree");
+});
+
+test("the demo page shows who is in the room across pods, and a page that leaves goes from the other's list", async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  const cluster = await startCluster({ count: 2, flags: ["--demo", "--presence-topics=room:*"] });
+  cleanup.push(() => cluster.stop());
+  const browser = await launch();
+  cleanup.push(() => browser.close());
+  const room = "room:who";
+  const here = (page) => page.textContent("#here");
+  // Without tokens (--auth none) every entry is "anonymous"; the count says how many.
+  const carol = await openDemo(browser, cluster.pods[0], room, "carol");
+  await eventually("carol lists herself", async () => (await here(carol)) === "anonymous");
+  const dave = await openDemo(browser, cluster.pods[1], room, "dave");
+  await eventually("both pages list both, across the two pods", async () => (await here(carol)) === "anonymous ×2" && (await here(dave)) === "anonymous ×2");
+  await carol.screenshot({ path: join(SHOTS, "4-carol-who-is-here.png") });
+  await dave.close();
+  await eventually("dave's leave reaches carol's page", async () => (await here(carol)) === "anonymous");
 });
