@@ -309,19 +309,6 @@ impl PeerFiles {
     }
 }
 
-/// The data of `user`'s next message on `t`, past any `gap`: a pod that
-/// restarts may number the topic anew, which its subscribers are told.
-async fn data(user: &mut User) -> serde_json::Value {
-    loop {
-        let frame = user.next().await;
-        if frame["op"] != "gap" {
-            assert_eq!(frame["op"], "message", "{frame}");
-            assert_eq!(frame["topic"], "t", "{frame}");
-            return frame["data"].clone();
-        }
-    }
-}
-
 #[tokio::test]
 async fn peers_follow_a_certificate_and_ca_rotation_without_a_restart_and_the_group_stays_whole() {
     let ips = ["127.0.0.1", "127.0.0.2"];
@@ -355,10 +342,10 @@ async fn peers_follow_a_certificate_and_ca_rotation_without_a_restart_and_the_gr
         wait_for_log_times(pod, "reloaded peer TLS", 2).await;
     }
     a.publish("t", "1").await;
-    assert_eq!(data(&mut on_b).await, json!(1));
+    assert_eq!(on_b.message_past_gaps("t").await, json!(1));
     b.publish("t", "2").await;
-    assert_eq!(data(&mut on_a).await, json!(1));
-    assert_eq!(data(&mut on_a).await, json!(2));
+    assert_eq!(on_a.message_past_gaps("t").await, json!(1));
+    assert_eq!(on_a.message_past_gaps("t").await, json!(2));
 
     let probe = new.issue("probe", &["probe"]);
     let a_peer: SocketAddr = format!("{}:{}", ips[0], ports.peer).parse().expect("addr");
@@ -389,8 +376,8 @@ async fn peers_follow_a_certificate_and_ca_rotation_without_a_restart_and_the_gr
     let mut on_b = User::connect(&b.ws_url()).await;
     on_b.subscribe("t").await;
     a.publish("t", "3").await;
-    assert_eq!(data(&mut on_b).await, json!(3));
+    assert_eq!(on_b.message_past_gaps("t").await, json!(3));
     b.publish("t", "4").await;
-    assert_eq!(data(&mut on_a).await, json!(3));
-    assert_eq!(data(&mut on_a).await, json!(4));
+    assert_eq!(on_a.message_past_gaps("t").await, json!(3));
+    assert_eq!(on_a.message_past_gaps("t").await, json!(4));
 }

@@ -209,6 +209,21 @@ impl User {
         self.frame(topic).await["data"].clone()
     }
 
+    /// The data of the next message on `topic`, past any `gap` of it: where
+    /// a topic's sequencer changes (a pod killed or restarted, a group
+    /// still forming), subscribers are told that a new numbering begins.
+    pub async fn message_past_gaps(&mut self, topic: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if frame["op"] == "gap" && frame["topic"] == topic {
+                continue;
+            }
+            assert_eq!(frame["op"], "message", "expected a message, got {frame}");
+            assert_eq!(frame["topic"], topic, "message on the wrong topic: {frame}");
+            return frame["data"].clone();
+        }
+    }
+
     /// The next message frame, checked to be on `topic`, whole.
     pub async fn frame(&mut self, topic: &str) -> Value {
         let frame = self.next().await;
