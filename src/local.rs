@@ -448,10 +448,12 @@ impl Local {
             let knew = entry.log().head();
             entry.restore(head, sequencer, kept);
             // Users who subscribed while this pod knew nothing of the
-            // topic stood at "nothing yet": they are told where it stands.
-            if knew.epoch.is_none() && entry.log().head() != knew {
+            // topic stood at "nothing yet": they are told where it stands,
+            // unless nothing was numbered yet and they missed nothing.
+            let now_at = entry.log().head();
+            if knew.epoch.is_none() && now_at != knew && now_at.offset > 0 {
                 let hub = &self.inner.hub;
-                hub.offer_event(topic, gap_frame(topic, entry.log().head()), &mut pending);
+                hub.offer_event(topic, gap_frame(topic, now_at), &mut pending);
             }
         });
         self.inner.hub.write_out(pending);
@@ -486,5 +488,54 @@ impl Local {
 
     fn keys(&self) -> MutexGuard<'_, Keys> {
         self.inner.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Epoch;
+
+    /// What `mailbox` holds now, as text frames.
+    fn frames(mailbox: &mut crate::hub::Mailbox) -> Vec<String> {
+        std::iter::from_fn(|| mailbox.try_recv())
+            .map(|item| item.frame().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_subscriber_who_stood_at_nothing_yet_hears_of_a_gap_only_if_something_was_numbered() {
+        let node = NodeId::random();
+        let local = Local::new(Hub::new(), History::new(Default::default()), node);
+        let (mut membership, mut mailbox) = local.inner.hub.join(16, 16);
+        let (fresh, used) = (
+            Topic::new("room:fresh").expect("topic"),
+            Topic::new("room:used").expect("topic"),
+        );
+        for topic in [&fresh, &used] {
+            let subscribed = local.subscribe(
+                &mut membership,
+                topic.clone(),
+                None,
+                Options::default(),
+                |_| Outgoing::text("subscribed"),
+            );
+            assert!(subscribed.is_ok());
+        }
+        assert_eq!(frames(&mut mailbox), ["subscribed", "subscribed"]);
+
+        // A peer says where each topic stands: one has numbered nothing yet.
+        local.restore(&fresh, Position::at(Epoch::new_for(&fresh), 0), node, &[]);
+        assert_eq!(
+            frames(&mut mailbox),
+            Vec::<String>::new(),
+            "nothing was missed"
+        );
+        let epoch = Epoch::new_for(&used);
+        local.restore(&used, Position::at(epoch, 5), node, &[]);
+        assert_eq!(
+            frames(&mut mailbox),
+            [gap_frame(&used, Position::at(epoch, 5))]
+        );
     }
 }

@@ -700,35 +700,39 @@ async fn a_burst_of_joins_past_the_limit_reaches_a_listener_as_a_presence_reset_
     let pod = Process::spawn(IPS[0], ports, &flags(&secret, &peers, &extra), &[]);
     pod.wait_ready().await;
     let mut watcher = join(&pod, "watcher", true).await;
+    const BURST: usize = 150;
     let mut crowd = Vec::new();
-    for i in 0..60 {
+    for i in 0..BURST {
         crowd.push(connect(&pod, &format!("fan{i}")).await);
     }
-    // Sixty subscribes within a few milliseconds: one or two flushes, at
-    // least one with more than the 20 events a topic sends per flush.
+    // 150 subscribes sent at once: at least one flush holds more than the
+    // 20 events a topic sends per flush. A loaded machine may spread the
+    // first few over an earlier flush of at most 20, which go out as joins.
     for user in &mut crowd {
         user.send_json(json!({"op": "subscribe", "topic": ROOM, "ref": "s"}))
             .await;
     }
-    let mut resets = 0;
+    let (mut joins, mut resets) = (0, 0);
     while let Some(frame) = event(&mut watcher, Duration::from_secs(2)).await {
-        assert_eq!(
-            frame["op"], "presence_reset",
-            "no joins of the burst: {frame}"
-        );
-        resets += 1;
+        match frame["op"].as_str() {
+            Some("join") => {
+                assert_eq!(resets, 0, "a join of the burst after its reset: {frame}");
+                joins += 1;
+            }
+            Some("presence_reset") => resets += 1,
+            _ => panic!("no leaves in a burst of joins: {frame}"),
+        }
     }
     assert!((1..=2).contains(&resets), "{resets} resets");
+    assert!(joins <= BURST / 2, "{joins} of the burst came as joins");
     let mut probe = connect(&pod, "probe").await;
     assert_eq!(
         presence(&mut probe, ROOM).await.len(),
-        61,
+        BURST + 1,
         "the picture to ask for is whole"
     );
     // Quiet is over: single changes are events again.
     drop(crowd.pop());
-    assert_eq!(
-        event_for(&mut watcher, "leave", "fan59").await["op"],
-        "leave"
-    );
+    let last = format!("fan{}", BURST - 1);
+    assert_eq!(event_for(&mut watcher, "leave", &last).await["op"], "leave");
 }

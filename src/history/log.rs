@@ -196,6 +196,10 @@ impl Log {
                     Fit::Hole { after: self.head }
                 }
             }
+            // An epoch of which nothing was numbered (a sequencer chosen
+            // while a group formed, then replaced) gives way to a new one
+            // from its start: nothing was lost, so nobody is told of a gap.
+            Some(_) if self.head.offset == 0 && stamp.offset == 1 => Fit::Next,
             Some(_) => Fit::Epoch { after: self.head },
         };
         if fit != Fit::Next {
@@ -532,6 +536,27 @@ mod tests {
         assert_eq!(
             offsets(log.since(&topic(), Position::at(epoch, 5)).expect("valid")),
             Some(vec![6])
+        );
+    }
+
+    #[test]
+    fn a_new_epoch_after_one_that_numbered_nothing_follows_on_without_a_gap() {
+        let (empty, new) = (new_epoch(), new_epoch());
+        let mut log = Log::default();
+        log.restore(Position::at(empty, 0), NodeId::random(), &[], 10);
+        assert_eq!(
+            log.add(&message(new, 1), true, 10, Instant::now()),
+            Fit::Next
+        );
+        assert_eq!(log.head(), Position::at(new, 1));
+        // Past its first message the new epoch is a hole as ever.
+        let mut log = Log::default();
+        log.restore(Position::at(empty, 0), NodeId::random(), &[], 10);
+        assert_eq!(
+            log.add(&message(new, 2), true, 10, Instant::now()),
+            Fit::Epoch {
+                after: Position::at(empty, 0)
+            }
         );
     }
 
