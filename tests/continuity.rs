@@ -331,6 +331,39 @@ async fn a_user_who_resumes_on_another_pod_gets_exactly_what_was_published_meanw
     user.expect_silence(Duration::from_millis(200)).await;
 }
 
+#[tokio::test]
+async fn a_resume_ahead_of_its_new_pod_waits_for_the_messages_on_their_way_and_replays_none_twice()
+{
+    let cluster = Cluster::start(2, &[]).await;
+    let [a, b] = [0, 1].map(|i| &cluster.pods[i]);
+    let mut first = User::connect(&a.ws_url()).await;
+    first.subscribe(TOPIC).await;
+    a.publish(TOPIC, r#""first""#).await;
+    let seen = first.frame(TOPIC).await;
+    let next = seen["offset"].as_u64().expect("offset") + 1;
+    // The client claims the next message too, as one would that saw it on
+    // a pod which then drained before pod b received it.
+    let since = json!({"epoch": seen["epoch"], "offset": next});
+    let publisher = a.grpc_url();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        common::publish(publisher, TOPIC, r#""second""#).await
+    });
+    let mut user = User::connect(&b.ws_url()).await;
+    let reply = user.resume(TOPIC, since).await;
+    late.await.expect("published");
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(reply["offset"], next, "{reply}");
+    a.publish(TOPIC, r#""third""#).await;
+    assert_eq!(
+        user.message(TOPIC).await,
+        json!("third"),
+        "nothing replayed twice"
+    );
+    user.expect_silence(Duration::from_millis(200)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_delivers_every_acknowledged_message_once_and_every_resume_recovers() {
     let mut cluster = Cluster::start(3, &["--history-messages=100000"]).await;

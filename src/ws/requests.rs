@@ -15,6 +15,7 @@ use axum::extract::ws::Message;
 
 use super::protocol::{self, ErrorCode, Op, Request};
 use crate::auth::{Identity, Verifier};
+use crate::history::BadPosition;
 use crate::hub::{Membership, Outgoing, Pending};
 use crate::limit::TokenBucket;
 use crate::local::{Local, SubscribeError};
@@ -22,6 +23,15 @@ use crate::presence::Presence;
 use crate::publish::{self, PublishError, Publisher};
 use crate::stats::{self, Counters};
 use crate::topic::Topic;
+
+/// How long a `subscribe` whose `since` is past this pod's head in the
+/// same epoch waits for the pod to catch up before it is refused: the
+/// client saw those messages on another pod, and they are on their way
+/// here (a drained pod's users resume while its last messages cross).
+pub const AHEAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often such a `subscribe` looks again.
+const AHEAD_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Whether and how a connection may publish.
 pub struct Publishing {
@@ -125,19 +135,33 @@ impl Requests {
                 } else if options.join_leave && !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
-                    let subscribed = self.local.subscribe(
-                        &mut self.membership,
-                        topic,
-                        since,
-                        options,
-                        |resume| {
-                            Outgoing::text(protocol::subscribed(
-                                reference,
-                                resume.head,
-                                resume.recovered,
-                            ))
-                        },
-                    );
+                    // A resume from a pod that was ahead of this one (the
+                    // client saw messages still on their way here) waits
+                    // for them rather than being refused.
+                    let patience = Instant::now() + AHEAD_PATIENCE;
+                    let subscribed = loop {
+                        let attempt = self.local.subscribe(
+                            &mut self.membership,
+                            topic.clone(),
+                            since,
+                            options,
+                            |resume| {
+                                Outgoing::text(protocol::subscribed(
+                                    reference,
+                                    resume.head,
+                                    resume.recovered,
+                                ))
+                            },
+                        );
+                        match attempt {
+                            Err(SubscribeError::Position(BadPosition::Future { .. }))
+                                if Instant::now() < patience =>
+                            {
+                                tokio::time::sleep(AHEAD_POLL).await;
+                            }
+                            attempt => break attempt,
+                        }
+                    };
                     match subscribed {
                         Ok(_) => return,
                         Err(SubscribeError::Position(e)) => {
