@@ -155,6 +155,18 @@ impl Provider {
     fn ca_flag(&self) -> String {
         format!("--jwks-ca-file={}", self.pki.ca_file().display())
     }
+
+    /// A pod checking tokens against this provider's `--jwks-url`, trusting
+    /// its CA when `trusted`.
+    async fn pod(&self, trusted: bool) -> Pod {
+        let url = format!("--jwks-url={}/keys", self.issuer);
+        let ca = self.ca_flag();
+        let mut flags = vec!["--auth=jwt", url.as_str()];
+        if trusted {
+            flags.push(&ca);
+        }
+        Pod::start(&flags).await
+    }
 }
 
 impl Drop for Provider {
@@ -231,8 +243,7 @@ async fn an_oidc_issuer_supplies_the_keys_and_a_rotated_key_works_on_its_first_t
 #[tokio::test]
 async fn tokens_with_forged_key_ids_cannot_make_herald_hammer_the_provider() {
     let idp = Provider::start(&[("a", RSA_A)]).await;
-    let url = format!("--jwks-url={}/keys", idp.issuer);
-    let pod = Pod::start(&["--auth=jwt", &url, &idp.ca_flag()]).await;
+    let pod = idp.pod(true).await;
     wait_for_readyz(&pod, 200).await;
     for n in 0..30 {
         let forged = token(&idp.issuer, &format!("forged-{n}"), RSA_B);
@@ -252,8 +263,7 @@ async fn tokens_with_forged_key_ids_cannot_make_herald_hammer_the_provider() {
 #[tokio::test]
 async fn while_the_provider_is_down_the_last_good_keys_stay_in_force() {
     let idp = Provider::start(&[("a", RSA_A)]).await;
-    let url = format!("--jwks-url={}/keys", idp.issuer);
-    let pod = Pod::start(&["--auth=jwt", &url, &idp.ca_flag()]).await;
+    let pod = idp.pod(true).await;
     wait_for_readyz(&pod, 200).await;
     idp.serve(503, &[]);
     // An unknown kid makes herald ask, and the provider fails.
@@ -273,8 +283,7 @@ async fn while_the_provider_is_down_the_last_good_keys_stay_in_force() {
 async fn a_pod_is_not_ready_until_its_provider_first_answers() {
     let idp = Provider::start(&[]).await;
     idp.serve(503, &[("a", RSA_A)]);
-    let url = format!("--jwks-url={}/keys", idp.issuer);
-    let pod = Pod::start(&["--auth=jwt", &url, &idp.ca_flag()]).await;
+    let pod = idp.pod(true).await;
     let deadline = Instant::now() + PATIENCE;
     while idp.key_fetches() < 2 {
         assert!(Instant::now() < deadline, "herald retries a failed fetch");
@@ -297,9 +306,8 @@ async fn a_pod_is_not_ready_until_its_provider_first_answers() {
 #[tokio::test]
 async fn a_provider_whose_certificate_herald_does_not_trust_is_never_used() {
     let idp = Provider::start(&[("a", RSA_A)]).await;
-    let url = format!("--jwks-url={}/keys", idp.issuer);
     // The system's CA certificates do not include the test CA.
-    let pod = Pod::start(&["--auth=jwt", &url]).await;
+    let pod = idp.pod(false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         idp.key_fetches(),

@@ -56,6 +56,18 @@ fn response(receipt: Receipt) -> PublishResponse {
 }
 
 /// A position from the API; `INVALID_ARGUMENT` if malformed.
+/// A page's `limit` field: 0 asks for `default`; more than `max` is
+/// `INVALID_ARGUMENT`.
+fn page_limit(limit: u32, default: usize, max: usize) -> Result<usize, Status> {
+    match limit as usize {
+        0 => Ok(default),
+        n if n <= max => Ok(n),
+        n => Err(Status::invalid_argument(format!(
+            "limit is {n}; at most {max}"
+        ))),
+    }
+}
+
 fn position(proto: &ProtoPosition) -> Result<Position, Status> {
     Position::parse(&proto.epoch, proto.offset)
         .map_err(|e| Status::invalid_argument(format!("since.epoch: {e}")))
@@ -187,17 +199,13 @@ impl PublisherApi for PublisherService {
             since,
         } = request.into_inner();
         let topic = Topic::new(&topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let limit = match limit {
-            0 => DEFAULT_HISTORY_LIMIT,
-            1..=MAX_HISTORY_LIMIT => limit,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "limit is {limit}; at most {MAX_HISTORY_LIMIT}"
-                )));
-            }
-        };
+        let limit = page_limit(
+            limit,
+            DEFAULT_HISTORY_LIMIT as usize,
+            MAX_HISTORY_LIMIT as usize,
+        )?;
         let since = since.as_ref().map(position).transpose()?;
-        let page = self.local.page(&topic, since, limit as usize)?;
+        let page = self.local.page(&topic, since, limit)?;
         let messages = page
             .messages
             .iter()
@@ -226,16 +234,7 @@ impl PublisherApi for PublisherService {
             cursor,
         } = request.into_inner();
         let topic = self.presence_topic(&topic)?;
-        let limit = match limit as usize {
-            0 => presence::DEFAULT_PAGE,
-            n @ 1..=presence::MAX_PAGE => n,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "limit is {n}; at most {}",
-                    presence::MAX_PAGE
-                )));
-            }
-        };
+        let limit = page_limit(limit, presence::DEFAULT_PAGE, presence::MAX_PAGE)?;
         let cursor = (!cursor.is_empty())
             .then(|| cursor.parse::<Conn>())
             .transpose()
