@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::auth::TopicPatterns;
 use crate::auth::{ApiTokens, JwtSettings, Verifier};
+use crate::broadcast::{self, Broadcast};
 use crate::cluster::discovery::dns::Dns;
 use crate::cluster::discovery::fixed::Fixed;
 use crate::cluster::discovery::index::Filter;
@@ -209,19 +210,20 @@ pub async fn run(
         stop_links.clone(),
         counters.clone(),
     );
+    let backend: Arc<dyn Broadcast> = Arc::new(mesh.clone());
     tracker.spawn(
-        cluster::presence::run(mesh.clone(), stop.clone())
+        broadcast::share_presence(backend.clone(), hub.clone(), stop.clone())
             .instrument(tracing::info_span!("presence")),
     );
     let metrics = Metrics::new(Sources {
         hub: hub.clone(),
         history: history.clone(),
-        mesh: mesh.clone(),
+        broadcast: backend.clone(),
         counters: counters.clone(),
     })?;
     let publisher = Publisher::new(
         local.clone(),
-        Arc::new(mesh.clone()),
+        backend.clone(),
         limits.max_message_bytes,
         counters.clone(),
     );
@@ -236,7 +238,7 @@ pub async fn run(
     };
     discovery.spawn(peers_tx, &tracker, &stop)?;
     let (verifier, api_tokens) = load_auth(&auth, info_claim, &tracker, &stop)?;
-    let health = Health::new(mesh.clone(), verifier.clone());
+    let health = Health::new(backend.clone(), verifier.clone());
     tracker.spawn(
         mesh.clone()
             .follow(peers_rx)
@@ -276,13 +278,20 @@ pub async fn run(
         drain: shutdown.clone(),
         drain_window,
     };
-    let grpc_routes =
-        grpc::routes(publisher, local, mesh.clone(), api_tokens, counters.clone()).await?;
+    let grpc_routes = grpc::routes(
+        publisher,
+        local,
+        backend.clone(),
+        api_tokens,
+        counters.clone(),
+    )
+    .await?;
     tracker.spawn(drain(
         shutdown.clone(),
         stop.clone(),
         health.clone(),
-        mesh.clone(),
+        backend.clone(),
+        hub.clone(),
         counters.clone(),
         drain_window,
     ));
@@ -364,7 +373,7 @@ pub async fn run(
     health.set_draining();
     shutdown.cancel();
     stop.cancel();
-    mesh.flush(PEER_FLUSH).await;
+    backend.flush(PEER_FLUSH).await;
     stop_links.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -384,7 +393,8 @@ async fn drain(
     shutdown: CancellationToken,
     stop: CancellationToken,
     health: Health,
-    mesh: Mesh,
+    backend: Arc<dyn Broadcast>,
+    hub: Hub,
     counters: Arc<Counters>,
     window: Duration,
 ) {
@@ -405,8 +415,8 @@ async fn drain(
     );
     // The last users' leaves go out before the handover, which ends the
     // streams.
-    cluster::presence::flush(&mesh);
-    mesh.leave(PEER_FLUSH).await;
+    broadcast::flush_presence(&*backend, &hub);
+    backend.leave(PEER_FLUSH).await;
     stop.cancel();
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::auth::Verifier;
-use crate::cluster::Mesh;
+use crate::broadcast::Broadcast;
 
 /// A handle to the pod's readiness. Clones share it.
 #[derive(Clone)]
@@ -20,19 +20,19 @@ pub struct Health {
 struct Inner {
     serving: AtomicBool,
     draining: AtomicBool,
-    mesh: Mesh,
+    broadcast: Arc<dyn Broadcast>,
     verifier: Option<Verifier>,
 }
 
 impl Health {
     /// Not ready until [`Health::set_serving`]; the cluster's part comes from
-    /// `mesh`, the tokens' part from `verifier` (none: no tokens to check).
-    pub fn new(mesh: Mesh, verifier: Option<Verifier>) -> Self {
+    /// `broadcast`, the tokens' part from `verifier` (none: no tokens to check).
+    pub fn new(broadcast: Arc<dyn Broadcast>, verifier: Option<Verifier>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 serving: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
-                mesh,
+                broadcast,
                 verifier,
             }),
         }
@@ -53,7 +53,7 @@ impl Health {
         let inner = &self.inner;
         inner.serving.load(Ordering::Acquire)
             && !inner.draining.load(Ordering::Acquire)
-            && inner.mesh.is_settled()
+            && inner.broadcast.is_settled()
             && inner.verifier.as_ref().is_none_or(Verifier::has_keys)
     }
 }

@@ -42,6 +42,7 @@
 pub mod app;
 pub mod assets;
 pub mod auth;
+pub mod broadcast;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -16,7 +16,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
-use crate::cluster::Mesh;
+use crate::broadcast::Broadcast;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::stats::{Counters, read};
@@ -46,8 +46,8 @@ pub struct Sources {
     pub hub: Hub,
     /// Per-topic history.
     pub history: History,
-    /// The broadcast group.
-    pub mesh: Mesh,
+    /// The broadcast backend.
+    pub broadcast: Arc<dyn Broadcast>,
     /// The event counters.
     pub counters: Arc<Counters>,
 }
@@ -205,7 +205,7 @@ fn register(meter: &Meter, sources: Sources) {
     gauge(
         "herald_presence_entries",
         "Presence entries this pod holds (one per connection per presence topic), its own and its peers'.",
-        |s| s.mesh.presence().entries(),
+        |s| s.broadcast.presence().entries(),
     );
     gauge(
         "herald_history_bytes",
@@ -284,12 +284,12 @@ fn register(meter: &Meter, sources: Sources) {
     gauge(
         "herald_peers_known",
         "Peers this pod has discovered.",
-        |s| s.mesh.peers().len() as u64,
+        |s| s.broadcast.peers().len() as u64,
     );
     gauge(
         "herald_peers_connected",
         "Peers this pod holds an outgoing stream to.",
-        |s| s.mesh.peers().iter().filter(|p| p.connected).count() as u64,
+        |s| s.broadcast.peers().iter().filter(|p| p.connected).count() as u64,
     );
     counter(
         "herald_discovery_errors_total",

@@ -21,9 +21,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::mesh::{Mesh, PeerInfo};
+use super::mesh::Mesh;
 use super::secret::{self, Role};
 use super::{handshake, wire};
+use crate::broadcast::PeerInfo;
 use crate::message::{Draft, Epoch, Message, NodeId, Position};
 use crate::proto::v1::{
     Envelope, Forward, Head, Heads, Hello, PeerFrame, Proof, SyncRequest, peer_frame,

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,14 +33,16 @@ use tracing::Instrument;
 use super::link::{self, Link};
 use super::secret::{ClusterSecret, Role};
 use super::{PeerSet, handshake};
+use crate::broadcast::intake::{Intake, MAX_OFFSET, valid_offset};
+use crate::broadcast::{Broadcast, Identity, PeerInfo};
 use crate::hub::Hub;
 use crate::local::Local;
-use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp, TraceContext};
+use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp};
 use crate::presence::Presence;
 use crate::proto::v1::{
     Envelope, Head, Heads, Hello, Leaving, PeerFrame, Receipt, Snapshot, peer_frame,
 };
-use crate::publish::{Relay, Route, validate};
+use crate::publish::{Relay, Route};
 use crate::stats::Counters;
 use crate::telemetry::trace;
 use crate::tls::PeerTls;
@@ -48,16 +51,6 @@ use crate::topic::Topic;
 /// How many times a draft is forwarded before a pod numbers it itself
 /// (views of who is live differ for a moment while membership changes).
 pub const MAX_HOPS: u32 = 2;
-
-/// The highest offset a peer may send: 2^53, the largest integer every JSON
-/// reader (JavaScript's numbers) holds exactly. A topic would take 28,000
-/// years at 10,000 messages a second to reach it.
-pub const MAX_OFFSET: u64 = 1 << 53;
-
-/// `offset` if it can be a message's place (1 to [`MAX_OFFSET`]).
-fn valid_offset(offset: u64) -> Option<u64> {
-    (1..=MAX_OFFSET).contains(&offset).then_some(offset)
-}
 
 /// Most topics one handover frame carries.
 const HEADS_PER_FRAME: usize = 1_000;
@@ -115,21 +108,6 @@ impl MeshSettings {
     }
 }
 
-/// What this pod knows of one peer, for `herald peers`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerInfo {
-    /// The peer's address.
-    pub address: String,
-    /// Whether the outgoing stream is up.
-    pub connected: bool,
-    /// Messages dropped because its queue was full.
-    pub dropped: u64,
-    /// Times its stream has been established.
-    pub connects: u64,
-    /// The last stream error, if any.
-    pub last_error: Option<String>,
-}
-
 /// A handle to this pod's side of the broadcast group. Clones share it.
 #[derive(Clone)]
 pub struct Mesh {
@@ -139,6 +117,7 @@ pub struct Mesh {
 struct Inner {
     settings: MeshSettings,
     local: Local,
+    intake: Intake,
     presence: Presence,
     /// The links the publish path relays to.
     links: ArcSwap<Vec<Arc<Link>>>,
@@ -177,6 +156,7 @@ impl Mesh {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                intake: Intake::new(local.clone(), settings.max_message_bytes),
                 settings,
                 local,
                 presence,
@@ -447,42 +427,32 @@ impl Mesh {
     /// span under the publisher's trace. Invalid frames are logged and
     /// skipped.
     pub fn receive(&self, from: NodeId, frames: impl IntoIterator<Item = PeerFrame>) {
-        let mut together = Vec::new();
+        let intake = &self.inner.intake;
+        // Envelopes in a row are delivered together, before whatever
+        // frame follows them.
+        let mut run = Vec::new();
         for frame in frames {
-            match frame.kind {
+            let kind = match frame.kind {
                 Some(peer_frame::Kind::Envelope(envelope)) => {
-                    let Some(message) = self.parse(&envelope, true) else {
-                        continue;
-                    };
-                    if envelope.trace_context.is_empty() {
-                        together.push(message);
-                        continue;
-                    }
-                    self.deliver(std::mem::take(&mut together), None);
-                    self.deliver(vec![message], Some(&envelope.trace_context));
+                    run.push(envelope);
+                    continue;
                 }
+                other => other,
+            };
+            intake.deliver_envelopes(&std::mem::take(&mut run));
+            match kind {
                 Some(peer_frame::Kind::Forward(forward)) => {
-                    self.deliver(std::mem::take(&mut together), None);
                     self.take_forward(forward.draft.as_ref(), forward.hops);
                 }
-                Some(peer_frame::Kind::Leaving(leaving)) => {
-                    self.deliver(std::mem::take(&mut together), None);
-                    self.take_leaving(from, &leaving);
-                }
+                Some(peer_frame::Kind::Leaving(leaving)) => self.take_leaving(from, &leaving),
                 Some(peer_frame::Kind::SyncRequest(_)) => {
                     let span = tracing::info_span!("sync", peer = %from);
                     let answering = self.clone().answer_sync(from).instrument(span);
                     self.inner.tracker.spawn(answering);
                 }
                 Some(peer_frame::Kind::Receipt(receipt)) => self.take_receipt(&receipt),
-                Some(peer_frame::Kind::Heads(heads)) => {
-                    self.deliver(std::mem::take(&mut together), None);
-                    self.take_heads(&heads);
-                }
-                Some(peer_frame::Kind::Snapshot(snapshot)) => {
-                    self.deliver(std::mem::take(&mut together), None);
-                    self.take_snapshot(&snapshot);
-                }
+                Some(peer_frame::Kind::Heads(heads)) => self.take_heads(&heads),
+                Some(peer_frame::Kind::Snapshot(snapshot)) => self.take_snapshot(&snapshot),
                 Some(peer_frame::Kind::PresenceDelta(delta)) => {
                     super::presence::take_delta(&self.inner.presence, from, delta);
                 }
@@ -492,66 +462,13 @@ impl Mesh {
                 Some(_) | None => tracing::debug!("ignoring an unexpected frame from a peer"),
             }
         }
-        self.deliver(together, None);
-    }
-
-    /// Parses a peer's envelope: numbered (`numbered`) or a draft.
-    fn parse(&self, envelope: &Envelope, numbered: bool) -> Option<Arc<Message>> {
-        let parsed = self.draft(envelope).and_then(|draft| {
-            if !numbered {
-                return Err("unexpected".into());
-            }
-            let epoch = Epoch::from_u64(envelope.epoch)
-                .ok_or_else(|| format!("bad epoch {}", envelope.epoch))?;
-            let sequencer = envelope
-                .sequencer
-                .parse::<NodeId>()
-                .map_err(|e| format!("bad sequencer {:?}: {e}", envelope.sequencer))?;
-            if valid_offset(envelope.offset).is_none() {
-                return Err(format!("offset {} out of range", envelope.offset));
-            }
-            let stamp = Stamp {
-                epoch,
-                offset: envelope.offset,
-                sequencer,
-            };
-            Ok(Arc::new(Message::new(draft, stamp)))
-        });
-        parsed
-            .map_err(|reason| tracing::warn!(%reason, "dropping an invalid message from a peer"))
-            .ok()
-    }
-
-    fn draft(&self, envelope: &Envelope) -> Result<Draft, String> {
-        let id = envelope
-            .id
-            .parse::<MessageId>()
-            .map_err(|e| format!("bad id {:?}: {e}", envelope.id))?;
-        let origin = envelope
-            .origin
-            .parse::<NodeId>()
-            .map_err(|e| format!("bad origin {:?}: {e}", envelope.origin))?;
-        let (topic, data) = validate(
-            &envelope.topic,
-            &envelope.data,
-            self.inner.settings.max_message_bytes,
-        )
-        .map_err(|e| e.to_string())?;
-        let key = (!envelope.idempotency_key.is_empty())
-            .then(|| Arc::from(envelope.idempotency_key.as_str()));
-        Ok(Draft::new(id, topic, data, origin).with_key(key))
-    }
-
-    /// A forwarded draft, with the trace context it travelled with.
-    fn forwarded(&self, envelope: &Envelope) -> Result<Draft, String> {
-        let trace = (!envelope.trace_context.is_empty()).then(|| envelope.trace_context.clone());
-        Ok(self.draft(envelope)?.with_trace(trace))
+        intake.deliver_envelopes(&run);
     }
 
     /// A draft forwarded here: numbered here, or forwarded on to the pod
     /// this one believes numbers its topic.
     fn take_forward(&self, draft: Option<&Envelope>, hops: u32) {
-        let Some(draft) = draft.map(|d| self.forwarded(d)) else {
+        let Some(draft) = draft.map(|d| self.inner.intake.forwarded(d)) else {
             return;
         };
         let draft = match draft {
@@ -748,7 +665,7 @@ impl Mesh {
         let kept: Vec<_> = snapshot
             .kept
             .iter()
-            .filter_map(|envelope| self.parse(envelope, true))
+            .filter_map(|envelope| self.inner.intake.numbered(envelope))
             .filter(|message| *message.topic() == topic)
             .collect();
         let head = Position::at(epoch, head.offset);
@@ -786,17 +703,6 @@ impl Mesh {
         tracing::info!(peer = %from, topics = leaving.heads.len(), "a peer is leaving and handed its topics on");
     }
 
-    fn deliver(&self, messages: Vec<Arc<Message>>, parent: Option<&TraceContext>) {
-        let Some(first) = messages.first().cloned() else {
-            return;
-        };
-        let count = messages.len();
-        trace::in_deliver_span(parent, || {
-            self.inner.local.accept(messages);
-            tracing::debug!(id = %first.id(), topic = %first.topic(), messages = count, "delivered messages from a peer");
-        });
-    }
-
     fn send_forward(&self, to: NodeId, draft: Draft, hops: u32) -> bool {
         self.inner
             .links
@@ -819,6 +725,39 @@ fn rank(topic: &Topic, node: NodeId) -> u64 {
     hash ^= hash >> 33;
     hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
     hash ^ (hash >> 33)
+}
+
+impl Broadcast for Mesh {
+    fn identity(&self) -> Identity {
+        Identity {
+            cluster: self.inner.settings.cluster.clone(),
+            address: self.inner.settings.address.clone(),
+        }
+    }
+
+    fn is_settled(&self) -> bool {
+        Mesh::is_settled(self)
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        Mesh::peers(self)
+    }
+
+    fn presence(&self) -> &Presence {
+        Mesh::presence(self)
+    }
+
+    fn broadcast_presence(&self, kind: &peer_frame::Kind) {
+        Mesh::broadcast_presence(self, kind);
+    }
+
+    fn leave(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(Mesh::leave(self, timeout))
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(Mesh::flush(self, timeout))
+    }
 }
 
 impl Relay for Mesh {

@@ -1,4 +1,5 @@
-//! The cluster: peer discovery and the broadcast group between pods.
+//! The cluster: peer discovery and the peer mesh, the default broadcast
+//! backend (it implements [`crate::broadcast::Broadcast`]).
 //!
 //! [`discovery`] turns an outside source (Kubernetes, DNS, a fixed list)
 //! into a peer set. The [`Mesh`] follows that set: it keeps one outgoing
@@ -12,7 +13,6 @@
 //! same streams.
 
 pub mod backoff;
-pub mod dedup;
 pub mod discovery;
 pub mod handshake;
 pub mod inbound;
@@ -23,4 +23,4 @@ pub mod secret;
 pub mod wire;
 
 pub use discovery::PeerSet;
-pub use mesh::{Mesh, MeshSettings, PeerInfo};
+pub use mesh::{Mesh, MeshSettings};

@@ -6,15 +6,12 @@
 //! link is marked: its stream sends the whole state again on its next tick
 //! (see `link`), so a peer that missed deltas heals within a second.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::mesh::Mesh;
 use super::wire::KEEPALIVE_INTERVAL;
 use crate::hub::SessionId;
 use crate::message::NodeId;
-use crate::presence::{Delta, Entries, Entry, FLUSH_EVERY, MAX_INFO_BYTES, Presence};
+use crate::presence::{Delta, Entries, Entry, MAX_INFO_BYTES, Presence};
 use crate::proto::v1::{
     PeerPresenceEntry, PeerPresenceLeft, PresenceDelta, PresenceState, peer_frame,
 };
@@ -32,26 +29,6 @@ const STATE_PART_BYTES: usize = 256 * 1024;
 
 /// Longest `sub` accepted from a peer: a token's whole size.
 const MAX_SUB_BYTES: usize = crate::auth::MAX_TOKEN_BYTES;
-
-/// Flushes presence every [`FLUSH_EVERY`] until `shutdown`: listeners hear
-/// what changed, and every peer gets this pod's deltas.
-pub async fn run(mesh: Mesh, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(FLUSH_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => flush(&mesh),
-        }
-    }
-}
-
-/// One flush: events to listeners, deltas to peers.
-pub fn flush(mesh: &Mesh) {
-    for delta in mesh.presence().flush(mesh.hub(), Instant::now()) {
-        mesh.broadcast_presence(&delta_frame(delta));
-    }
-}
 
 fn entry(topic: &Topic, session: SessionId, entry: &Entry) -> PeerPresenceEntry {
     PeerPresenceEntry {

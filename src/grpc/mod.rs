@@ -18,7 +18,7 @@ use tonic::{Request, Status};
 
 use crate::auth::api_tokens::parse_bearer;
 use crate::auth::{ApiTokens, TokenScope};
-use crate::cluster::Mesh;
+use crate::broadcast::Broadcast;
 use crate::local::Local;
 use crate::proto;
 use crate::proto::v1::publisher_server::PublisherServer;
@@ -53,7 +53,7 @@ fn authenticate(request: &Request<()>, tokens: &ApiTokens) -> Result<TokenScope,
 pub async fn routes(
     publisher: Publisher,
     local: Local,
-    mesh: Mesh,
+    broadcast: Arc<dyn Broadcast>,
     tokens: Option<ApiTokens>,
     counters: Arc<Counters>,
 ) -> Result<Routes, ReflectionError> {
@@ -65,7 +65,7 @@ pub async fn routes(
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = publisher::PublisherService::new(publisher, local, mesh);
+    let service = publisher::PublisherService::new(publisher, local, broadcast);
     let api = PublisherServer::with_interceptor(service, move |mut request: Request<()>| {
         if let Some(tokens) = &tokens {
             match authenticate(&request, tokens) {

@@ -1,12 +1,14 @@
 //! `herald.v1.Publisher`: Publish, PublishBatch, History, ListPeers and
 //! presence (Presence, PresenceStats, UserPresence).
 
+use std::sync::Arc;
+
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::auth::TokenScope;
-use crate::cluster::Mesh;
+use crate::broadcast::Broadcast;
 use crate::history::BadPosition;
 use crate::local::{Local, Receipt};
 use crate::message::{Position, TraceContext};
@@ -32,17 +34,17 @@ pub const DEFAULT_HISTORY_LIMIT: u32 = 100;
 pub struct PublisherService {
     publisher: Publisher,
     local: Local,
-    mesh: Mesh,
+    broadcast: Arc<dyn Broadcast>,
 }
 
 impl PublisherService {
     /// The service over `publisher`, answering History from `local` and
-    /// reporting `mesh`'s peers.
-    pub fn new(publisher: Publisher, local: Local, mesh: Mesh) -> Self {
+    /// reporting `broadcast`'s peers and presence.
+    pub fn new(publisher: Publisher, local: Local, broadcast: Arc<dyn Broadcast>) -> Self {
         Self {
             publisher,
             local,
-            mesh,
+            broadcast,
         }
     }
 }
@@ -138,7 +140,7 @@ impl PublisherService {
     /// `topic` if it is one and keeps presence.
     fn presence_topic(&self, topic: &str) -> Result<Topic, Status> {
         let topic = Topic::new(topic).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !self.mesh.presence().covers(&topic) {
+        if !self.broadcast.presence().covers(&topic) {
             return Err(Status::failed_precondition(format!(
                 "{topic} keeps no presence on this server (--presence-topics)"
             )));
@@ -239,7 +241,7 @@ impl PublisherApi for PublisherService {
             .then(|| cursor.parse::<Conn>())
             .transpose()
             .map_err(|_| Status::invalid_argument("cursor: not one a Presence reply gave"))?;
-        let (entries, next) = self.mesh.presence().page(&topic, cursor, limit);
+        let (entries, next) = self.broadcast.presence().page(&topic, cursor, limit);
         let entries = entries
             .into_iter()
             .map(|(conn, entry)| PresenceEntry {
@@ -261,7 +263,7 @@ impl PublisherApi for PublisherService {
     ) -> Result<Response<PresenceStatsResponse>, Status> {
         allowed(&request, [request.get_ref().topic.as_str()])?;
         let topic = self.presence_topic(&request.get_ref().topic)?;
-        let stats = self.mesh.presence().stats(&topic);
+        let stats = self.broadcast.presence().stats(&topic);
         Ok(Response::new(PresenceStatsResponse {
             connections: stats.connections,
             users: stats.users,
@@ -279,7 +281,7 @@ impl PublisherApi for PublisherService {
         );
         allowed(&request, [topic.as_str()])?;
         let topic = self.presence_topic(&topic)?;
-        let connections = self.mesh.presence().stats(&topic).connections;
+        let connections = self.broadcast.presence().stats(&topic).connections;
         Ok(Response::new(UserPresenceResponse {
             connected: connections > 0,
             connections,
@@ -299,9 +301,9 @@ impl PublisherApi for PublisherService {
                 "ListPeers needs an API token without topic limits",
             ));
         }
-        let settings = self.mesh.settings();
+        let identity = self.broadcast.identity();
         let peers = self
-            .mesh
+            .broadcast
             .peers()
             .into_iter()
             .map(|p| PeerStatus {
@@ -318,8 +320,8 @@ impl PublisherApi for PublisherService {
             })
             .collect();
         Ok(Response::new(ListPeersResponse {
-            self_address: settings.address.clone(),
-            cluster: settings.cluster.clone(),
+            self_address: identity.address,
+            cluster: identity.cluster,
             peers,
         }))
     }
