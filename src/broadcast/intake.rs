@@ -107,21 +107,41 @@ impl Intake {
         });
     }
 
-    /// Delivers a run of envelopes as they came: the untraced together,
-    /// each traced one in its own span, invalid ones dropped.
-    pub fn deliver_envelopes<'a>(&self, envelopes: impl IntoIterator<Item = &'a Envelope>) {
-        let mut together = Vec::new();
-        for envelope in envelopes {
-            let Some(message) = self.numbered(envelope) else {
-                continue;
-            };
-            if envelope.trace_context.is_empty() {
-                together.push(message);
-                continue;
-            }
-            self.deliver(std::mem::take(&mut together), None);
-            self.deliver(vec![message], Some(&envelope.trace_context));
+    /// An empty run of arriving messages to fill and deliver.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            intake: self,
+            together: Vec::new(),
         }
-        self.deliver(together, None);
+    }
+}
+
+/// Messages arriving in a row, delivered together: untraced ones in one
+/// span, each traced one in its own. Invalid ones are dropped as they come.
+pub struct Batch<'a> {
+    intake: &'a Intake,
+    together: Vec<Arc<Message>>,
+}
+
+impl Batch<'_> {
+    /// Adds `envelope` (delivering what came before it first when it
+    /// carries a trace of its own).
+    pub fn push(&mut self, envelope: &Envelope) {
+        let Some(message) = self.intake.numbered(envelope) else {
+            return;
+        };
+        if envelope.trace_context.is_empty() {
+            self.together.push(message);
+            return;
+        }
+        self.flush();
+        self.intake
+            .deliver(vec![message], Some(&envelope.trace_context));
+    }
+
+    /// Delivers what the batch holds now.
+    pub fn flush(&mut self) {
+        self.intake
+            .deliver(std::mem::take(&mut self.together), None);
     }
 }

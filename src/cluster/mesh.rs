@@ -427,19 +427,18 @@ impl Mesh {
     /// span under the publisher's trace. Invalid frames are logged and
     /// skipped.
     pub fn receive(&self, from: NodeId, frames: impl IntoIterator<Item = PeerFrame>) {
-        let intake = &self.inner.intake;
         // Envelopes in a row are delivered together, before whatever
         // frame follows them.
-        let mut run = Vec::new();
+        let mut batch = self.inner.intake.batch();
         for frame in frames {
             let kind = match frame.kind {
                 Some(peer_frame::Kind::Envelope(envelope)) => {
-                    run.push(envelope);
+                    batch.push(&envelope);
                     continue;
                 }
                 other => other,
             };
-            intake.deliver_envelopes(&std::mem::take(&mut run));
+            batch.flush();
             match kind {
                 Some(peer_frame::Kind::Forward(forward)) => {
                     self.take_forward(forward.draft.as_ref(), forward.hops);
@@ -462,7 +461,7 @@ impl Mesh {
                 Some(_) | None => tracing::debug!("ignoring an unexpected frame from a peer"),
             }
         }
-        intake.deliver_envelopes(&run);
+        batch.flush();
     }
 
     /// A draft forwarded here: numbered here, or forwarded on to the pod
