@@ -11,6 +11,7 @@ include mk/chart.mk
 include mk/fuzz.mk
 include mk/bench.mk
 include mk/js.mk
+include mk/redis.mk
 
 .PHONY: help run build test test-rust lint fmt cluster e2e
 
@@ -29,7 +30,7 @@ build: ## Build the release binary
 test: test-rust test-js chart-test deploy-check ## Run every test: Rust unit and integration tests, JavaScript client and demo, chart checks
 	@echo "make test: all passed"
 
-test-rust: nats-server ## Rust unit and integration tests (cargo nextest when installed)
+test-rust: nats-server redis-server ## Rust unit and integration tests (cargo nextest when installed)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --all-targets --no-fail-fast; \
 	else \
