@@ -27,6 +27,34 @@ Truncated to 63 characters, the limit of a DNS label.
 {{- end }}
 
 {{/*
+herald.mesh is "true" when the pods broadcast through the peer mesh
+(broadcast.backend "mesh"), and empty with "redis". Only the mesh needs peer
+discovery and its Role and RoleBinding, the service account token, the peer
+port and the cluster secret; every template that renders one of them asks
+this helper.
+*/}}
+{{- define "herald.mesh" -}}
+{{- if eq .Values.broadcast.backend "mesh" }}true{{ end }}
+{{- end }}
+
+{{/*
+herald.checkBroadcast renders nothing: it fails when the redis backend is
+chosen without broadcast.redis.urlSecret.name (the chart takes the URL only
+from a Secret, since it may carry the password), or together with tls.peer,
+which secures the mesh's peer port that the redis backend does not have.
+*/}}
+{{- define "herald.checkBroadcast" -}}
+{{- if not (include "herald.mesh" .) }}
+{{- if not .Values.broadcast.redis.urlSecret.name }}
+{{- fail "broadcast.backend=redis needs broadcast.redis.urlSecret.name: a Secret in the release namespace holding the Redis URL (redis://host:6379/0, or rediss:// for TLS) under broadcast.redis.urlSecret.key (default \"url\"). The URL may carry the password, so the chart never takes it as a plain value" }}
+{{- end }}
+{{- if .Values.tls.peer.enabled }}
+{{- fail "tls.peer secures the mesh's peer port, which broadcast.backend=redis does not have: turn tls.peer.enabled off, and give a rediss:// URL for TLS to Redis" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 herald.peerServiceName is the headless Service whose endpoints are the peers;
 herald watches it (--k8s-service). The fullname is cut to 57 characters so
 that the "-peers" suffix still fits in 63.
@@ -264,9 +292,11 @@ herald.image is the full image reference, "<repository>:<tag>".
 {{- end }}
 
 {{/*
-herald.clusterName is the identity the pods exchange in the peer handshake
-(--cluster-name); pods only join peers with the same one, so two releases in
-one namespace never mix their messages.
+herald.clusterName is the cluster identity (--cluster-name),
+"<namespace>/<fullname>": in the mesh, the pods exchange it in the peer
+handshake and only join peers with the same one; with Redis, it namespaces
+every key and channel. Either way two releases never mix their messages,
+even on one Redis.
 */}}
 {{- define "herald.clusterName" -}}
 {{- printf "%s/%s" .Release.Namespace (include "herald.fullname" .) }}
@@ -274,26 +304,42 @@ one namespace never mix their messages.
 
 {{/*
 herald.args is the `herald serve` command line as a YAML list, one flag per
-item. Numbers go through int64 because Helm reads values as floats and would
+item. The mesh gets its peer listener, Kubernetes discovery and cluster
+secret; Redis gets --broadcast=redis and --discovery=none, and the password
+file when broadcast.redis.passwordSecret names one. Numbers go through int64 because Helm reads values as floats and would
 print a large one as "1e+06". tests/chart runs exactly these arguments
 through `herald serve --check-config`, so a flag renamed in the binary fails
 the chart tests.
 */}}
 {{- define "herald.args" -}}
 {{- $v := .Values }}
+{{- $mesh := include "herald.mesh" . }}
 {{- $args := list "serve" }}
 {{- $args = append $args (printf "--http-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.http)) }}
 {{- $args = append $args (printf "--grpc-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.grpc)) }}
+{{- if $mesh }}
 {{- $args = append $args (printf "--peer-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.peer)) }}
+{{- end }}
 {{- $args = append $args (printf "--admin-addr=%s:%d" $v.listenAddress (int64 $v.containerPorts.admin)) }}
+{{- if $mesh }}
 {{- $args = append $args "--discovery=kubernetes" }}
 {{- $args = append $args (printf "--k8s-service=%s" (include "herald.peerServiceName" .)) }}
 {{- $args = append $args (printf "--k8s-api=%s" $v.discovery.api) }}
 {{- $args = append $args "--k8s-peer-port-name=peer" }}
+{{- else }}
+{{- /* The URL comes from its Secret as HERALD_REDIS_URL (deployment.yaml). */}}
+{{- $args = append $args "--broadcast=redis" }}
+{{- $args = append $args "--discovery=none" }}
+{{- with $v.broadcast.redis.passwordSecret.name }}
+{{- $args = append $args (printf "--redis-password-file=/etc/herald/redis-password/%s" $v.broadcast.redis.passwordSecret.key) }}
+{{- end }}
+{{- end }}
 {{- $args = append $args (printf "--cluster-name=%s" (include "herald.clusterName" .)) }}
+{{- if $mesh }}
 {{- $args = append $args (printf "--cluster-secret-file=/etc/herald/cluster/%s" $v.cluster.secret.key) }}
 {{- $args = append $args (printf "--peer-ready-timeout=%s" $v.discovery.peerReadyTimeout) }}
 {{- $args = append $args (printf "--peer-queue=%d" (int64 $v.discovery.peerQueue)) }}
+{{- end }}
 {{- $args = append $args (printf "--max-message-bytes=%d" (int64 $v.limits.maxMessageBytes)) }}
 {{- $args = append $args (printf "--max-frame-bytes=%d" (int64 $v.limits.maxFrameBytes)) }}
 {{- $args = append $args (printf "--max-subscriptions=%d" (int64 $v.limits.maxSubscriptions)) }}
