@@ -163,6 +163,27 @@ GRPC_TLS_CERT_MANAGER: dict[str, Any] = {
 OIDC_ISSUER = "https://id.example.com/realms/app"
 JWKS_URL = "https://id.example.com/realms/app/protocol/openid-connect/certs"
 
+# The redis broadcast backend: the URL from a Secret the user creates (the
+# least it needs), then with the password in a Secret of its own and keys
+# other than the defaults, then with every other Secret mount turned off so
+# that the pod mounts nothing at all.
+REDIS: dict[str, Any] = {"broadcast": {"backend": "redis", "redis": {"urlSecret": {"name": "herald-redis"}}}}
+REDIS_PASSWORD: dict[str, Any] = {
+    "broadcast": {
+        "backend": "redis",
+        "redis": {
+            "urlSecret": {"name": "herald-redis", "key": "redis-url"},
+            "passwordSecret": {"name": "redis-auth", "key": "redis-password"},
+        },
+    },
+    "presence": {"topics": ["room:*"]},
+}
+REDIS_BARE: dict[str, Any] = {
+    **REDIS,
+    "auth": {"mode": "none", "apiTokens": {"generate": False}},
+    "networkPolicy": {"enabled": False},
+}
+
 # The value sets every check runs against, by name.
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -188,6 +209,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "peer-tls-certmanager": PEER_TLS_CERT_MANAGER,
     "grpc-tls-clientcerts": GRPC_TLS_CLIENT_CERTS,
     "grpc-tls-certmanager": GRPC_TLS_CERT_MANAGER,
+    "redis": REDIS,
+    "redis-password": REDIS_PASSWORD,
+    "redis-bare": REDIS_BARE,
     "deploy": DEPLOY_VALUES,
     "dev": DEV_VALUES,
     "all": ALL_ON,
@@ -231,6 +255,11 @@ def render(
             continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return objects
+
+
+def is_mesh(values: dict[str, Any]) -> bool:
+    """Whether `values` keep the default broadcast backend, the peer mesh."""
+    return values.get("broadcast", {}).get("backend", "mesh") == "mesh"
 
 
 def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:

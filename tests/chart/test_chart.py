@@ -20,6 +20,10 @@ import chartlib
 from chartlib import VALUE_SETS, only, render
 
 VALUE_SET_NAMES = list(VALUE_SETS)
+# The value sets of each broadcast backend: the mesh's peer discovery, Role
+# and peer port are checked on the first, their absence on the second.
+MESH_VALUE_SET_NAMES = [n for n in VALUE_SETS if chartlib.is_mesh(VALUE_SETS[n])]
+REDIS_VALUE_SET_NAMES = [n for n in VALUE_SETS if not chartlib.is_mesh(VALUE_SETS[n])]
 
 # Kinds that are CRDs, so not in the Kubernetes schemas kubernetes-validate
 # ships; each has a structural check of its own below.
@@ -67,6 +71,12 @@ STANDARD_LABEL_KEYS = {
 @pytest.fixture(scope="module", params=VALUE_SET_NAMES)
 def rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     """The objects of one value set."""
+    return render(VALUE_SETS[request.param])
+
+
+@pytest.fixture(scope="module", params=MESH_VALUE_SET_NAMES)
+def mesh_rendered(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    """The objects of one value set with the peer mesh."""
     return render(VALUE_SETS[request.param])
 
 
@@ -155,8 +165,9 @@ def test_an_httproute_without_a_gateway_is_refused() -> None:
 
 
 def test_the_role_grants_only_read_access_to_endpoints_and_endpointslices(
-    rendered: list[dict[str, Any]],
+    mesh_rendered: list[dict[str, Any]],
 ) -> None:
+    rendered = mesh_rendered
     role = only(rendered, "Role")
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get", "list", "watch"]},
@@ -165,7 +176,8 @@ def test_the_role_grants_only_read_access_to_endpoints_and_endpointslices(
     assert not [o for o in rendered if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 
-def test_the_role_is_bound_to_the_pods_service_account(rendered: list[dict[str, Any]]) -> None:
+def test_the_role_is_bound_to_the_pods_service_account(mesh_rendered: list[dict[str, Any]]) -> None:
+    rendered = mesh_rendered
     binding = only(rendered, "RoleBinding")
     pod = only(rendered, "Deployment")["spec"]["template"]["spec"]
     assert binding["roleRef"] == {
@@ -234,8 +246,9 @@ def test_app_version_follows_the_crate_version() -> None:
 
 
 def test_the_peer_service_is_headless_and_publishes_not_ready_pods(
-    rendered: list[dict[str, Any]],
+    mesh_rendered: list[dict[str, Any]],
 ) -> None:
+    rendered = mesh_rendered
     peers = next(s for s in rendered if s["kind"] == "Service" and s["metadata"]["name"].endswith("-peers"))
     assert peers["spec"]["clusterIP"] == "None"
     assert peers["spec"]["publishNotReadyAddresses"] is True
@@ -256,8 +269,8 @@ def test_the_client_service_exposes_http_and_grpc_over_h2c_or_tls(rendered: list
     assert ports["grpc"]["appProtocol"] == ("https" if tls else "kubernetes.io/h2c")
 
 
-def test_the_container_names_its_ports_and_probes_the_admin_port(rendered: list[dict[str, Any]]) -> None:
-    c = container(rendered)
+def test_the_container_names_its_ports_and_probes_the_admin_port(mesh_rendered: list[dict[str, Any]]) -> None:
+    c = container(mesh_rendered)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"http": 8080, "grpc": 9090, "peer": 7070, "admin": 9100}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
@@ -767,6 +780,7 @@ SECRET_FILE_FLAGS = {
     "--jwt-secret-file": "jwt",
     "--jwt-public-key-file": "jwt",
     "--jwks-file": "jwt",
+    "--redis-password-file": "redis-password",
 }
 
 
@@ -836,7 +850,7 @@ def test_every_secret_file_flag_points_inside_its_read_only_mount(rendered: list
         assert path.startswith(mount["mountPath"] + "/"), arg
         assert "/" not in path.removeprefix(mount["mountPath"] + "/"), arg
         assert "secret" in vols[volume]
-    assert {"cluster", "api-tokens", "jwt"} & set(mounts) <= found, "a Secret is mounted that no flag reads"
+    assert {"cluster", "api-tokens", "jwt", "redis-password"} & set(mounts) <= found, "a Secret is mounted that no flag reads"
 
 
 def test_generated_secrets_are_named_after_the_release_within_63_characters() -> None:
@@ -1287,3 +1301,170 @@ def test_notes_give_the_https_address_and_the_client_tls_flags() -> None:
     text = notes(VALUE_SETS["peer-tls-secret"])
     assert "mutual TLS with the certificate in Secret\nherald-peer-certs" in text
     assert "--addr http://herald" in text and "restart the pods" not in text
+
+
+# --- The redis broadcast backend ---------------------------------------------
+
+# Flags of the peer mesh alone: its listener, Kubernetes discovery, the
+# cluster secret proved in the peer handshake, and the peer queues.
+MESH_FLAGS = ("--peer-addr", "--k8s-", "--cluster-secret-file", "--peer-ready-timeout", "--peer-queue", "--peer-tls-")
+
+
+def redis_values(name: str) -> dict[str, Any]:
+    """broadcast.redis of a redis value set, with the chart's default keys
+    filled in."""
+    redis = VALUE_SETS[name]["broadcast"]["redis"]
+    return {
+        "urlSecret": {"key": "url", **redis["urlSecret"]},
+        "passwordSecret": {"name": "", "key": "password", **redis.get("passwordSecret", {})},
+    }
+
+
+@pytest.mark.parametrize("name", REDIS_VALUE_SET_NAMES)
+def test_redis_pods_get_no_role_no_binding_and_no_service_account_token(name: str) -> None:
+    # rbac.create stays true by default: the backend decides, not that value.
+    assert VALUE_SETS[name].get("rbac") is None
+    objects = render(VALUE_SETS[name])
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    # The ServiceAccount the pods run as is still the chart's own.
+    assert only(objects, "ServiceAccount")["metadata"]["name"] == pod["serviceAccountName"] == "herald"
+
+
+@pytest.mark.parametrize("name", REDIS_VALUE_SET_NAMES)
+def test_redis_pods_run_the_redis_backend_without_discovery_or_mesh_flags(name: str) -> None:
+    args = container(render(VALUE_SETS[name]))["args"]
+    assert [a for a in args if a.startswith(("--broadcast", "--discovery"))] == ["--broadcast=redis", "--discovery=none"]
+    assert not [a for a in args if a.startswith(MESH_FLAGS)]
+    # The cluster name namespaces the keys in Redis, so releases never mix.
+    assert f"--cluster-name={chartlib.NAMESPACE}/herald" in args
+
+
+@pytest.mark.parametrize("name", REDIS_VALUE_SET_NAMES)
+def test_the_redis_url_reaches_the_pods_only_from_its_secret(name: str) -> None:
+    url = redis_values(name)["urlSecret"]
+    objects = render(VALUE_SETS[name])
+    c = container(objects)
+    [var] = [e for e in c["env"] if e["name"] == "HERALD_REDIS_URL"]
+    assert var == {
+        "name": "HERALD_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": url["name"], "key": url["key"]}},
+    }
+    assert not [a for a in c["args"] if a.startswith("--redis-url")]
+    # The chart creates no Secret for it: the user's Secret is the only source.
+    assert url["name"] not in secrets(objects)
+
+
+@pytest.mark.parametrize("name", REDIS_VALUE_SET_NAMES)
+def test_redis_pods_have_no_peer_port_and_no_cluster_secret(name: str) -> None:
+    objects = render(VALUE_SETS[name])
+    c = container(objects)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "grpc": 9090, "admin": 9100}
+    assert "herald-cluster" not in secrets(objects)
+    vols, mounts = volumes(objects)
+    assert "cluster" not in vols and "cluster" not in mounts
+    # The headless Service stays, for the ServiceMonitor: the admin port only.
+    peers = next(s for s in objects if s["kind"] == "Service" and s["metadata"]["name"] == "herald-peers")
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["publishNotReadyAddresses"] is True
+    assert peers["spec"]["ports"] == [{"name": "admin", "port": 9100, "targetPort": "admin", "protocol": "TCP"}]
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == ["http", "grpc", "admin"]
+
+
+def test_the_redis_password_secret_is_mounted_read_only_and_passed_as_a_file() -> None:
+    password = redis_values("redis-password")["passwordSecret"]
+    objects = render(VALUE_SETS["redis-password"])
+    vols, mounts = volumes(objects)
+    assert vols["redis-password"] == {
+        "name": "redis-password",
+        "secret": {"secretName": password["name"], "defaultMode": 0o440},
+    }
+    assert mounts["redis-password"] == {
+        "name": "redis-password",
+        "mountPath": "/etc/herald/redis-password",
+        "readOnly": True,
+    }
+    args = container(objects)["args"]
+    assert [a for a in args if a.startswith("--redis-password")] == [
+        f"--redis-password-file=/etc/herald/redis-password/{password['key']}"
+    ]
+    # Without a password Secret the URL is all there is.
+    objects = render(VALUE_SETS["redis"])
+    assert "redis-password" not in volumes(objects)[0]
+    assert not [a for a in container(objects)["args"] if a.startswith("--redis-password")]
+
+
+def test_a_redis_pod_with_no_secret_files_mounts_nothing() -> None:
+    pod = only(render(VALUE_SETS["redis-bare"]), "Deployment")["spec"]["template"]["spec"]
+    assert "volumes" not in pod
+    assert "volumeMounts" not in pod["containers"][0]
+
+
+def test_the_service_monitor_finds_redis_pods_through_the_headless_service() -> None:
+    objects = render({**VALUE_SETS["redis"], "metrics": {"serviceMonitor": {"enabled": True}}})
+    assert only(objects, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "admin"
+    with_admin = [
+        s["metadata"]["name"]
+        for s in objects
+        if s["kind"] == "Service" and any(p["name"] == "admin" for p in s["spec"]["ports"])
+    ]
+    assert with_admin == ["herald-peers"]
+
+
+def test_the_mesh_ignores_the_redis_values() -> None:
+    # Redis settings left behind after switching back to the mesh change
+    # nothing: the default render is what a mesh with them renders.
+    leftover = {"broadcast": {"redis": {"urlSecret": {"name": "herald-redis"}, "passwordSecret": {"name": "redis-auth"}}}}
+    default, with_leftover = render(), render(leftover)
+    for objects in (default, with_leftover):
+        c = container(objects)
+        assert not [a for a in c["args"] if a.startswith(("--broadcast", "--redis"))]
+        assert not [e for e in c["env"] if e["name"].startswith("HERALD_REDIS")]
+    # The generated Secrets hold fresh random values in every render.
+    assert [o for o in with_leftover if o["kind"] != "Secret"] == [o for o in default if o["kind"] != "Secret"]
+
+
+@pytest.mark.parametrize(
+    "redis",
+    [{}, {"passwordSecret": {"name": "redis-auth"}}, {"urlSecret": {"key": "url"}}],
+    ids=["nothing", "password-only", "key-only"],
+)
+def test_a_redis_backend_without_a_url_secret_is_refused(redis: dict[str, Any]) -> None:
+    message = "broadcast.backend=redis needs broadcast.redis.urlSecret.name: a Secret in the release namespace"
+    with pytest.raises(helm_python.HelmRenderError, match=re.escape(message)):
+        render({"broadcast": {"backend": "redis", "redis": redis}})
+
+
+def test_peer_tls_with_the_redis_backend_is_refused() -> None:
+    with pytest.raises(helm_python.HelmRenderError, match="tls.peer secures the mesh's peer port"):
+        render({**VALUE_SETS["redis"], **chartlib.PEER_TLS_SECRET})
+
+
+@pytest.mark.parametrize(
+    "broadcast",
+    [
+        {"backend": "nats"},
+        {"backend": "Redis"},
+        {"redis": {"url": "redis://redis:6379/0"}},
+        {"redis": {"urlSecret": {"name": "herald-redis", "key": ""}}},
+        {"redis": {"urlSecret": {"name": "Herald_Redis"}}},
+        {"redis": {"passwordSecret": {"name": "redis-auth", "file": "/run/pw"}}},
+    ],
+    ids=["unknown-backend", "capitalised-backend", "plain-url", "empty-key", "bad-secret-name", "unknown-password-field"],
+)
+def test_the_schema_rejects_bad_broadcast_values(broadcast: dict[str, Any]) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        render({"broadcast": broadcast})
+
+
+def test_notes_name_the_redis_secrets_instead_of_the_cluster_secret() -> None:
+    text = notes(VALUE_SETS["redis-password"])
+    assert "URL in Secret herald-redis (key redis-url), with the password in Secret\nredis-auth (key redis-password)" in text
+    assert "under the cluster name herald/herald." in text
+    assert "While Redis is down, publishes are refused" in text
+    assert "cluster secret" not in text and "peer port" not in text
+    text = notes(VALUE_SETS["redis"])
+    assert "URL in Secret herald-redis (key url), under the cluster name" in text
+    assert "Redis" not in notes()

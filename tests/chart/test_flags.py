@@ -23,6 +23,10 @@ HERALD_BIN = chartlib.REPO_ROOT / os.environ.get("HERALD_BIN", "target/debug/her
 # What the Downward API would put in each fieldRef of the container env.
 DOWNWARD_API = {"status.podIP": "10.0.0.7", "metadata.namespace": chartlib.NAMESPACE}
 
+# What the user's Secrets would put in each secretKeyRef of the container env,
+# by variable.
+SECRET_ENV = {"HERALD_REDIS_URL": "redis://redis.herald.svc.cluster.local:6379/0"}
+
 needs_binary = pytest.mark.skipif(
     not HERALD_BIN.is_file(),
     reason=f"no herald binary at {HERALD_BIN}; run `cargo build --bin herald` or set HERALD_BIN",
@@ -31,11 +35,14 @@ needs_binary = pytest.mark.skipif(
 
 def container_env(c: dict[str, Any]) -> dict[str, str]:
     """The process environment the container would get, with Downward API
-    fields filled in and none of the caller's HERALD_* settings leaking in."""
+    fields and Secret values filled in and none of the caller's HERALD_*
+    settings leaking in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HERALD_", "POD_", "RUST_LOG"))}
     for var in c.get("env", []):
         if "value" in var:
             env[var["name"]] = var["value"]
+        elif "secretKeyRef" in var["valueFrom"]:
+            env[var["name"]] = SECRET_ENV[var["name"]]
         else:
             env[var["name"]] = DOWNWARD_API[var["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
