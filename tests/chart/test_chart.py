@@ -1468,3 +1468,15 @@ def test_notes_name_the_redis_secrets_instead_of_the_cluster_secret() -> None:
     text = notes(VALUE_SETS["redis"])
     assert "URL in Secret herald-redis (key url), under the cluster name" in text
     assert "Redis" not in notes()
+
+
+@pytest.mark.parametrize("backend", ["mesh", "redis"])
+def test_cluster_name_overrides_the_release_identity_to_share_topics_on_purpose(backend: str) -> None:
+    values = VALUE_SETS["redis"] if backend == "redis" else {}
+    args = container(render({**values, "cluster": {"name": "chat/prod"}}))["args"]
+    assert [a for a in args if a.startswith("--cluster-name")] == ["--cluster-name=chat/prod"]
+    # By default each release has its own: namespace and full name.
+    args = container(render(values, name="other", namespace="chat"))["args"]
+    assert [a for a in args if a.startswith("--cluster-name")] == ["--cluster-name=chat/other-herald"]
+    with pytest.raises(helm_python.HelmValuesError):
+        render({"cluster": {"name": "chat prod"}})

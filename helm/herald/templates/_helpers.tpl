@@ -292,14 +292,14 @@ herald.image is the full image reference, "<repository>:<tag>".
 {{- end }}
 
 {{/*
-herald.clusterName is the cluster identity (--cluster-name),
-"<namespace>/<fullname>": in the mesh, the pods exchange it in the peer
+herald.clusterName is the cluster identity (--cluster-name): cluster.name,
+else "<namespace>/<fullname>". In the mesh, the pods exchange it in the peer
 handshake and only join peers with the same one; with Redis, it namespaces
-every key and channel. Either way two releases never mix their messages,
-even on one Redis.
+every key and channel. By default two releases therefore never mix their
+messages, even on one Redis; the same cluster.name on purpose shares them.
 */}}
 {{- define "herald.clusterName" -}}
-{{- printf "%s/%s" .Release.Namespace (include "herald.fullname" .) }}
+{{- .Values.cluster.name | default (printf "%s/%s" .Release.Namespace (include "herald.fullname" .)) }}
 {{- end }}
 
 {{/*
