@@ -1306,8 +1306,8 @@ def test_notes_give_the_https_address_and_the_client_tls_flags() -> None:
 # --- The redis broadcast backend ---------------------------------------------
 
 # Flags of the peer mesh alone: its listener, Kubernetes discovery, the
-# cluster secret proved in the peer handshake, and the peer queues.
-MESH_FLAGS = ("--peer-addr", "--k8s-", "--cluster-secret-file", "--peer-ready-timeout", "--peer-queue", "--peer-tls-")
+# cluster secret proved in the peer handshake, and peer TLS.
+MESH_FLAGS = ("--peer-addr", "--k8s-", "--cluster-secret-file", "--peer-tls-")
 
 
 def redis_values(name: str) -> dict[str, Any]:
@@ -1339,6 +1339,8 @@ def test_redis_pods_run_the_redis_backend_without_discovery_or_mesh_flags(name: 
     assert not [a for a in args if a.startswith(MESH_FLAGS)]
     # The cluster name namespaces the keys in Redis, so releases never mix.
     assert f"--cluster-name={chartlib.NAMESPACE}/herald" in args
+    # The Redis backend has a ready timeout and a queue of its own.
+    assert "--peer-ready-timeout=10s" in args and "--peer-queue=65536" in args
 
 
 @pytest.mark.parametrize("name", REDIS_VALUE_SET_NAMES)

@@ -306,7 +306,8 @@ messages, even on one Redis; the same cluster.name on purpose shares them.
 herald.args is the `herald serve` command line as a YAML list, one flag per
 item. The mesh gets its peer listener, Kubernetes discovery and cluster
 secret; Redis gets --broadcast=redis and --discovery=none, and the password
-file when broadcast.redis.passwordSecret names one. Numbers go through int64 because Helm reads values as floats and would
+file when broadcast.redis.passwordSecret names one. Both take the ready
+timeout and the queue (discovery.peerReadyTimeout, discovery.peerQueue). Numbers go through int64 because Helm reads values as floats and would
 print a large one as "1e+06". tests/chart runs exactly these arguments
 through `herald serve --check-config`, so a flag renamed in the binary fails
 the chart tests.
@@ -337,9 +338,9 @@ the chart tests.
 {{- $args = append $args (printf "--cluster-name=%s" (include "herald.clusterName" .)) }}
 {{- if $mesh }}
 {{- $args = append $args (printf "--cluster-secret-file=/etc/herald/cluster/%s" $v.cluster.secret.key) }}
+{{- end }}
 {{- $args = append $args (printf "--peer-ready-timeout=%s" $v.discovery.peerReadyTimeout) }}
 {{- $args = append $args (printf "--peer-queue=%d" (int64 $v.discovery.peerQueue)) }}
-{{- end }}
 {{- $args = append $args (printf "--max-message-bytes=%d" (int64 $v.limits.maxMessageBytes)) }}
 {{- $args = append $args (printf "--max-frame-bytes=%d" (int64 $v.limits.maxFrameBytes)) }}
 {{- $args = append $args (printf "--max-subscriptions=%d" (int64 $v.limits.maxSubscriptions)) }}
