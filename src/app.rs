@@ -21,6 +21,9 @@ use tracing::Instrument;
 
 use crate::auth::TopicPatterns;
 use crate::auth::{ApiTokens, JwtSettings, Verifier};
+use crate::broadcast::intake::Intake;
+use crate::broadcast::redis::writer::LogBounds;
+use crate::broadcast::redis::{Redis, Settings as RedisSettings};
 use crate::broadcast::{self, Broadcast};
 use crate::cluster::discovery::dns::Dns;
 use crate::cluster::discovery::fixed::Fixed;
@@ -31,8 +34,8 @@ use crate::cluster::inbound;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::{Mesh, MeshSettings};
 use crate::config::{
-    AuthArgs, AuthMode, ClusterArgs, DiscoveryKind, HistoryArgs, ListenArgs, PresenceArgs,
-    ServeArgs,
+    AuthArgs, AuthMode, BroadcastKind, ClusterArgs, DiscoveryKind, HistoryArgs, ListenArgs,
+    PresenceArgs, ServeArgs,
 };
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -177,6 +180,10 @@ pub async fn run(
     let secret = cluster_secret(&cluster, &tracker, &stop)?;
     let counters = Arc::new(Counters::default());
     let hub = Hub::with_write_delay(limits.write_delay);
+    let bounds = LogBounds {
+        messages: history.history_messages,
+        age: history.history_age,
+    };
     let history = History::new(history_limits(&history)?);
     let local = Local::new(hub.clone(), history.clone(), node);
     let PresenceArgs {
@@ -186,68 +193,66 @@ pub async fn run(
     let presence = Presence::new(presence::Settings {
         node,
         topics: TopicPatterns::parse(&presence_topics).map_err(Error::PresenceTopics)?,
-        grace: cluster::presence::GRACE,
+        grace: match cluster.broadcast {
+            BroadcastKind::Mesh => cluster::presence::GRACE,
+            BroadcastKind::Redis => crate::broadcast::redis::members::GRACE,
+        },
     });
     hub.watch(Arc::new(presence.clone()));
-    let kubernetes = match cluster.discovery {
-        DiscoveryKind::Kubernetes => Some(Target::from_environment(namespace(&cluster)).await?),
-        _ => None,
+    let parts = Parts {
+        local: &local,
+        presence: &presence,
+        counters: &counters,
+        tracker: &tracker,
+        stop: &stop,
+        stop_links: &stop_links,
     };
-    let mesh = Mesh::new(
-        MeshSettings {
-            cluster: cluster_identity(&cluster, kubernetes.as_ref()),
-            node,
+    let backend = match cluster.broadcast {
+        BroadcastKind::Mesh => {
+            let mesh = MeshParts {
+                cluster: &cluster,
+                address,
+                own: &own,
+                peer_port,
+                tls: peer_tls.clone(),
+                secret,
+                max_message_bytes: limits.max_message_bytes,
+            };
+            Backend::Mesh(mesh.start(&parts).await?)
+        }
+        BroadcastKind::Redis => Backend::Redis(start_redis(
+            &cluster,
+            bounds,
             address,
-            peer_queue: cluster.peer_queue,
-            max_message_bytes: limits.max_message_bytes,
-            ready_timeout: cluster.peer_ready_timeout,
-            tls: peer_tls.clone(),
-            secret,
-        },
-        local.clone(),
-        presence.clone(),
-        tracker.clone(),
-        stop_links.clone(),
-        counters.clone(),
-    );
-    let backend: Arc<dyn Broadcast> = Arc::new(mesh.clone());
+            limits.max_message_bytes,
+            &parts,
+        )?),
+    };
+    let backend_port = backend.port();
     tracker.spawn(
-        broadcast::share_presence(backend.clone(), hub.clone(), stop.clone())
+        broadcast::share_presence(backend_port.clone(), hub.clone(), stop.clone())
             .instrument(tracing::info_span!("presence")),
     );
     let metrics = Metrics::new(Sources {
         hub: hub.clone(),
         history: history.clone(),
-        broadcast: backend.clone(),
+        broadcast: backend_port.clone(),
         counters: counters.clone(),
     })?;
     let publisher = Publisher::new(
         local.clone(),
-        backend.clone(),
+        backend_port.clone(),
         limits.max_message_bytes,
         counters.clone(),
     );
     tracker.spawn(sweep(history.clone(), stop.clone()));
-    let (peers_tx, peers_rx) = watch::channel(None);
-    let discovery = Discovery {
-        cluster: &cluster,
-        kubernetes,
-        own: &own,
-        peer_port,
-        counters: &counters,
-    };
-    discovery.spawn(peers_tx, &tracker, &stop)?;
     let (verifier, api_tokens) = load_auth(&auth, info_claim, &tracker, &stop)?;
-    let health = Health::new(backend.clone(), verifier.clone());
-    tracker.spawn(
-        mesh.clone()
-            .follow(peers_rx)
-            .instrument(tracing::info_span!("mesh")),
-    );
+    let health = Health::new(backend_port.clone(), verifier.clone());
 
     let gateway = Gateway {
         local: local.clone(),
         presence: presence.clone(),
+        recall: backend_port.clone(),
         queue_capacity: limits.client_queue,
         max_subscriptions: limits.max_subscriptions,
         max_frame_bytes: limits.max_frame_bytes,
@@ -281,7 +286,7 @@ pub async fn run(
     let grpc_routes = grpc::routes(
         publisher,
         local,
-        backend.clone(),
+        backend_port.clone(),
         api_tokens,
         counters.clone(),
     )
@@ -290,7 +295,7 @@ pub async fn run(
         shutdown.clone(),
         stop.clone(),
         health.clone(),
-        backend.clone(),
+        backend_port.clone(),
         hub.clone(),
         counters.clone(),
         drain_window,
@@ -298,7 +303,8 @@ pub async fn run(
 
     tracing::info!(
         %node,
-        cluster = %mesh.settings().cluster,
+        cluster = %backend_port.identity().cluster,
+        broadcast = ?cluster.broadcast,
         http = ?listeners.http.local_addr().ok(),
         grpc = ?listeners.grpc.local_addr().ok(),
         peer = ?peer_local,
@@ -352,12 +358,14 @@ pub async fn run(
         )),
     };
     // Inbound peer streams end with `stop`; outbound ones last until their
-    // queues are flushed.
-    let accepted = inbound::Accepted::new(mesh.clone(), tracker.clone(), stop.clone());
+    // queues are flushed. Only the mesh takes peers on the peer port.
     let peer = async {
-        match peer_tls {
-            None => accepted.serve(listeners.peer).await,
-            Some(tls) => accepted.serve_tls(listeners.peer, tls).await,
+        if let Backend::Mesh(mesh) = &backend {
+            let accepted = inbound::Accepted::new(mesh.clone(), tracker.clone(), stop.clone());
+            match peer_tls {
+                None => accepted.serve(listeners.peer).await,
+                Some(tls) => accepted.serve_tls(listeners.peer, tls).await,
+            }
         }
         Ok::<(), Error>(())
     };
@@ -373,7 +381,7 @@ pub async fn run(
     health.set_draining();
     shutdown.cancel();
     stop.cancel();
-    backend.flush(PEER_FLUSH).await;
+    backend_port.flush(PEER_FLUSH).await;
     stop_links.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -384,6 +392,124 @@ pub async fn run(
     }
     metrics.shutdown();
     served.map(|_| ())
+}
+
+/// The broadcast backend `--broadcast` chose.
+enum Backend {
+    /// The pods' own mesh, which also takes the peer port.
+    Mesh(Mesh),
+    /// Redis.
+    Redis(Redis),
+}
+
+impl Backend {
+    /// The backend behind the port the rest of the pod uses.
+    fn port(&self) -> Arc<dyn Broadcast> {
+        match self {
+            Self::Mesh(mesh) => Arc::new(mesh.clone()),
+            Self::Redis(redis) => Arc::new(redis.clone()),
+        }
+    }
+}
+
+/// What every backend is built over.
+struct Parts<'a> {
+    local: &'a Local,
+    presence: &'a Presence,
+    counters: &'a Arc<Counters>,
+    tracker: &'a TaskTracker,
+    /// Ends serving.
+    stop: &'a CancellationToken,
+    /// Ends the links to other pods (or Redis), after their queues are
+    /// flushed.
+    stop_links: &'a CancellationToken,
+}
+
+/// What the mesh is built from, beside the [`Parts`].
+struct MeshParts<'a> {
+    cluster: &'a ClusterArgs,
+    address: String,
+    own: &'a [String],
+    peer_port: u16,
+    tls: Option<tls::PeerTls>,
+    secret: Option<ClusterSecret>,
+    max_message_bytes: usize,
+}
+
+impl MeshParts<'_> {
+    /// The mesh, following the peers its discovery finds.
+    async fn start(self, parts: &Parts<'_>) -> Result<Mesh> {
+        let cluster = self.cluster;
+        let kubernetes = match cluster.discovery {
+            DiscoveryKind::Kubernetes => Some(Target::from_environment(namespace(cluster)).await?),
+            _ => None,
+        };
+        let mesh = Mesh::new(
+            MeshSettings {
+                cluster: cluster_identity(cluster, kubernetes.as_ref()),
+                node: parts.local.node(),
+                address: self.address,
+                peer_queue: cluster.peer_queue,
+                max_message_bytes: self.max_message_bytes,
+                ready_timeout: cluster.peer_ready_timeout,
+                tls: self.tls,
+                secret: self.secret,
+            },
+            parts.local.clone(),
+            parts.presence.clone(),
+            parts.tracker.clone(),
+            parts.stop_links.clone(),
+            parts.counters.clone(),
+        );
+        let (peers_tx, peers_rx) = watch::channel(None);
+        let discovery = Discovery {
+            cluster,
+            kubernetes,
+            own: self.own,
+            peer_port: self.peer_port,
+            counters: parts.counters,
+        };
+        discovery.spawn(peers_tx, parts.tracker, parts.stop)?;
+        parts.tracker.spawn(
+            mesh.clone()
+                .follow(peers_rx)
+                .instrument(tracing::info_span!("mesh")),
+        );
+        Ok(mesh)
+    }
+}
+
+/// The Redis backend, dialling Redis until it answers.
+fn start_redis(
+    cluster: &ClusterArgs,
+    bounds: LogBounds,
+    address: String,
+    max_message_bytes: usize,
+    parts: &Parts<'_>,
+) -> Result<Redis> {
+    if cluster.discovery != DiscoveryKind::None {
+        tracing::warn!(discovery = ?cluster.discovery, "--broadcast redis needs no discovery: --discovery is ignored");
+    }
+    let settings = RedisSettings {
+        url: cluster.redis_url.clone(),
+        password_file: cluster.redis_password_file.clone(),
+        identity: broadcast::Identity {
+            cluster: cluster_identity(cluster, None),
+            address,
+        },
+        queue: cluster.peer_queue,
+        max_message_bytes,
+        ready_timeout: cluster.peer_ready_timeout,
+        bounds,
+    };
+    let intake = Intake::new(parts.local.clone(), max_message_bytes);
+    Ok(Redis::start(
+        settings,
+        intake,
+        parts.presence.clone(),
+        parts.tracker,
+        parts.stop_links,
+    )?)
 }
 
 /// Waits for the drain signal, then for the users to be closed over the

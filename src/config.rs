@@ -363,6 +363,17 @@ pub struct ClientTlsArgs {
     pub key_file: Option<PathBuf>,
 }
 
+/// The broadcast backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BroadcastKind {
+    /// The pods stream to each other (found by `--discovery`); each topic
+    /// is numbered by one of them.
+    Mesh,
+    /// Every pod talks to one Redis (`--redis-url`), which numbers each
+    /// topic and carries messages and presence; no discovery is needed.
+    Redis,
+}
+
 /// Where peers come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiscoveryKind {
@@ -389,6 +400,18 @@ pub enum K8sApi {
 /// Cluster membership and the peer mesh.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
+    /// What carries messages, their order and presence between pods: the
+    /// pods' own mesh, or a Redis server they all reach.
+    #[arg(long, env = "HERALD_BROADCAST", value_enum, default_value = "mesh")]
+    pub broadcast: BroadcastKind,
+    /// The Redis server for `--broadcast redis`: `redis://[user:password@]host[:port][/db]`,
+    /// or `rediss://` for TLS (checked against the system's roots).
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// A file holding the Redis password (its first line), which wins over
+    /// one in `--redis-url`.
+    #[arg(long, env = "HERALD_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
     /// How this pod finds its peers.
     #[arg(long, env = "HERALD_DISCOVERY", value_enum, default_value = "none")]
     pub discovery: DiscoveryKind,

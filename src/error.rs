@@ -31,6 +31,9 @@ pub enum Error {
     /// `--discovery kubernetes` without a client configuration.
     #[error(transparent)]
     Kubernetes(#[from] crate::cluster::discovery::kubernetes::NoConfig),
+    /// The Redis backend could not be set up.
+    #[error(transparent)]
+    Redis(#[from] crate::broadcast::redis::RedisSetupError),
     /// Authentication could not be set up (keys or token files).
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),

@@ -18,6 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use crate::history::{BadPosition, Entry, Fit, History, Since};
@@ -70,6 +71,17 @@ pub struct Page {
     pub messages: Vec<Arc<Message>>,
     /// With `since`: whether the messages start right after it.
     pub recovered: Option<bool>,
+}
+
+/// Where this pod's history of a topic can be completed from before a
+/// subscribe or a history read answers from it: a pod that knows nothing of
+/// a topic another pod numbered (it started after the topic's last
+/// message) reads it from there first. The broadcast backends implement it.
+pub trait Recall: Send + Sync {
+    /// Brings what this pod holds of `topic` up to what the group holds,
+    /// as far as it can within a bounded wait; never fails (the answer is
+    /// then given from what this pod holds).
+    fn recall<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, ()>;
 }
 
 /// A handle to this pod's ordered topics. Clones share it.

@@ -31,6 +31,8 @@ pub enum Route {
     Here,
     /// Another pod: forward the draft to it.
     To(NodeId),
+    /// A store all pods share (Redis): submit the draft to it.
+    Store,
     /// No pod can number it now (this one has not learnt the cluster's
     /// topics yet, and no peer is reachable): refuse, to be retried.
     Unavailable,
@@ -49,6 +51,10 @@ pub trait Relay: Send + Sync + 'static {
     /// Sends `draft` to `to`, its topic's sequencer, without waiting.
     /// False if there is no stream to it.
     fn forward(&self, to: NodeId, draft: Draft) -> bool;
+
+    /// Hands `draft` to the shared store that numbers its topic, without
+    /// waiting. False if the store cannot take it now.
+    fn submit(&self, draft: Draft) -> bool;
 }
 
 /// Why a publish was refused. Nothing is delivered when it is.
@@ -209,11 +215,12 @@ impl Publisher {
         result
     }
 
-    /// Forwards `draft` (the `index`th of its call) to `node` and returns
-    /// what to wait on for its receipt.
+    /// Forwards `draft` (the `index`th of its call) to `node`, or submits
+    /// it to the shared store when `node` is `None`, and returns what to
+    /// wait on for its receipt.
     fn forward(
         &self,
-        node: crate::message::NodeId,
+        node: Option<NodeId>,
         index: usize,
         draft: Draft,
         guard: &mut Waiting<'_>,
@@ -222,7 +229,11 @@ impl Publisher {
         let (id, topic) = (draft.id, draft.topic.clone());
         let wait = inner.local.expect(id);
         guard.ids.push(id);
-        if !inner.relay.forward(node, draft) {
+        let sent = match node {
+            Some(node) => inner.relay.forward(node, draft),
+            None => inner.relay.submit(draft),
+        };
+        if !sent {
             return Err(PublishError::Unconfirmed(topic));
         }
         Ok((index, topic, wait))
@@ -254,7 +265,10 @@ impl Publisher {
             }
             match inner.relay.route(&draft.topic) {
                 Route::Here => here.push((index, draft)),
-                Route::To(node) => waits.push(self.forward(node, index, draft, &mut guard)?),
+                Route::To(node) => {
+                    waits.push(self.forward(Some(node), index, draft, &mut guard)?)
+                }
+                Route::Store => waits.push(self.forward(None, index, draft, &mut guard)?),
                 Route::Unavailable => return Err(PublishError::Unconfirmed(draft.topic)),
             }
         }
@@ -272,9 +286,9 @@ impl Publisher {
                     // Handed on meanwhile: the successor numbers it.
                     Err(draft) => match inner.relay.route(&draft.topic) {
                         Route::To(node) => {
-                            waits.push(self.forward(node, index, draft, &mut guard)?)
+                            waits.push(self.forward(Some(node), index, draft, &mut guard)?)
                         }
-                        Route::Here | Route::Unavailable => {
+                        Route::Here | Route::Store | Route::Unavailable => {
                             return Err(PublishError::Unconfirmed(draft.topic));
                         }
                     },
@@ -338,6 +352,10 @@ mod tests {
         fn forward(&self, _: NodeId, draft: Draft) -> bool {
             self.forwarded.lock().expect("lock").push(draft);
             true
+        }
+
+        fn submit(&self, _: Draft) -> bool {
+            false
         }
     }
 

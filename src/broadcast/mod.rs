@@ -2,13 +2,14 @@
 //! carries messages between its pods. The peer [`Mesh`](crate::cluster::Mesh)
 //! is one implementation; health, metrics, gRPC `ListPeers`, presence and
 //! the drain reach the backend only through [`Broadcast`], so another
-//! backend (issue 21's Redis) plugs in without touching them.
+//! backend ([`redis`]) plugs in without touching them.
 //!
 //! What is common to every backend lives here too: [`intake`] validates
 //! what arrives from other pods and delivers it into the local hub, with
 //! its trace, in one place.
 
 pub mod intake;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::presence::delta_frame;
 use crate::hub::Hub;
+use crate::local::Recall;
 use crate::presence::{FLUSH_EVERY, Presence};
 use crate::proto::v1::peer_frame;
 use crate::publish::Relay;
@@ -47,9 +49,10 @@ pub struct Identity {
     pub address: String,
 }
 
-/// A broadcast backend. [`Relay`] carries and orders messages; the rest is
-/// what the pod around it needs: readiness, status, presence and the drain.
-pub trait Broadcast: Relay {
+/// A broadcast backend. [`Relay`] carries and orders messages, [`Recall`]
+/// completes a pod's history from the group's; the rest is what the pod
+/// around it needs: readiness, status, presence and the drain.
+pub trait Broadcast: Relay + Recall {
     /// This pod's place in the group.
     fn identity(&self) -> Identity;
 

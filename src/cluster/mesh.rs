@@ -37,6 +37,7 @@ use crate::broadcast::intake::{Intake, MAX_OFFSET, valid_offset};
 use crate::broadcast::{Broadcast, Identity, PeerInfo};
 use crate::hub::Hub;
 use crate::local::Local;
+use crate::local::Recall;
 use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp};
 use crate::presence::Presence;
 use crate::proto::v1::{
@@ -759,6 +760,14 @@ impl Broadcast for Mesh {
     }
 }
 
+/// Every pod of the mesh syncs every topic from its peers when it starts,
+/// and holds what they hold from then on: nothing to recall.
+impl Recall for Mesh {
+    fn recall<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
 impl Relay for Mesh {
     fn relay(&self, message: &Arc<Message>) {
         for link in self.inner.links.load().iter() {
@@ -798,6 +807,11 @@ impl Relay for Mesh {
 
     fn forward(&self, to: NodeId, draft: Draft) -> bool {
         self.send_forward(to, draft, 0)
+    }
+
+    /// The mesh has no shared store: it never routes a topic there.
+    fn submit(&self, _draft: Draft) -> bool {
+        false
     }
 }
 

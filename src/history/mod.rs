@@ -251,6 +251,16 @@ impl History {
         &self,
         node: crate::message::NodeId,
     ) -> Vec<(Topic, crate::message::Position)> {
+        self.heads_where(|log| log.sequencer() == Some(node))
+    }
+
+    /// Every topic with a head, and its head: what a pod that missed
+    /// messages checks against the group's.
+    pub fn heads(&self) -> Vec<(Topic, crate::message::Position)> {
+        self.heads_where(|_| true)
+    }
+
+    fn heads_where(&self, keep: impl Fn(&Log) -> bool) -> Vec<(Topic, crate::message::Position)> {
         let mut heads = Vec::new();
         for shard in self.inner.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,7 +268,7 @@ impl History {
                 shard
                     .logs
                     .iter()
-                    .filter(|(_, log)| log.sequencer() == Some(node) && log.head().epoch.is_some())
+                    .filter(|(_, log)| log.head().epoch.is_some() && keep(log))
                     .map(|(topic, log)| (topic.clone(), log.head())),
             );
         }

@@ -36,7 +36,7 @@ use tracing::Instrument;
 use crate::auth::{self, Identity, Verifier};
 use crate::hub::Who;
 use crate::limit::{TokenBucket, jitter};
-use crate::local::Local;
+use crate::local::{Local, Recall};
 use crate::presence::Presence;
 use crate::publish::Publisher;
 use crate::stats;
@@ -78,6 +78,9 @@ pub struct Gateway {
     pub local: Local,
     /// Who is in which topic, for the `presence` ops.
     pub presence: Presence,
+    /// Where a topic this pod knows nothing of is read from before a
+    /// subscribe or `history` answers (the broadcast backend).
+    pub recall: Arc<dyn Recall>,
     /// Messages queued per connection before it counts as slow.
     pub queue_capacity: usize,
     /// Most subscriptions per connection.
@@ -374,6 +377,7 @@ pub async fn upgrade(
             membership,
             local: gateway.local.clone(),
             presence: gateway.presence.clone(),
+            recall: gateway.recall.clone(),
             identity,
             verifier: gateway.verifier.clone(),
             publishing,

@@ -18,7 +18,7 @@ use crate::auth::{Identity, Verifier};
 use crate::history::BadPosition;
 use crate::hub::{Membership, Outgoing, Pending};
 use crate::limit::TokenBucket;
-use crate::local::{Local, SubscribeError};
+use crate::local::{Local, Recall, SubscribeError};
 use crate::presence::Presence;
 use crate::publish::{self, PublishError, Publisher};
 use crate::stats::{self, Counters};
@@ -49,6 +49,8 @@ pub struct Requests {
     pub local: Local,
     /// Who is in which topic, cluster-wide.
     pub presence: Presence,
+    /// Completes this pod's history of a topic before it answers.
+    pub recall: Arc<dyn Recall>,
     /// Its user, when authentication is on.
     pub identity: Option<Identity>,
     /// Checks the tokens `refresh` brings, when authentication is on.
@@ -135,6 +137,7 @@ impl Requests {
                 } else if options.join_leave && !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
+                    self.recall.recall(&topic).await;
                     // A resume from a pod that was ahead of this one (the
                     // client saw messages still on their way here) waits
                     // for them rather than being refused.
@@ -186,6 +189,7 @@ impl Requests {
                 if self.forbidden(&topic) {
                     forbidden_reply(refused, reference, "reading", &topic)
                 } else {
+                    self.recall.recall(&topic).await;
                     match self.local.page(&topic, since, limit) {
                         Ok(page) => {
                             protocol::history(reference, page.head, &page.messages, page.recovered)

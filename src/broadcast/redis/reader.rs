@@ -1,0 +1,257 @@
+//! The subscription: every numbered message and presence frame from Redis,
+//! delivered here in the order Redis published them.
+//!
+//! Messages that arrive together are delivered together. A message that
+//! does not follow the head this pod holds of its topic (a message was
+//! lost on the way: the subscription broke, or Redis dropped this pod for
+//! reading too slowly) waits while the missing offsets are read from the
+//! topic's log in Redis and delivered first; what the log no longer holds
+//! reaches the topic's subscribers as a `gap`. When the subscription comes
+//! (back) up, every topic this pod knows is checked against Redis before
+//! anything else is read, so messages published while it was down are
+//! delivered in their place, and a topic whose order Redis lost (a new
+//! epoch) is reported as a gap.
+//!
+//! A subscription that hears nothing for [`QUIET_LIMIT`] (not even this
+//! pod's own beat) counts as broken and is dialled again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use redis::RedisError;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{Keys, stamped};
+use super::link::{CONNECT_TIMEOUT, Link};
+use super::members::Members;
+use super::store;
+use crate::broadcast::intake::{Batch, Intake};
+use crate::cluster::backoff::Backoff;
+use crate::message::{Epoch, Position};
+use crate::proto::v1::Envelope;
+use crate::topic::Topic;
+
+/// Longest the subscription may stay silent: several beats.
+pub const QUIET_LIMIT: Duration = Duration::from_secs(5);
+
+/// Most messages taken off the subscription before they are delivered.
+const BATCH: usize = 256;
+
+/// Topics checked against Redis in one pipeline after a reconnect.
+const CHECK_BATCH: usize = 256;
+
+/// The task that reads.
+pub struct Reader {
+    /// The command connection, for reads of missed messages.
+    pub link: Link,
+    /// Key names.
+    pub keys: Keys,
+    /// Where messages are delivered.
+    pub intake: Intake,
+    /// Where presence frames go.
+    pub members: Members,
+    /// Whether the subscription is up now.
+    pub up: Arc<AtomicBool>,
+    /// Whether it has ever been up.
+    pub settled: Arc<AtomicBool>,
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+enum Broke {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("no answer from Redis within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis closed the subscription")]
+    Closed,
+}
+
+impl Reader {
+    /// Keeps the subscription up until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = self.listen() => outcome,
+            };
+            if self.up.swap(false, Ordering::AcqRel) {
+                // It was up a while: the next attempt need not wait long.
+                backoff.reset();
+            }
+            self.members.deaf();
+            if let Err(error) = outcome {
+                tracing::warn!(%error, redis = %self.link.address(), "the Redis subscription broke; subscribing again");
+                self.link.note(error.to_string());
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn listen(&self) -> Result<(), Broke> {
+        let client = self.link.client();
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+            .await
+            .map_err(|_| Broke::Timeout(CONNECT_TIMEOUT))??;
+        let (messages, presence) = (self.keys.messages(), self.keys.presence());
+        pubsub.subscribe(&[&messages, &presence]).await?;
+        let mut stream = pubsub.into_on_message();
+        self.members.listening();
+        self.catch_up().await;
+        self.up.store(true, Ordering::Release);
+        self.settled.store(true, Ordering::Release);
+        tracing::info!(redis = %self.link.address(), "subscribed to the cluster's channels");
+        loop {
+            let first = tokio::time::timeout(QUIET_LIMIT, stream.next())
+                .await
+                .map_err(|_| Broke::Timeout(QUIET_LIMIT))?
+                .ok_or(Broke::Closed)?;
+            let mut run = Run::new(&self.intake);
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next {
+                let payload = msg.get_payload_bytes();
+                if msg.get_channel_name() == messages {
+                    match stamped(payload) {
+                        Ok(envelope) => self.take(&mut run, envelope).await,
+                        Err(error) => {
+                            tracing::warn!(%error, "dropping an unreadable message from Redis")
+                        }
+                    }
+                } else {
+                    self.members.take(payload);
+                }
+                taken += 1;
+                next = if taken < BATCH {
+                    stream.next().now_or_never().flatten()
+                } else {
+                    None
+                };
+            }
+            run.batch.flush();
+        }
+    }
+
+    /// Adds `envelope` to `run`, after the messages it would skip.
+    async fn take(&self, run: &mut Run<'_>, envelope: Envelope) {
+        if let Some((topic, from)) = run.missing_before(&envelope) {
+            run.batch.flush();
+            let to = envelope.offset - 1;
+            for missed in self.read(&topic, from, Some(to)).await {
+                run.push(missed);
+            }
+        }
+        run.push(envelope);
+    }
+
+    /// The kept messages of `topic` from `from` to `to`, or none if Redis
+    /// cannot say now.
+    async fn read(&self, topic: &Topic, from: u64, to: Option<u64>) -> Vec<Envelope> {
+        let Some(mut connection) = self.link.connection() else {
+            return Vec::new();
+        };
+        match store::range(&mut connection, &self.keys, topic, from, to).await {
+            Ok(missed) => missed,
+            Err(error) => {
+                self.link.failed(&error);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Checks every topic this pod knows against Redis: delivers what was
+    /// missed, and tells subscribers of a topic whose order Redis lost.
+    async fn catch_up(&self) {
+        let local = self.intake.local();
+        let known = local.history().heads();
+        let Some(mut connection) = self.link.connection() else {
+            return;
+        };
+        let mut behind = 0;
+        for chunk in known.chunks(CHECK_BATCH) {
+            let topics: Vec<Topic> = chunk.iter().map(|(topic, _)| topic.clone()).collect();
+            let heads = match store::heads(&mut connection, &self.keys, &topics).await {
+                Ok(heads) => heads,
+                Err(error) => {
+                    self.link.failed(&error);
+                    return;
+                }
+            };
+            for ((topic, here), there) in chunk.iter().zip(heads) {
+                let Some((epoch, offset)) = there else {
+                    continue;
+                };
+                let Some(epoch) = Epoch::from_u64(epoch) else {
+                    continue;
+                };
+                if here.epoch != Some(epoch) {
+                    // Redis lost the order this pod knew: what follows is
+                    // of a new epoch.
+                    local.skip_to(topic, Position::at(epoch, offset));
+                } else if offset > here.offset {
+                    behind += 1;
+                    let mut run = Run::new(&self.intake);
+                    for missed in self.read(topic, here.offset + 1, None).await {
+                        run.push(missed);
+                    }
+                    run.batch.flush();
+                }
+            }
+        }
+        if behind > 0 {
+            tracing::info!(
+                topics = behind,
+                "caught up on messages published while unsubscribed"
+            );
+        }
+    }
+}
+
+/// Messages taken off the subscription and not delivered yet, with the
+/// head each of their topics will have.
+struct Run<'a> {
+    batch: Batch<'a>,
+    intake: &'a Intake,
+    heads: HashMap<String, (u64, u64)>,
+}
+
+impl<'a> Run<'a> {
+    fn new(intake: &'a Intake) -> Self {
+        Self {
+            batch: intake.batch(),
+            intake,
+            heads: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, envelope: Envelope) {
+        self.heads
+            .insert(envelope.topic.clone(), (envelope.epoch, envelope.offset));
+        self.batch.push(&envelope);
+    }
+
+    /// The topic of `envelope` and the first offset missing before it,
+    /// when it does not follow its topic's head here (of the same epoch).
+    fn missing_before(&self, envelope: &Envelope) -> Option<(Topic, u64)> {
+        let topic = Topic::new(&envelope.topic).ok()?;
+        let (epoch, offset) = match self.heads.get(&envelope.topic) {
+            Some(head) => *head,
+            None => {
+                let head = self
+                    .intake
+                    .local()
+                    .history()
+                    .read(&topic, |log| log.head())?;
+                (head.epoch?.as_u64(), head.offset)
+            }
+        };
+        (epoch == envelope.epoch && envelope.offset > offset + 1).then_some((topic, offset + 1))
+    }
+}
