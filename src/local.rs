@@ -75,13 +75,14 @@ pub struct Page {
 
 /// Where this pod's history of a topic can be completed from before a
 /// subscribe or a history read answers from it: a pod that knows nothing of
-/// a topic another pod numbered (it started after the topic's last
-/// message) reads it from there first. The broadcast backends implement it.
+/// a topic, or whose log does not reach back far enough (it started after
+/// the messages asked for), reads it from there first. The broadcast
+/// backends implement it.
 pub trait Recall: Send + Sync {
     /// Brings what this pod holds of `topic` up to what the group holds,
-    /// as far as it can within a bounded wait; never fails (the answer is
-    /// then given from what this pod holds).
-    fn recall<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, ()>;
+    /// back to `since` when given, as far as it can within a bounded wait;
+    /// never fails (the answer is then given from what this pod holds).
+    fn recall<'a>(&'a self, topic: &'a Topic, since: Option<Position>) -> BoxFuture<'a, ()>;
 }
 
 /// A handle to this pod's ordered topics. Clones share it.

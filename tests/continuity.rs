@@ -1,15 +1,17 @@
 //! Continuity across pods, with pods as real processes on 127.0.0.x and
-//! real WebSocket users: a user who comes back with `since`, on any pod,
-//! gets exactly what it missed, in order, or is told it cannot; a rolling
-//! restart loses nothing; a SIGKILL loses nothing silently; a peer queue
-//! that overflows shows up as a `gap`, never as a skipped offset; and no
-//! two messages ever share an offset.
+//! real WebSocket users, on the mesh and on Redis alike: a user who comes
+//! back with `since`, on any pod, gets exactly what it missed, in order, or
+//! is told it cannot; a rolling restart loses nothing; a SIGKILL loses
+//! nothing silently; and no two messages ever share an offset. On the
+//! mesh, a peer queue that overflows shows up as a `gap`, never as a
+//! skipped offset (Redis's own faults are in tests/redis.rs).
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use common::backend::Backend;
 use common::process::{Ports, Process};
 use common::user::User;
 use futures_util::{SinkExt, StreamExt};
@@ -21,29 +23,25 @@ use tokio_tungstenite::tungstenite::Message;
 
 const TOPIC: &str = "room:1";
 
-/// `count` pods on 127.0.0.1.. with static discovery of each other.
+/// `count` pods on 127.0.0.1.. in one group on `backend`.
 struct Cluster {
     ips: Vec<String>,
     ports: Ports,
     flags: Vec<String>,
     pods: Vec<Process>,
+    _backend: Backend,
 }
 
 impl Cluster {
-    async fn start(count: usize, extra: &[&str]) -> Self {
+    async fn start(backend: Backend, count: usize, extra: &[&str]) -> Self {
         let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
         let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
         let ports = Ports::free_on(&refs);
-        let peers: Vec<String> = ips
-            .iter()
-            .map(|ip| format!("{ip}:{}", ports.peer))
-            .collect();
-        let mut flags = vec![
-            "--discovery=static".to_owned(),
-            format!("--peers={}", peers.join(",")),
+        let mut flags = backend.flags(&refs, ports);
+        flags.extend([
             "--drain-window=1s".to_owned(),
             "--peer-ready-timeout=3s".to_owned(),
-        ];
+        ]);
         flags.extend(extra.iter().map(|f| (*f).to_owned()));
         let pods: Vec<Process> = ips
             .iter()
@@ -57,6 +55,7 @@ impl Cluster {
             ports,
             flags,
             pods,
+            _backend: backend,
         }
     }
 
@@ -108,7 +107,7 @@ async fn publish_anywhere(
 
 /// A backend publishing message after message through the pods in turn
 /// until `stop`; returns what was acknowledged.
-async fn backend(
+async fn steady_publisher(
     urls: Vec<String>,
     every: Duration,
     stop: watch::Receiver<bool>,
@@ -291,10 +290,13 @@ async fn users(
     users
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_who_resumes_on_another_pod_gets_exactly_what_was_published_meanwhile_then_live_ones()
- {
-    let cluster = Cluster::start(3, &[]).await;
+on_both_backends!(
+    a_user_who_resumes_on_another_pod_gets_exactly_what_was_published_meanwhile_then_live_ones
+);
+async fn a_user_who_resumes_on_another_pod_gets_exactly_what_was_published_meanwhile_then_live_ones(
+    backend: Backend,
+) {
+    let cluster = Cluster::start(backend, 3, &[]).await;
     let [a, b, c] = [0, 1, 2].map(|i| &cluster.pods[i]);
     let mut user = User::connect(&a.ws_url()).await;
     user.subscribe(TOPIC).await;
@@ -331,10 +333,13 @@ async fn a_user_who_resumes_on_another_pod_gets_exactly_what_was_published_meanw
     user.expect_silence(Duration::from_millis(200)).await;
 }
 
-#[tokio::test]
-async fn a_resume_ahead_of_its_new_pod_waits_for_the_messages_on_their_way_and_replays_none_twice()
-{
-    let cluster = Cluster::start(2, &[]).await;
+on_both_backends!(
+    a_resume_ahead_of_its_new_pod_waits_for_the_messages_on_their_way_and_replays_none_twice
+);
+async fn a_resume_ahead_of_its_new_pod_waits_for_the_messages_on_their_way_and_replays_none_twice(
+    backend: Backend,
+) {
+    let cluster = Cluster::start(backend, 2, &[]).await;
     let [a, b] = [0, 1].map(|i| &cluster.pods[i]);
     let mut first = User::connect(&a.ws_url()).await;
     first.subscribe(TOPIC).await;
@@ -364,13 +369,17 @@ async fn a_resume_ahead_of_its_new_pod_waits_for_the_messages_on_their_way_and_r
     user.expect_silence(Duration::from_millis(200)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_restart_delivers_every_acknowledged_message_once_and_every_resume_recovers() {
-    let mut cluster = Cluster::start(3, &["--history-messages=100000"]).await;
+on_both_backends!(
+    a_rolling_restart_delivers_every_acknowledged_message_once_and_every_resume_recovers
+);
+async fn a_rolling_restart_delivers_every_acknowledged_message_once_and_every_resume_recovers(
+    backend: Backend,
+) {
+    let mut cluster = Cluster::start(backend, 3, &["--history-messages=100000"]).await;
     let (done_tx, done) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let users = users(&cluster, 60, &done).await;
-    let publishing = tokio::spawn(backend(
+    let publishing = tokio::spawn(steady_publisher(
         cluster.grpc_urls(),
         Duration::from_millis(10),
         stop,
@@ -436,8 +445,9 @@ async fn a_rolling_restart_delivers_every_acknowledged_message_once_and_every_re
         "a rolling restart keeps the epoch: {epochs:?}"
     );
 
-    // The pod restarted last holds the topic from its first message: it
-    // synced it from a peer when it started.
+    // The pod restarted last answers for the topic from its first message:
+    // it synced it from a peer when it started (mesh), or reads what it
+    // lacks from Redis.
     let mut late = User::connect(&cluster.pods[2].ws_url()).await;
     let reply = late.resume(TOPIC, json!({"epoch": "", "offset": 0})).await;
     assert_eq!(reply["recovered"], true, "{reply}");
@@ -454,16 +464,16 @@ async fn a_rolling_restart_delivers_every_acknowledged_message_once_and_every_re
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_nothing_is_lost_silently_and_no_offset_is_reused() {
-    let cluster = Cluster::start(3, &[]).await;
+on_both_backends!(after_a_sigkill_nothing_is_lost_silently_and_no_offset_is_reused);
+async fn after_a_sigkill_nothing_is_lost_silently_and_no_offset_is_reused(backend: Backend) {
+    let cluster = Cluster::start(backend, 3, &[]).await;
     let (done_tx, done) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let users = users(&cluster, 30, &done).await;
     // The backend publishes through the pods that survive; the killed one
     // may be the topic's sequencer, or not.
     let survivors = cluster.grpc_urls()[1..].to_vec();
-    let publishing = tokio::spawn(backend(survivors, Duration::from_millis(10), stop));
+    let publishing = tokio::spawn(steady_publisher(survivors, Duration::from_millis(10), stop));
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.pods[0].signal("KILL");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -573,9 +583,11 @@ async fn a_peer_queue_overflow_reaches_subscribers_as_a_gap_and_never_as_a_skipp
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_publish_with_the_same_key_lands_once_whichever_pod_takes_the_retry() {
-    let cluster = Cluster::start(2, &[]).await;
+on_both_backends!(a_retried_publish_with_the_same_key_lands_once_whichever_pod_takes_the_retry);
+async fn a_retried_publish_with_the_same_key_lands_once_whichever_pod_takes_the_retry(
+    backend: Backend,
+) {
+    let cluster = Cluster::start(backend, 2, &[]).await;
     let mut user = User::connect(&cluster.pods[1].ws_url()).await;
     user.subscribe(TOPIC).await;
     let urls = cluster.grpc_urls();

@@ -763,7 +763,7 @@ impl Broadcast for Mesh {
 /// Every pod of the mesh syncs every topic from its peers when it starts,
 /// and holds what they hold from then on: nothing to recall.
 impl Recall for Mesh {
-    fn recall<'a>(&'a self, _topic: &'a Topic) -> BoxFuture<'a, ()> {
+    fn recall<'a>(&'a self, _topic: &'a Topic, _since: Option<Position>) -> BoxFuture<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 }

@@ -207,7 +207,7 @@ impl PublisherApi for PublisherService {
             MAX_HISTORY_LIMIT as usize,
         )?;
         let since = since.as_ref().map(position).transpose()?;
-        self.broadcast.recall(&topic).await;
+        self.broadcast.recall(&topic, since).await;
         let page = self.local.page(&topic, since, limit)?;
         let messages = page
             .messages

@@ -137,7 +137,7 @@ impl Requests {
                 } else if options.join_leave && !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
-                    self.recall.recall(&topic).await;
+                    self.recall.recall(&topic, since).await;
                     // A resume from a pod that was ahead of this one (the
                     // client saw messages still on their way here) waits
                     // for them rather than being refused.
@@ -189,7 +189,7 @@ impl Requests {
                 if self.forbidden(&topic) {
                     forbidden_reply(refused, reference, "reading", &topic)
                 } else {
-                    self.recall.recall(&topic).await;
+                    self.recall.recall(&topic, since).await;
                     match self.local.page(&topic, since, limit) {
                         Ok(page) => {
                             protocol::history(reference, page.head, &page.messages, page.recovered)

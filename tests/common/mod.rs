@@ -2,6 +2,7 @@
 //! real processes) and real clients.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod kube_api;
 pub mod otlp;
 pub mod pki;

@@ -51,6 +51,7 @@ use self::reader::Reader;
 use self::writer::{LogBounds, Queued, Writer};
 use super::intake::Intake;
 use super::{Broadcast, Identity, PeerInfo};
+use crate::history::Since;
 use crate::local::Recall;
 use crate::message::{Draft, Epoch, Message, NodeId, Position};
 use crate::presence::Presence;
@@ -193,15 +194,17 @@ impl Redis {
     }
 
     /// Reads what Redis holds of `topic` into this pod's history, when this
-    /// pod knows nothing of it.
-    async fn fill(&self, topic: &Topic) {
+    /// pod knows nothing of it, or its log does not reach back to `since`.
+    async fn fill(&self, topic: &Topic, since: Option<Position>) {
         let inner = &*self.inner;
         let local = inner.intake.local();
-        if local
-            .history()
-            .read(topic, |log| log.head().epoch.is_some())
-            .unwrap_or(false)
-        {
+        let answers = local.history().read(topic, |log| {
+            log.head().epoch.is_some()
+                && since.is_none_or(|since| {
+                    !matches!(log.since_at_most(topic, since, 0), Ok(Since::Lost))
+                })
+        });
+        if answers == Some(true) {
             return;
         }
         let Some(mut connection) = inner.link.connection() else {
@@ -275,8 +278,8 @@ impl Relay for Redis {
 }
 
 impl Recall for Redis {
-    fn recall<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, ()> {
-        Box::pin(self.fill(topic))
+    fn recall<'a>(&'a self, topic: &'a Topic, since: Option<Position>) -> BoxFuture<'a, ()> {
+        Box::pin(self.fill(topic, since))
     }
 }
 
