@@ -1,4 +1,5 @@
-//! Presence across pods as processes on 127.0.0.1-3 (static discovery): who
+//! Presence across pods as processes on 127.0.0.1-3, on the mesh (static
+//! discovery) and on Redis alike: who
 //! is in a topic is the same on every pod, leaves reach every pod when a user
 //! closes, when their pod is killed (within a stated bound) and when it
 //! drains; a restarted pod or a flapping link brings no duplicates and no
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::PATIENCE;
+use common::backend::Backend;
 use common::process::{Ports, Process};
 use common::user::{Ending, User};
 use herald::proto::v1::publisher_client::PublisherClient;
@@ -26,9 +28,11 @@ const SECRET: &str = "a test-only presence secret";
 const ROOM: &str = "room:1";
 
 /// How long after a SIGKILL every survivor has dropped the killed pod's
-/// users: the peer grace (3 s, three keepalive intervals) plus a flush
-/// (100 ms) and the time to notice the closed connection, with room for a
-/// busy test machine. docs/presence.md states the bound.
+/// users: on the mesh the peer grace (3 s, three keepalive intervals), on
+/// Redis the silence before a pod is taken for down and its grace (2 s and
+/// 0.5 s, checked every 0.5 s), plus a flush (100 ms) and the time to
+/// notice, with room for a busy test machine. docs/presence.md states the
+/// bounds.
 const KILL_BOUND: Duration = Duration::from_secs(5);
 
 struct Secret {
@@ -59,32 +63,30 @@ fn token(sub: &str, profile: Value) -> String {
 }
 
 /// `herald serve` flags of a pod with presence on `room:*` and `user:*`,
-/// `info` from the `profile` claim, and `peers` as its static peer list.
-fn flags(secret: &Secret, peers: &[String], extra: &[&str]) -> Vec<String> {
+/// `info` from the `profile` claim, in the group `group` names.
+fn flags(secret: &Secret, group: Vec<String>, extra: &[&str]) -> Vec<String> {
     let mut flags = vec![
         "--auth=jwt".to_owned(),
         format!("--jwt-secret-file={}", secret.path.display()),
         "--presence-topics=room:*,user:*".to_owned(),
         "--presence-info-claim=profile".to_owned(),
-        "--discovery=static".to_owned(),
-        format!("--peers={}", peers.join(",")),
     ];
+    flags.extend(group);
     flags.extend(extra.iter().map(|f| (*f).to_owned()));
     flags
 }
 
-fn peer_list(ips: &[&str], ports: Ports) -> Vec<String> {
-    ips.iter()
-        .map(|ip| format!("{ip}:{}", ports.peer))
-        .collect()
-}
-
-async fn cluster(secret: &Secret, ips: &[&str], extra: &[&str]) -> (Ports, Vec<Process>) {
+async fn cluster(
+    secret: &Secret,
+    backend: &Backend,
+    ips: &[&str],
+    extra: &[&str],
+) -> (Ports, Vec<Process>) {
     let ports = Ports::free_on(ips);
-    let peers = peer_list(ips, ports);
+    let flags = flags(secret, backend.flags(ips, ports), extra);
     let pods: Vec<Process> = ips
         .iter()
-        .map(|ip| Process::spawn(ip, ports, &flags(secret, &peers, extra), &[]))
+        .map(|ip| Process::spawn(ip, ports, &flags, &[]))
         .collect();
     for pod in &pods {
         pod.wait_ready().await;
@@ -191,10 +193,12 @@ async fn event_for(watcher: &mut User, op: &str, sub: &str) -> Value {
     }
 }
 
-#[tokio::test]
-async fn users_on_three_pods_are_listed_alike_by_every_pod_soon_after_their_subscribe() {
+on_both_backends!(users_on_three_pods_are_listed_alike_by_every_pod_soon_after_their_subscribe);
+async fn users_on_three_pods_are_listed_alike_by_every_pod_soon_after_their_subscribe(
+    backend: Backend,
+) {
     let secret = secret();
-    let (_, pods) = cluster(&secret, &IPS, &[]).await;
+    let (_, pods) = cluster(&secret, &backend, &IPS, &[]).await;
     let names = ["ada", "bob", "cy"];
     let mut users = Vec::new();
     for (pod, name) in pods.iter().zip(names) {
@@ -273,10 +277,10 @@ async fn users_on_three_pods_are_listed_alike_by_every_pod_soon_after_their_subs
     }
 }
 
-#[tokio::test]
-async fn a_user_who_closes_their_socket_leaves_every_pod_with_a_leave_event() {
+on_both_backends!(a_user_who_closes_their_socket_leaves_every_pod_with_a_leave_event);
+async fn a_user_who_closes_their_socket_leaves_every_pod_with_a_leave_event(backend: Backend) {
     let secret = secret();
-    let (_, pods) = cluster(&secret, &IPS, &[]).await;
+    let (_, pods) = cluster(&secret, &backend, &IPS, &[]).await;
     let mut watchers = Vec::new();
     for (i, pod) in pods.iter().enumerate() {
         watchers.push(join(pod, &format!("watcher{i}"), true).await);
@@ -299,10 +303,10 @@ async fn a_user_who_closes_their_socket_leaves_every_pod_with_a_leave_event() {
     }
 }
 
-#[tokio::test]
-async fn a_sigkilled_pods_users_leave_every_survivor_within_the_stated_bound() {
+on_both_backends!(a_sigkilled_pods_users_leave_every_survivor_within_the_stated_bound);
+async fn a_sigkilled_pods_users_leave_every_survivor_within_the_stated_bound(backend: Backend) {
     let secret = secret();
-    let (_, pods) = cluster(&secret, &IPS, &[]).await;
+    let (_, pods) = cluster(&secret, &backend, &IPS, &[]).await;
     let mut watchers = vec![
         join(&pods[0], "watcher0", true).await,
         join(&pods[1], "watcher1", true).await,
@@ -383,22 +387,27 @@ impl Proxy {
     }
 }
 
-#[tokio::test]
-async fn a_flapping_link_or_a_restarted_pod_brings_no_duplicates_and_no_phantom_joins() {
+on_both_backends!(a_flapping_link_or_a_restarted_pod_brings_no_duplicates_and_no_phantom_joins);
+async fn a_flapping_link_or_a_restarted_pod_brings_no_duplicates_and_no_phantom_joins(
+    backend: Backend,
+) {
     let secret = secret();
     let ips = &IPS[..2];
     let ports = Ports::free_on(ips);
-    let [a, b] = [0, 1].map(|i| format!("{}:{}", ips[i], ports.peer));
-    // Pod b reaches pod a through the proxy: b's stream to a (which carries
-    // b's presence to a) flaps when the proxy cuts.
-    let proxy = Proxy::to(a.clone()).await;
+    // Pod b reaches pod a (mesh), or Redis, through the proxy: the link
+    // that carries b's presence to a flaps when the proxy cuts.
+    let proxy = Proxy::to(backend.first_link(ips, ports)).await;
     let pod_a = Process::spawn(
         ips[0],
         ports,
-        &flags(&secret, &[a.clone(), b.clone()], &[]),
+        &flags(&secret, backend.flags(ips, ports), &[]),
         &[],
     );
-    let b_flags = flags(&secret, &[proxy.address.clone(), b.clone()], &[]);
+    let b_flags = flags(
+        &secret,
+        backend.flags_through(ips, ports, &proxy.address),
+        &[],
+    );
     let mut pod_b = Process::spawn(ips[1], ports, &b_flags, &[]);
     pod_a.wait_ready().await;
     pod_b.wait_ready().await;
@@ -414,8 +423,9 @@ async fn a_flapping_link_or_a_restarted_pod_brings_no_duplicates_and_no_phantom_
     let before = presence(&mut probe, ROOM).await;
     assert_eq!(subs(&before), ["hal", "ivy", "watcher"]);
 
-    // The flap: b's stream breaks and b dials again at once.
-    let reconnects = |pod: &Process| pod.logs().matches("peer stream up again").count();
+    // The flap: b's link breaks and b dials again at once.
+    let relinked = backend.relinked_log();
+    let reconnects = |pod: &Process| pod.logs().matches(relinked).count();
     let before_cut = reconnects(&pod_b);
     proxy.cut();
     let deadline = Instant::now() + PATIENCE;
@@ -483,11 +493,13 @@ async fn a_flapping_link_or_a_restarted_pod_brings_no_duplicates_and_no_phantom_
     eprintln!("a restarted pod's users showed again {shown:?} after it was started again");
 }
 
-#[tokio::test]
-async fn a_drained_pods_users_leave_as_they_are_closed_and_join_where_they_reconnect() {
+on_both_backends!(a_drained_pods_users_leave_as_they_are_closed_and_join_where_they_reconnect);
+async fn a_drained_pods_users_leave_as_they_are_closed_and_join_where_they_reconnect(
+    backend: Backend,
+) {
     let secret = secret();
     let ips = &IPS[..2];
-    let (_, mut pods) = cluster(&secret, ips, &["--drain-window=3s"]).await;
+    let (_, mut pods) = cluster(&secret, &backend, ips, &["--drain-window=3s"]).await;
     let staying = pods.pop().expect("two pods");
     let mut draining = pods.pop().expect("two pods");
     let names = ["jo", "kim", "lee", "max", "ned", "oz", "pia", "quy"];
@@ -559,8 +571,8 @@ async fn a_drained_pods_users_leave_as_they_are_closed_and_join_where_they_recon
 async fn bad_presence_requests_get_their_documented_errors_and_the_pod_carries_on() {
     let secret = secret();
     let ports = Ports::free_on(&IPS[..1]);
-    let peers = peer_list(&IPS[..1], ports);
-    let pod = Process::spawn(IPS[0], ports, &flags(&secret, &peers, &[]), &[]);
+    let alone = Backend::mesh().flags(&IPS[..1], ports);
+    let pod = Process::spawn(IPS[0], ports, &flags(&secret, alone, &[]), &[]);
     pod.wait_ready().await;
     let mut user = connect(&pod, "ned").await;
     let error = |code: &str, r#ref: &str| json!({"code": code, "ref": r#ref});
@@ -692,12 +704,12 @@ async fn bad_presence_requests_get_their_documented_errors_and_the_pod_carries_o
 async fn a_burst_of_joins_past_the_limit_reaches_a_listener_as_a_presence_reset_not_as_joins() {
     let secret = secret();
     let ports = Ports::free_on(&IPS[..1]);
-    let peers = peer_list(&IPS[..1], ports);
+    let alone = Backend::mesh().flags(&IPS[..1], ports);
     let extra = [
         "--max-connection-rate-per-ip=0",
         "--max-connection-rate=10000",
     ];
-    let pod = Process::spawn(IPS[0], ports, &flags(&secret, &peers, &extra), &[]);
+    let pod = Process::spawn(IPS[0], ports, &flags(&secret, alone, &extra), &[]);
     pod.wait_ready().await;
     let mut watcher = join(&pod, "watcher", true).await;
     const BURST: usize = 150;

@@ -74,6 +74,34 @@ impl Backend {
         }
     }
 
+    /// The link the first pod's peers (mesh) or every pod (Redis) dial:
+    /// the first pod's peer port, or Redis.
+    pub fn first_link(&self, ips: &[&str], ports: Ports) -> String {
+        match self {
+            Self::Mesh => format!("{}:{}", ips[0], ports.peer),
+            Self::Redis(redis) => format!("127.0.0.1:{}", redis.port),
+        }
+    }
+
+    /// [`flags`](Self::flags) for a pod that reaches [`first_link`](Self::first_link)
+    /// through `via` instead.
+    pub fn flags_through(&self, ips: &[&str], ports: Ports, via: &str) -> Vec<String> {
+        let first = self.first_link(ips, ports);
+        self.flags(ips, ports)
+            .into_iter()
+            .map(|flag| flag.replace(&first, via))
+            .collect()
+    }
+
+    /// The log line a pod writes when a broken link to the group is up
+    /// again.
+    pub fn relinked_log(&self) -> &'static str {
+        match self {
+            Self::Mesh => "peer stream up again",
+            Self::Redis(_) => "subscribed to the cluster's channels",
+        }
+    }
+
     /// The log line a pod writes when it first hears of another.
     pub fn joined_log(&self) -> &'static str {
         match self {

@@ -14,7 +14,7 @@
 //!
 //! Frames go out through the writer's bounded queue; a frame that does not
 //! fit marks the state owed, and the next beat sends the whole state
-//! instead, so a lost delta heals within a second.
+//! instead, so a lost delta heals within half a second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,11 +33,11 @@ use crate::message::NodeId;
 use crate::presence::Presence;
 use crate::proto::v1::{Beat, BusFrame, Gone, StateRequest, bus_frame, peer_frame};
 
-/// How often a pod says it is alive.
-pub const BEAT: Duration = Duration::from_secs(1);
+/// How often a pod says it is alive (and checks who went silent).
+pub const BEAT: Duration = Duration::from_millis(500);
 
-/// How long a pod may go unheard before it is taken for down.
-pub const SILENCE: Duration = Duration::from_millis(2500);
+/// How long a pod may go unheard before it is taken for down: four beats.
+pub const SILENCE: Duration = Duration::from_secs(2);
 
 /// How long a pod taken for down keeps its presence entries: the silence
 /// already waited for it, so about one more check.
