@@ -501,6 +501,7 @@ fn start_redis(
         max_message_bytes,
         ready_timeout: cluster.peer_ready_timeout,
         bounds,
+        counters: parts.counters.clone(),
     };
     let intake = Intake::new(parts.local.clone(), max_message_bytes);
     Ok(Redis::start(

@@ -307,6 +307,11 @@ fn register(meter: &Meter, sources: Sources) {
         |s| read(&s.counters.peer_reconnects),
     );
     counter(
+        "herald_redis_refused_total",
+        "Publishes refused because Redis could not take them: its queue was full, or it was unreachable or failed (--broadcast redis).",
+        |s| read(&s.counters.redis_refused),
+    );
+    counter(
         "herald_peer_bytes_sent_total",
         "Bytes of peer-wire frames written to other pods after the handshake.",
         |s| read(&s.counters.peer_bytes_sent),

@@ -85,10 +85,13 @@ pub enum PublishError {
         /// What is wrong with it.
         source: Box<PublishError>,
     },
-    /// The topic's sequencer did not answer in time (it may have gone):
-    /// the message may or may not have been published; retry with the
-    /// same idempotency key to be sure it is published once.
-    #[error("the pod that orders topic {0} did not confirm the message in time; retry")]
+    /// The topic's sequencer (a pod, or Redis) did not answer in time (it
+    /// may have gone) or could not be reached: the message may or may not
+    /// have been published; retry with the same idempotency key to be sure
+    /// it is published once.
+    #[error(
+        "what orders topic {0} (its sequencer pod, or Redis) did not confirm the message; retry"
+    )]
     Unconfirmed(Topic),
 }
 

@@ -118,6 +118,9 @@ pub struct Counters {
     pub peer_queue_drops: AtomicU64,
     /// Peer streams re-established after a break.
     pub peer_reconnects: AtomicU64,
+    /// Publishes refused because Redis could not take them (its queue was
+    /// full, or it was unreachable or failed).
+    pub redis_refused: AtomicU64,
     /// Bytes of peer-wire frames written to other pods (after the
     /// handshake): what the cluster's traffic costs this pod.
     pub peer_bytes_sent: AtomicU64,

@@ -10,18 +10,17 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::PATIENCE;
 use common::backend::Backend;
 use common::process::{Ports, Process};
+use common::proxy::Proxy;
 use common::user::{Ending, User};
 use herald::proto::v1::publisher_client::PublisherClient;
 use herald::proto::v1::{PresenceRequest, PresenceStatsRequest, UserPresenceRequest};
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
 
 const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
 const SECRET: &str = "a test-only presence secret";
@@ -347,43 +346,6 @@ async fn a_sigkilled_pods_users_leave_every_survivor_within_the_stated_bound(bac
             subs(&presence(&mut probe, ROOM).await),
             ["watcher0", "watcher1"]
         );
-    }
-}
-
-/// A TCP proxy whose connections can be cut all at once: a link through it
-/// flaps.
-struct Proxy {
-    address: String,
-    cut: Arc<tokio::sync::Notify>,
-}
-
-impl Proxy {
-    async fn to(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let address = listener.local_addr().expect("bound").to_string();
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let notify = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let target = target.clone();
-                let notify = notify.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        () = notify.notified() => {}
-                    }
-                });
-            }
-        });
-        Self { address, cut }
-    }
-
-    /// Ends every connection through the proxy now.
-    fn cut(&self) {
-        self.cut.notify_waiters();
     }
 }
 

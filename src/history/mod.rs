@@ -251,10 +251,11 @@ impl History {
         &self,
         node: crate::message::NodeId,
     ) -> Vec<(Topic, crate::message::Position)> {
-        self.heads_where(|log| log.sequencer() == Some(node))
+        self.heads_where(|log| log.sequencer() == Some(node) && log.head().epoch.is_some())
     }
 
-    /// Every topic with a head, and its head: what a pod that missed
+    /// Every topic this pod holds a log of (one it only has subscribers
+    /// for has a head of nothing yet), and its head: what a pod that missed
     /// messages checks against the group's.
     pub fn heads(&self) -> Vec<(Topic, crate::message::Position)> {
         self.heads_where(|_| true)
@@ -268,7 +269,7 @@ impl History {
                 shard
                     .logs
                     .iter()
-                    .filter(|(_, log)| log.head().epoch.is_some() && keep(log))
+                    .filter(|(_, log)| keep(log))
                     .map(|(topic, log)| (topic.clone(), log.head())),
             );
         }

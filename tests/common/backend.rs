@@ -119,10 +119,12 @@ impl Backend {
     }
 }
 
-/// A `redis-server` on 127.0.0.1 with no persistence, killed on drop.
+/// A `redis-server` on 127.0.0.1 (no persistence unless its arguments ask
+/// for it), killed on drop.
 pub struct RedisServer {
     /// Its port.
     pub port: u16,
+    args: Vec<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
@@ -130,17 +132,28 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// [`start`](Self::start) with extra `redis-server` arguments, kept for
+    /// its restarts.
+    pub async fn start_with(args: &[&str]) -> Self {
+        let mut server = Self::reserve(args);
+        server.up().await;
+        server
+    }
+
+    /// One on a free port, not started yet.
+    pub fn reserve(args: &[&str]) -> Self {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
         let port = probe.local_addr().expect("bound").port();
         drop(probe);
-        let mut server = Self {
+        Self {
             port,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
             dir: tempfile::tempdir().expect("temp dir"),
-        };
-        server.spawn(&[]);
-        server.wait_up().await;
-        server
+        }
     }
 
     /// `redis://127.0.0.1:port`.
@@ -148,7 +161,12 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Kills it (SIGKILL): whatever it held is gone.
+    /// `127.0.0.1:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL): what it did not persist is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -156,67 +174,62 @@ impl RedisServer {
         }
     }
 
-    /// Starts it again on the same port, empty, with extra `args`.
-    pub async fn restart(&mut self, args: &[&str]) {
+    /// Kills it and starts it again on the same port and directory: empty,
+    /// unless its arguments persist data.
+    pub async fn restart(&mut self) {
         self.kill();
-        self.spawn(args);
-        self.wait_up().await;
+        self.up().await;
     }
 
-    /// Sends one command (inline form) and returns the first line of the
-    /// reply.
-    pub async fn command(&self, line: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .expect("redis answers");
-        stream
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .expect("written");
-        let mut reply = vec![0; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply))
-            .await
-            .expect("a reply in time")
-            .expect("read");
-        String::from_utf8_lossy(&reply[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    }
-
-    fn spawn(&mut self, args: &[&str]) {
+    /// Starts it (it is not running) and waits until it answers.
+    pub async fn up(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
         let child = Command::new(binary())
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
-            .args(args)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-    }
-
-    async fn wait_up(&self) {
         let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
-                let mut pong = [0; 7];
-                if stream.write_all(b"PING\r\n").await.is_ok()
-                    && stream.read_exact(&mut pong).await.is_ok()
-                    && &pong == b"+PONG\r\n"
-                {
-                    return;
-                }
-            }
+        while self.command("PING").await.as_deref() != Some("+PONG") {
             assert!(Instant::now() < deadline, "redis-server never answered");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Sends one command (inline form) and returns the first line of the
+    /// reply, or `None` if the server does not answer.
+    pub async fn command(&self, line: &str) -> Option<String> {
+        command_at(self.port, line.to_owned()).await
+    }
+}
+
+/// Sends one command (inline form) to the Redis on 127.0.0.1:`port` and
+/// returns the first line of the reply, or `None` if nothing answers.
+pub async fn command_at(port: u16, line: String) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut reply = vec![0; 4096];
+        let n = stream.read(&mut reply).await.ok()?;
+        let text = String::from_utf8_lossy(&reply[..n]).into_owned();
+        text.lines().next().map(str::to_owned)
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 impl Drop for RedisServer {

@@ -8,6 +8,7 @@ pub mod otlp;
 pub mod pki;
 pub mod pod;
 pub mod process;
+pub mod proxy;
 pub mod user;
 
 /// How long any single expectation may take before a test fails.

@@ -24,8 +24,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one reply: past it the connection counts as broken.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// First and longest wait between connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// First and longest wait between connection attempts (the subscription's
+/// too): short enough that pods are back within two seconds of Redis.
+pub const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
 /// A handle to the command connection. Clones share it.
 #[derive(Clone)]
@@ -90,6 +91,21 @@ impl Link {
     /// The connection, if it is up.
     pub fn connection(&self) -> Option<MultiplexedConnection> {
         self.state().connection.clone()
+    }
+
+    /// The connection, waiting up to `patience` for it to come up (the
+    /// subscription may come back before it after a break).
+    pub async fn connection_within(&self, patience: Duration) -> Option<MultiplexedConnection> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if let Some(connection) = self.connection() {
+                return Some(connection);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A command failed with `error`: if the connection itself failed it is

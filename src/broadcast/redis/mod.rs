@@ -57,6 +57,7 @@ use crate::message::{Draft, Epoch, Message, NodeId, Position};
 use crate::presence::Presence;
 use crate::proto::v1::peer_frame;
 use crate::publish::{Relay, Route};
+use crate::stats::{self, Counters};
 use crate::topic::Topic;
 
 /// Presence frames queued for Redis before the whole state is owed
@@ -100,6 +101,8 @@ pub struct Settings {
     pub ready_timeout: Duration,
     /// What each topic's log in Redis keeps.
     pub bounds: LogBounds,
+    /// Where refused publishes are counted.
+    pub counters: Arc<Counters>,
 }
 
 /// A handle to the backend. Clones share it.
@@ -116,6 +119,7 @@ struct Inner {
     members: Members,
     drafts: mpsc::Sender<Draft>,
     queued: Arc<Queued>,
+    counters: Arc<Counters>,
     up: Arc<AtomicBool>,
     settled: Arc<AtomicBool>,
     started: Instant,
@@ -159,6 +163,7 @@ impl Redis {
             local: intake.local().clone(),
             bounds: settings.bounds,
             queued: queued.clone(),
+            counters: settings.counters.clone(),
         };
         tracker.spawn(
             writer
@@ -184,6 +189,7 @@ impl Redis {
                 members,
                 drafts: drafts_tx,
                 queued,
+                counters: settings.counters,
                 up,
                 settled,
                 started: Instant::now(),
@@ -265,14 +271,17 @@ impl Relay for Redis {
         false
     }
 
+    /// Queues `draft` for Redis, unless this pod cannot hear Redis now
+    /// (its publish would never come back to answer the publisher) or the
+    /// queue is full.
     fn submit(&self, draft: Draft) -> bool {
         let inner = &*self.inner;
         inner.queued.drafts.fetch_add(1, Ordering::AcqRel);
-        if inner.drafts.try_send(draft).is_ok() {
+        if inner.up.load(Ordering::Acquire) && inner.drafts.try_send(draft).is_ok() {
             return true;
         }
         inner.queued.drafts.fetch_sub(1, Ordering::AcqRel);
-        inner.queued.dropped.fetch_add(1, Ordering::Relaxed);
+        stats::add(&inner.counters.redis_refused, 1);
         false
     }
 }
@@ -302,7 +311,7 @@ impl Broadcast for Redis {
         let redis = PeerInfo {
             address: format!("redis {}", status.address),
             connected: status.connected && inner.up.load(Ordering::Acquire),
-            dropped: inner.queued.dropped.load(Ordering::Relaxed),
+            dropped: inner.counters.redis_refused.load(Ordering::Relaxed),
             connects: status.connects,
             last_error: status.last_error,
         };

@@ -25,7 +25,7 @@ use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::{Keys, stamped};
-use super::link::{CONNECT_TIMEOUT, Link};
+use super::link::{BACKOFF, CONNECT_TIMEOUT, Link, RESPONSE_TIMEOUT};
 use super::members::Members;
 use super::store;
 use crate::broadcast::intake::{Batch, Intake};
@@ -68,12 +68,14 @@ enum Broke {
     Timeout(Duration),
     #[error("Redis closed the subscription")]
     Closed,
+    #[error("no command connection to read missed messages with")]
+    NoLink,
 }
 
 impl Reader {
     /// Keeps the subscription up until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = Backoff::new(BACKOFF.0, BACKOFF.1);
         loop {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
@@ -104,7 +106,7 @@ impl Reader {
         pubsub.subscribe(&[&messages, &presence]).await?;
         let mut stream = pubsub.into_on_message();
         self.members.listening();
-        self.catch_up().await;
+        self.catch_up().await?;
         self.up.store(true, Ordering::Release);
         self.settled.store(true, Ordering::Release);
         tracing::info!(redis = %self.link.address(), "subscribed to the cluster's channels");
@@ -152,9 +154,9 @@ impl Reader {
     }
 
     /// The kept messages of `topic` from `from` to `to`, or none if Redis
-    /// cannot say now.
+    /// cannot say now (the topic's subscribers then hear of a gap).
     async fn read(&self, topic: &Topic, from: u64, to: Option<u64>) -> Vec<Envelope> {
-        let Some(mut connection) = self.link.connection() else {
+        let Some(mut connection) = self.link.connection_within(RESPONSE_TIMEOUT).await else {
             return Vec::new();
         };
         match store::range(&mut connection, &self.keys, topic, from, to).await {
@@ -168,22 +170,25 @@ impl Reader {
 
     /// Checks every topic this pod knows against Redis: delivers what was
     /// missed, and tells subscribers of a topic whose order Redis lost.
-    async fn catch_up(&self) {
+    /// Fails (and the subscription is made again) when Redis cannot be
+    /// asked: nothing is read live before the topics are checked.
+    async fn catch_up(&self) -> Result<(), Broke> {
         let local = self.intake.local();
         let known = local.history().heads();
-        let Some(mut connection) = self.link.connection() else {
-            return;
-        };
+        if known.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self
+            .link
+            .connection_within(CONNECT_TIMEOUT)
+            .await
+            .ok_or(Broke::NoLink)?;
         let mut behind = 0;
         for chunk in known.chunks(CHECK_BATCH) {
             let topics: Vec<Topic> = chunk.iter().map(|(topic, _)| topic.clone()).collect();
-            let heads = match store::heads(&mut connection, &self.keys, &topics).await {
-                Ok(heads) => heads,
-                Err(error) => {
-                    self.link.failed(&error);
-                    return;
-                }
-            };
+            let heads = store::heads(&mut connection, &self.keys, &topics)
+                .await
+                .inspect_err(|error| self.link.failed(error))?;
             for ((topic, here), there) in chunk.iter().zip(heads) {
                 let Some((epoch, offset)) = there else {
                     continue;
@@ -191,14 +196,22 @@ impl Reader {
                 let Some(epoch) = Epoch::from_u64(epoch) else {
                     continue;
                 };
-                if here.epoch != Some(epoch) {
+                let from = match here.epoch {
+                    // Subscribers who stood at "nothing yet" get the topic
+                    // from its start.
+                    None => 1,
+                    Some(known) if known == epoch => here.offset + 1,
                     // Redis lost the order this pod knew: what follows is
                     // of a new epoch.
-                    local.skip_to(topic, Position::at(epoch, offset));
-                } else if offset > here.offset {
+                    Some(_) => {
+                        local.skip_to(topic, Position::at(epoch, offset));
+                        continue;
+                    }
+                };
+                if offset >= from {
                     behind += 1;
                     let mut run = Run::new(&self.intake);
-                    for missed in self.read(topic, here.offset + 1, None).await {
+                    for missed in self.read(topic, from, None).await {
                         run.push(missed);
                     }
                     run.batch.flush();
@@ -211,6 +224,7 @@ impl Reader {
                 "caught up on messages published while unsubscribed"
             );
         }
+        Ok(())
     }
 }
 

@@ -2,8 +2,8 @@
 //! burst costs one round trip) and presence frames to publish, each from
 //! its own bounded queue, on the shared command connection.
 //!
-//! A draft queue that is full refuses the publish at once (counted as
-//! dropped); so does a draft that finds no connection, or whose pipeline
+//! A draft queue that is full refuses the publish at once (counted in
+//! `herald_redis_refused_total`); so does a draft that finds no connection, or whose pipeline
 //! fails: the publisher is told it is unconfirmed and may retry with its
 //! idempotency key. A numbered draft's publish is answered when its
 //! message comes back on the subscription (so the publishing pod holds it
@@ -11,7 +11,7 @@
 //! used before.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use super::keys::{Keys, draft_bytes, fresh_epoch, number_script};
 use super::link::Link;
 use crate::local::{KEY_WINDOW, Local, Receipt};
 use crate::message::{Draft, Epoch, MessageId, NodeId, Stamp};
+use crate::stats::{self, Counters};
 
 /// Most drafts numbered in one pipeline.
 const BATCH: usize = 256;
@@ -33,8 +34,6 @@ const BATCH: usize = 256;
 pub struct Queued {
     /// Drafts queued or being numbered.
     pub drafts: AtomicUsize,
-    /// Drafts refused because the queue was full, or Redis unreachable.
-    pub dropped: AtomicU64,
     /// Presence frames queued or being published.
     pub frames: AtomicUsize,
 }
@@ -67,6 +66,8 @@ pub struct Writer {
     pub bounds: LogBounds,
     /// Counters shared with the handle.
     pub queued: Arc<Queued>,
+    /// Where refused publishes are counted.
+    pub counters: Arc<Counters>,
 }
 
 impl Writer {
@@ -179,9 +180,7 @@ impl Writer {
             why,
             "publishes refused: Redis did not number them"
         );
-        self.queued
-            .dropped
-            .fetch_add(drafts.len() as u64, Ordering::Relaxed);
+        stats::add(&self.counters.redis_refused, drafts.len() as u64);
         for draft in drafts {
             self.local.forget(draft.id);
         }
