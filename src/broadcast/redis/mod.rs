@@ -5,14 +5,14 @@
 //! ```text
 //!   publish ──draft──▶ writer ──EVALSHA (pipelined)──▶ Redis: number, log, PUBLISH
 //!                                                         │ messages channel
-//!   local ◀── intake ◀── reader (gaps filled from the log) ◀┘ (every pod, one order)
+//!   local ◀── intake ◀── reader (after a break: missed ones from the log) ◀┘ (every pod, one order)
 //!   presence ◀─▶ members ◀──────── presence channel ────────▶ every pod
 //! ```
 //!
 //! - [`keys`]: what Redis holds and the numbering script.
 //! - [`link`]: the shared command connection, dialled again when it breaks.
 //! - [`writer`]: drafts to number and presence frames to publish.
-//! - [`reader`]: the subscription, with missed messages read back.
+//! - [`reader`]: the subscription, and what it missed read back.
 //! - [`store`]: reads of a topic's head and log.
 //! - [`members`]: the other pods, heard through beats, and presence.
 //!
@@ -20,9 +20,10 @@
 //! same on every pod; a publish returns once Redis numbered and logged the
 //! message and it came back to the publishing pod; while Redis is
 //! unreachable publishes are refused at once and users keep their
-//! connections and what this pod holds; a pod that missed messages reads
-//! them back from the topic's log, and what the log no longer holds (or a
-//! Redis that lost its data: a new epoch) reaches subscribers as a gap.
+//! connections and what this pod holds; a pod whose subscription broke
+//! reads what it missed from the topics' logs before it reads on, and what
+//! the log no longer holds (or a Redis that lost its data: a new epoch)
+//! reaches subscribers as a gap.
 
 pub mod keys;
 pub mod link;

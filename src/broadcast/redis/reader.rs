@@ -1,21 +1,19 @@
 //! The subscription: every numbered message and presence frame from Redis,
 //! delivered here in the order Redis published them.
 //!
-//! Messages that arrive together are delivered together. A message that
-//! does not follow the head this pod holds of its topic (a message was
-//! lost on the way: the subscription broke, or Redis dropped this pod for
-//! reading too slowly) waits while the missing offsets are read from the
-//! topic's log in Redis and delivered first; what the log no longer holds
-//! reaches the topic's subscribers as a `gap`. When the subscription comes
-//! (back) up, every topic this pod knows is checked against Redis before
-//! anything else is read, so messages published while it was down are
-//! delivered in their place, and a topic whose order Redis lost (a new
-//! epoch) is reported as a gap.
+//! Messages that arrive together are delivered together. A subscription
+//! loses nothing while it is up (Redis sends one connection's messages in
+//! order, and drops a subscriber that reads too slowly rather than skip
+//! messages for it), so messages are missed only while it is down. When it
+//! comes (back) up, every topic this pod holds a log of is checked against
+//! Redis before anything else is read: messages published meanwhile are
+//! read from the topic's log and delivered in their place, what the log no
+//! longer holds reaches the topic's subscribers as a `gap`, and a topic
+//! whose order Redis lost (a new epoch) is reported as a gap too.
 //!
 //! A subscription that hears nothing for [`QUIET_LIMIT`] (not even this
 //! pod's own beat) counts as broken and is dialled again.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,7 +26,7 @@ use super::keys::{Keys, stamped};
 use super::link::{BACKOFF, CONNECT_TIMEOUT, Link, RESPONSE_TIMEOUT};
 use super::members::Members;
 use super::store;
-use crate::broadcast::intake::{Batch, Intake};
+use crate::broadcast::intake::Intake;
 use crate::cluster::backoff::Backoff;
 use crate::message::{Epoch, Position};
 use crate::proto::v1::Envelope;
@@ -115,14 +113,14 @@ impl Reader {
                 .await
                 .map_err(|_| Broke::Timeout(QUIET_LIMIT))?
                 .ok_or(Broke::Closed)?;
-            let mut run = Run::new(&self.intake);
+            let mut batch = self.intake.batch();
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(msg) = next {
                 let payload = msg.get_payload_bytes();
                 if msg.get_channel_name() == messages {
                     match stamped(payload) {
-                        Ok(envelope) => self.take(&mut run, envelope).await,
+                        Ok(envelope) => batch.push(&envelope),
                         Err(error) => {
                             tracing::warn!(%error, "dropping an unreadable message from Redis")
                         }
@@ -137,29 +135,17 @@ impl Reader {
                     None
                 };
             }
-            run.batch.flush();
+            batch.flush();
         }
     }
 
-    /// Adds `envelope` to `run`, after the messages it would skip.
-    async fn take(&self, run: &mut Run<'_>, envelope: Envelope) {
-        if let Some((topic, from)) = run.missing_before(&envelope) {
-            run.batch.flush();
-            let to = envelope.offset - 1;
-            for missed in self.read(&topic, from, Some(to)).await {
-                run.push(missed);
-            }
-        }
-        run.push(envelope);
-    }
-
-    /// The kept messages of `topic` from `from` to `to`, or none if Redis
+    /// The kept messages of `topic` from `from` on, or none if Redis
     /// cannot say now (the topic's subscribers then hear of a gap).
-    async fn read(&self, topic: &Topic, from: u64, to: Option<u64>) -> Vec<Envelope> {
+    async fn read(&self, topic: &Topic, from: u64) -> Vec<Envelope> {
         let Some(mut connection) = self.link.connection_within(RESPONSE_TIMEOUT).await else {
             return Vec::new();
         };
-        match store::range(&mut connection, &self.keys, topic, from, to).await {
+        match store::range(&mut connection, &self.keys, topic, from).await {
             Ok(missed) => missed,
             Err(error) => {
                 self.link.failed(&error);
@@ -210,11 +196,11 @@ impl Reader {
                 };
                 if offset >= from {
                     behind += 1;
-                    let mut run = Run::new(&self.intake);
-                    for missed in self.read(topic, from, None).await {
-                        run.push(missed);
+                    let mut batch = self.intake.batch();
+                    for missed in self.read(topic, from).await {
+                        batch.push(&missed);
                     }
-                    run.batch.flush();
+                    batch.flush();
                 }
             }
         }
@@ -225,47 +211,5 @@ impl Reader {
             );
         }
         Ok(())
-    }
-}
-
-/// Messages taken off the subscription and not delivered yet, with the
-/// head each of their topics will have.
-struct Run<'a> {
-    batch: Batch<'a>,
-    intake: &'a Intake,
-    heads: HashMap<String, (u64, u64)>,
-}
-
-impl<'a> Run<'a> {
-    fn new(intake: &'a Intake) -> Self {
-        Self {
-            batch: intake.batch(),
-            intake,
-            heads: HashMap::new(),
-        }
-    }
-
-    fn push(&mut self, envelope: Envelope) {
-        self.heads
-            .insert(envelope.topic.clone(), (envelope.epoch, envelope.offset));
-        self.batch.push(&envelope);
-    }
-
-    /// The topic of `envelope` and the first offset missing before it,
-    /// when it does not follow its topic's head here (of the same epoch).
-    fn missing_before(&self, envelope: &Envelope) -> Option<(Topic, u64)> {
-        let topic = Topic::new(&envelope.topic).ok()?;
-        let (epoch, offset) = match self.heads.get(&envelope.topic) {
-            Some(head) => *head,
-            None => {
-                let head = self
-                    .intake
-                    .local()
-                    .history()
-                    .read(&topic, |log| log.head())?;
-                (head.epoch?.as_u64(), head.offset)
-            }
-        };
-        (epoch == envelope.epoch && envelope.offset > offset + 1).then_some((topic, offset + 1))
     }
 }

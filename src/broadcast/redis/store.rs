@@ -1,6 +1,6 @@
 //! Reads of what Redis keeps of a topic (see [`keys`](super::keys)): its
 //! head and newest messages, for a pod that knows nothing of the topic yet,
-//! and a range of offsets, for a pod that missed some.
+//! heads, and the messages from an offset on, for a pod that missed some.
 
 use redis::RedisError;
 use redis::aio::MultiplexedConnection;
@@ -77,21 +77,18 @@ pub async fn heads(
         .collect())
 }
 
-/// The kept messages of `topic` from offset `from` to `to` (both
-/// included; `None`: to the newest), oldest first. Fewer when some are no
-/// longer kept.
+/// The kept messages of `topic` from offset `from` to the newest, oldest
+/// first. Fewer when some are no longer kept.
 pub async fn range(
     connection: &mut MultiplexedConnection,
     keys: &Keys,
     topic: &Topic,
     from: u64,
-    to: Option<u64>,
 ) -> Result<Vec<Envelope>, RedisError> {
-    let end = to.map_or_else(|| "+".to_owned(), |to| format!("{to}-0"));
     let entries: Entries = redis::cmd("XRANGE")
         .arg(keys.log(topic))
         .arg(format!("{from}-0"))
-        .arg(end)
+        .arg("+")
         .query_async(connection)
         .await?;
     Ok(envelopes(entries))
