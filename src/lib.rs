@@ -6,7 +6,9 @@
 //! history, delivers it to its own WebSocket users and sends it once to
 //! every other pod; each of those keeps and delivers it in the same order.
 //! No broker sits in between: the pods are the broker, and every pod's
-//! history lets a user resume on any pod.
+//! history lets a user resume on any pod. With `--broadcast redis`, Redis
+//! numbers each topic and carries messages instead of the mesh; everything
+//! above the broadcast port stays the same.
 //!
 //! ```text
 //!   backend ──gRPC──▶ grpc ──┐                                ┌──▶ ws session ──▶ user
@@ -32,7 +34,11 @@
 //! - [`ws`]: the WebSocket gateway (`GET /ws`) and protocol v1.
 //! - [`auth`]: JWTs for WebSocket users, topic permissions, gRPC API tokens.
 //! - [`grpc`]: tonic adapters for the public API.
-//! - [`cluster`]: peer discovery and the pod-to-pod broadcast group.
+//! - [`broadcast`]: the port every broadcast backend implements, the checks
+//!   of what arrives from other pods, and the Redis backend
+//!   (`--broadcast redis`: Redis numbers each topic and carries it).
+//! - [`cluster`]: peer discovery and the pod-to-pod mesh, the default
+//!   backend.
 //! - [`http`]: the HTTP routers: `/ws`; `/healthz`, `/readyz`, `/metrics`.
 //! - [`assets`]: the browser files: `/herald.js` and the demo chat.
 //! - [`stats`], [`metrics`], [`telemetry`]: counters, their export, logs and
