@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::PATIENCE;
 use common::backend::{RedisServer, command_at};
+use common::pki::Pki;
 use common::process::{Ports, Process, http_get, sample};
 use common::proxy::Proxy;
 use common::user::User;
@@ -336,4 +337,96 @@ async fn a_failover_to_a_replica_keeps_every_position() {
         .resume(TOPIC, json!({"epoch": first.epoch, "offset": 1}))
         .await;
     assert_eq!(reply["recovered"], true, "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_redis_over_tls_with_the_password_from_a_file_and_a_wrong_one_is_a_clear_error()
+{
+    let pki = Pki::new("redis test CA");
+    let issued = pki.issue("redis", &["127.0.0.1"]);
+    let tls_port = RedisServer::reserve(&[]).port.to_string();
+    let files = [&issued.cert, &issued.key, &pki.ca_file()].map(|p| p.display().to_string());
+    let _redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &files[0],
+        "--tls-key-file",
+        &files[1],
+        "--tls-ca-cert-file",
+        &files[2],
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret hush",
+    ])
+    .await;
+    let password = |name: &str, text: &str| {
+        let path = pki.dir().join(name);
+        std::fs::write(&path, text).expect("written");
+        path.display().to_string()
+    };
+    let (right, wrong) = (
+        password("right", "s3cret hush\n"),
+        password("wrong", "guess\n"),
+    );
+    let ports = Ports::free_on(&IPS);
+    let flags = |file: &str| {
+        vec![
+            "--broadcast=redis".to_owned(),
+            format!("--redis-url=rediss://127.0.0.1:{tls_port}"),
+            format!("--redis-password-file={file}"),
+            "--peer-ready-timeout=1s".to_owned(),
+        ]
+    };
+    // The test CA is the only one the pods trust.
+    let trust = [("SSL_CERT_FILE", files[2].clone())];
+    let pods = [
+        Process::spawn(IPS[0], ports, &flags(&right), &trust),
+        Process::spawn(IPS[1], ports, &flags(&right), &trust),
+    ];
+    ready(&pods).await;
+    let mut user = User::connect(&pods[1].ws_url()).await;
+    user.subscribe(TOPIC).await;
+    publish_once_up(&pods[0], "1").await;
+    assert_eq!(user.message(TOPIC).await, json!(1));
+
+    let ips = ["127.0.0.3"];
+    let refused = Process::spawn(ips[0], Ports::free_on(&ips), &flags(&wrong), &trust);
+    refused.wait_ready().await;
+    refused.wait_for_log("Password authentication failed").await;
+    let status = try_publish(&refused, "2", "")
+        .await
+        .expect_err("not connected");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    user.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[test]
+fn a_redis_backend_without_a_usable_url_is_refused_at_start_with_the_reason() {
+    let serve = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args([
+                "serve",
+                "--http-addr=127.0.0.1:0",
+                "--grpc-addr=127.0.0.1:0",
+                "--peer-addr=127.0.0.1:0",
+                "--broadcast=redis",
+            ])
+            .args(extra)
+            .output()
+            .expect("herald runs");
+        assert!(!output.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    assert!(serve(&[]).contains("--broadcast redis needs --redis-url"));
+    assert!(serve(&["--redis-url=http://127.0.0.1:6379"]).contains("--redis-url"));
+    let missing = serve(&[
+        "--redis-url=redis://127.0.0.1:6379",
+        "--redis-password-file=/nonexistent/password",
+    ]);
+    assert!(
+        missing.contains("--redis-password-file /nonexistent/password"),
+        "{missing}"
+    );
 }

@@ -38,6 +38,8 @@ pub struct PeerInfo {
     pub connects: u64,
     /// The last stream error, if any.
     pub last_error: Option<String>,
+    /// How it travels: `wire` (the mesh's peer wire) or `redis`.
+    pub transport: &'static str,
 }
 
 /// How this pod is known within its broadcast group.

@@ -217,6 +217,7 @@ impl Link {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            transport: "wire",
         }
     }
 

@@ -314,7 +314,7 @@ impl PublisherApi for PublisherService {
                 connects: p.connects,
                 last_error: p.last_error.unwrap_or_default(),
                 transport: if p.connected {
-                    "wire".into()
+                    p.transport.into()
                 } else {
                     String::new()
                 },

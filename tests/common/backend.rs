@@ -197,7 +197,8 @@ impl RedisServer {
             .expect("redis-server starts");
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
-        while self.command("PING").await.as_deref() != Some("+PONG") {
+        // Any answer will do: one that asks for a password is up too.
+        while self.command("PING").await.is_none() {
             assert!(Instant::now() < deadline, "redis-server never answered");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

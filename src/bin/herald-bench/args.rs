@@ -9,7 +9,9 @@ use clap::{Parser, ValueEnum};
 /// herald-bench: open N WebSocket users on one or more pods, publish through
 /// gRPC, and measure delivery (rate, loss, duplicates, latency) and the
 /// server's CPU and memory. With `--server=nats`, the same load against a
-/// NATS cluster's WebSocket listeners, publishing over NATS's TCP port.
+/// NATS cluster's WebSocket listeners, publishing over NATS's TCP port; with
+/// `--server=socketio`, against Socket.IO nodes (rooms as topics),
+/// publishing as events to one node.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "herald-bench", version, about, long_about = None)]
 pub struct Args {
@@ -27,6 +29,12 @@ pub struct Args {
     /// to.
     #[arg(long, default_value = "127.0.0.1:4222")]
     pub nats: String,
+    /// With `--server=socketio`: the Socket.IO node to publish to.
+    #[arg(
+        long,
+        default_value = "ws://127.0.0.1:3000/socket.io/?EIO=4&transport=websocket"
+    )]
+    pub socketio: String,
     /// Number of WebSocket users.
     #[arg(long, default_value_t = 100)]
     pub users: usize,
@@ -106,6 +114,11 @@ pub enum ServerKind {
     /// NATS: its protocol over its WebSocket listener, publishing over TCP;
     /// topics are subjects.
     Nats,
+    /// Socket.IO (bench/socketio/server.js): Engine.IO 4 over WebSocket,
+    /// topics are rooms, publishing as `publish` events to one node.
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
 }
 
 /// How users map to topics.

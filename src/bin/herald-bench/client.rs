@@ -12,7 +12,7 @@
 //!
 //! What it rejects, with an error: a refused upgrade, a wrong
 //! `Sec-WebSocket-Accept`, a masked or fragmented server frame (neither
-//! herald nor NATS sends one), and a frame larger than [`MAX_FRAME`].
+//! herald, NATS nor Socket.IO sends one), and a frame larger than [`MAX_FRAME`].
 
 use std::io;
 
@@ -111,6 +111,20 @@ impl Client {
     pub async fn send_text(&mut self, payload: &[u8]) -> Result<(), Error> {
         let frame = client_frame(OP_TEXT, payload, rand::random());
         self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Sends each payload as a masked text frame of its own, all in one
+    /// write (Socket.IO carries one packet per frame).
+    pub async fn send_texts<'a>(
+        &mut self,
+        payloads: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), Error> {
+        let mut frames = Vec::new();
+        for payload in payloads {
+            append_frame(&mut frames, OP_TEXT, payload, rand::random());
+        }
+        self.stream.write_all(&frames).await?;
         Ok(())
     }
 
@@ -222,6 +236,13 @@ fn parse(bytes: &[u8]) -> Result<Option<Parsed>, Error> {
 /// A final, masked client frame.
 fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(payload.len() + 14);
+    append_frame(&mut frame, opcode, payload, mask);
+    frame
+}
+
+/// Appends a final, masked client frame to `frame`.
+fn append_frame(frame: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    frame.reserve(payload.len() + 14);
     frame.push(0x80 | opcode);
     match payload.len() {
         len @ 0..=125 => frame.push(0x80 | len as u8),
@@ -236,7 +257,6 @@ fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     }
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    frame
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@
 //! Against NATS (`--server=nats`) users speak the NATS protocol over the
 //! same WebSocket client and the publisher writes the same documents as
 //! `PUB`s on one TCP connection, so both servers carry identical load.
+//! Against Socket.IO (`--server=socketio`) users join a room per topic and
+//! the publisher emits the same documents as `publish` events on one
+//! WebSocket to one node.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +37,7 @@ use crate::client::{Client, Frame};
 use crate::micros::micros_histogram;
 use crate::nats;
 use crate::scan::{self, Seen};
+use crate::socketio;
 
 /// Latency histogram shards; users pick one by index so two tasks rarely
 /// meet on a lock.
@@ -192,19 +196,47 @@ pub async fn run_user<P: Send>(user: User, shared: Arc<Shared>, connected: P) {
                     .map(|()| pings)
                     .map_err(drop)
                 }
+                ServerKind::SocketIo => match socketio::parse(frame) {
+                    Ok(socketio::Packet::Message(payload)) => {
+                        found.extend(scan::document(payload));
+                        Ok(0)
+                    }
+                    Ok(socketio::Packet::Ping) => Ok(1),
+                    Ok(_) => Ok(0),
+                    Err(_) => Err(()),
+                },
             },
             Ok(Frame::Close(_)) | Err(_) => Err(()),
         };
         receive(found.drain(..), &user, &shared, shard, &mut seen);
         let answered = match pings {
             Ok(0) => Ok(()),
-            Ok(n) => client.send_text(&b"PONG\r\n".repeat(n)).await.map_err(drop),
+            Ok(n) => answer_pings(&mut client, user.server, n)
+                .await
+                .map_err(drop),
             Err(()) => Err(()),
         };
         if answered.is_err() {
             shared.disconnects.fetch_add(1, Ordering::Relaxed);
             return;
         }
+    }
+}
+
+/// Answers `n` pings the way `server` expects.
+async fn answer_pings(
+    client: &mut Client,
+    server: ServerKind,
+    n: usize,
+) -> Result<(), crate::client::Error> {
+    match server {
+        // One Engine.IO packet per frame.
+        ServerKind::SocketIo => {
+            client
+                .send_texts(std::iter::repeat_n(socketio::PONG, n))
+                .await
+        }
+        ServerKind::Herald | ServerKind::Nats => client.send_text(&b"PONG\r\n".repeat(n)).await,
     }
 }
 
@@ -244,9 +276,9 @@ fn receive(
     }
 }
 
-/// Connects, upgrades and subscribes; returns the client and, for NATS,
-/// the reader holding whatever followed the subscription's confirmation.
-/// Connects `user`, subscribes it and waits for the confirmation.
+/// Connects, upgrades and subscribes `user` and waits for the
+/// confirmation; returns the client and, for NATS, the reader holding
+/// whatever followed the subscription's confirmation.
 pub async fn connect_and_subscribe(user: &User) -> anyhow::Result<(Client, nats::Reader)> {
     let socket = match user.target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
@@ -266,19 +298,8 @@ pub async fn connect_and_subscribe(user: &User) -> anyhow::Result<(Client, nats:
                 user.topic
             );
             client.send_text(request.as_bytes()).await?;
-        }
-        ServerKind::Nats => {
-            client
-                .send_text(nats::subscribe(&user.topic).as_bytes())
-                .await?
-        }
-    }
-    loop {
-        let Frame::Data(frame) = client.next_frame().await? else {
-            anyhow::bail!("connection closed before the subscription was confirmed");
-        };
-        match user.server {
-            ServerKind::Herald => {
+            loop {
+                let frame = confirmation_frame(&mut client).await?;
                 let reply = scan::lines(frame).find(|line| line.starts_with(br#"{"op":"reply""#));
                 if let Some(line) = reply {
                     anyhow::ensure!(
@@ -286,16 +307,35 @@ pub async fn connect_and_subscribe(user: &User) -> anyhow::Result<(Client, nats:
                         "subscribe refused: {}",
                         String::from_utf8_lossy(line)
                     );
-                    return Ok((client, reader));
+                    break;
                 }
             }
-            ServerKind::Nats => {
+        }
+        ServerKind::Nats => {
+            client
+                .send_text(nats::subscribe(&user.topic).as_bytes())
+                .await?;
+            loop {
+                let frame = confirmation_frame(&mut client).await?;
                 let mut confirmed = false;
                 reader.feed(frame, |op| confirmed |= op == nats::Op::Pong)?;
                 if confirmed {
-                    return Ok((client, reader));
+                    break;
                 }
             }
+        }
+        // Nothing comes before the join's ack but the handshake.
+        ServerKind::SocketIo => socketio::subscribe(&mut client, &user.topic).await?,
+    }
+    Ok((client, reader))
+}
+
+/// The next data frame while waiting for a subscription's confirmation.
+async fn confirmation_frame(client: &mut Client) -> anyhow::Result<&[u8]> {
+    match client.next_frame().await? {
+        Frame::Data(frame) => Ok(frame),
+        Frame::Close(_) => {
+            anyhow::bail!("connection closed before the subscription was confirmed")
         }
     }
 }
@@ -358,6 +398,8 @@ pub enum Sink {
     Grpc(PublisherClient<Channel>),
     /// A NATS server's client port, shared by the calls in flight.
     Nats(Arc<tokio::sync::Mutex<nats::Publisher>>),
+    /// A Socket.IO node's WebSocket, shared by the calls in flight.
+    SocketIo(Arc<tokio::sync::Mutex<socketio::Publisher>>),
 }
 
 /// Where and what to publish.
@@ -421,12 +463,25 @@ impl Publisher {
         while let Some(done) = calls.join_next().await {
             collect(Some(done), &mut out);
         }
-        if let Sink::Nats(publisher) = &self.sink {
-            // NATS does not answer a PUB: a PING's PONG says every one of
-            // them was taken.
-            if let Err(e) = publisher.lock().await.flush().await {
-                out.first_error.get_or_insert_with(|| e.to_string());
-            }
+        // Neither NATS nor Socket.IO answers a publish: a PING's PONG, or
+        // a flush event's ack, says every one of them was taken.
+        let flushed = match &self.sink {
+            Sink::Grpc(_) => Ok(()),
+            Sink::Nats(publisher) => publisher
+                .lock()
+                .await
+                .flush()
+                .await
+                .map_err(|e| e.to_string()),
+            Sink::SocketIo(publisher) => publisher
+                .lock()
+                .await
+                .flush()
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = flushed {
+            out.first_error.get_or_insert(e);
         }
         out.elapsed = start.elapsed();
         out
@@ -464,6 +519,14 @@ impl Publisher {
                         nats::publish(&mut operations, &request.topic, &request.data);
                     }
                     let result = publisher.lock().await.write(&operations).await;
+                    result.map_err(|e| e.to_string())
+                }
+                Sink::SocketIo(publisher) => {
+                    let events: Vec<Vec<u8>> = requests
+                        .iter()
+                        .map(|request| socketio::publish(&request.topic, &request.data))
+                        .collect();
+                    let result = publisher.lock().await.write(&events).await;
                     result.map_err(|e| e.to_string())
                 }
             };

@@ -15,9 +15,9 @@
 //!
 //! Modules: [`args`] (the flags), [`client`] (the users' WebSocket
 //! client), [`load`] (users and publisher), [`micros`] (the histogram
-//! every measure is kept in), [`scan`]
-//! (the payload and the frame scanner), [`nats`] (the NATS protocol, to
-//! measure NATS the same way), [`procstat`] (`/proc` sampling), [`wakeup`]
+//! every measure is kept in), [`scan`] (the payload and the frame scanner),
+//! [`nats`] and [`socketio`] (the NATS and Socket.IO protocols, to measure
+//! those servers the same way), [`procstat`] (`/proc` sampling), [`wakeup`]
 //! (the machine's scheduling noise over the run), [`report`] (JSON line and
 //! table).
 
@@ -30,6 +30,7 @@ mod nats;
 mod procstat;
 mod report;
 mod scan;
+mod socketio;
 mod wakeup;
 
 use std::fs::File;
@@ -264,6 +265,11 @@ async fn connect_publisher(args: Args) -> anyhow::Result<Option<Sink>> {
             nats::Publisher::connect(&args.nats)
                 .await
                 .with_context(|| format!("connecting to NATS at {}", args.nats))?,
+        )))),
+        (false, ServerKind::SocketIo) => Some(Sink::SocketIo(Arc::new(tokio::sync::Mutex::new(
+            socketio::Publisher::connect(&args.socketio)
+                .await
+                .with_context(|| format!("connecting to Socket.IO at {}", args.socketio))?,
         )))),
     })
 }

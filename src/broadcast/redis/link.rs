@@ -125,7 +125,7 @@ impl Link {
         }
     }
 
-    /// Records a problem seen elsewhere (the subscription).
+    /// Records a problem (a failed dial here, or the subscription's).
     pub fn note(&self, error: String) {
         self.state().last_error = Some(error);
     }
@@ -144,19 +144,26 @@ impl Link {
     /// Keeps a connection up until `stop`.
     pub async fn maintain(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(BACKOFF.0, BACKOFF.1);
+        let mut warned: Option<String> = None;
         loop {
             if self.connection().is_none() {
                 match self.dial().await {
                     Ok(connection) => {
                         backoff.reset();
+                        warned = None;
                         let mut state = self.state();
                         state.connection = Some(connection);
                         state.connects += 1;
                         tracing::info!(redis = %self.inner.address, "connected to Redis");
                     }
                     Err(error) => {
-                        tracing::warn!(%error, redis = %self.inner.address, "cannot reach Redis; trying again");
-                        self.note(error.to_string());
+                        let text = error.to_string();
+                        // One warning per distinct problem, not per retry.
+                        if warned.as_ref() != Some(&text) {
+                            tracing::warn!(%error, redis = %self.inner.address, "cannot reach Redis; trying again");
+                        }
+                        self.note(text.clone());
+                        warned = Some(text);
                         tokio::select! {
                             () = stop.cancelled() => return,
                             () = tokio::time::sleep(backoff.next_delay()) => continue,

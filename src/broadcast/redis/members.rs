@@ -205,6 +205,7 @@ impl Members {
                 dropped: 0,
                 connects: 1,
                 last_error: None,
+                transport: "redis",
             })
             .collect()
     }

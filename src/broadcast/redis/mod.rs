@@ -315,6 +315,7 @@ impl Broadcast for Redis {
             dropped: inner.counters.redis_refused.load(Ordering::Relaxed),
             connects: status.connects,
             last_error: status.last_error,
+            transport: "redis",
         };
         std::iter::once(redis).chain(inner.members.pods()).collect()
     }

@@ -74,19 +74,27 @@ impl Reader {
     /// Keeps the subscription up until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(BACKOFF.0, BACKOFF.1);
+        let mut warned: Option<String> = None;
         loop {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
                 outcome = self.listen() => outcome,
             };
             if self.up.swap(false, Ordering::AcqRel) {
-                // It was up a while: the next attempt need not wait long.
+                // It was up: the next attempt need not wait long, and its
+                // failure is news.
                 backoff.reset();
+                warned = None;
             }
             self.members.deaf();
             if let Err(error) = outcome {
-                tracing::warn!(%error, redis = %self.link.address(), "the Redis subscription broke; subscribing again");
-                self.link.note(error.to_string());
+                let text = error.to_string();
+                // One warning per distinct problem, not per retry.
+                if warned.as_ref() != Some(&text) {
+                    tracing::warn!(%error, redis = %self.link.address(), "the Redis subscription broke; subscribing again");
+                }
+                self.link.note(text.clone());
+                warned = Some(text);
             }
             tokio::select! {
                 () = stop.cancelled() => return,
