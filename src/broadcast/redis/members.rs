@@ -262,3 +262,93 @@ impl Members {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::TopicPatterns;
+    use crate::presence::Settings;
+
+    fn members() -> (Members, mpsc::Receiver<Bytes>) {
+        let node = NodeId::random();
+        let presence = Presence::new(Settings {
+            node,
+            topics: TopicPatterns::parse(&["room:*"]).expect("valid"),
+            grace: GRACE,
+        });
+        let (frames, sent) = mpsc::channel(64);
+        let members = Members::new(
+            node,
+            "10.0.0.1:7070".into(),
+            presence,
+            frames,
+            Arc::default(),
+        );
+        (members, sent)
+    }
+
+    fn beat_of(node: NodeId) -> Vec<u8> {
+        BusFrame {
+            node: node.to_string(),
+            address: "10.0.0.2:7070".into(),
+            kind: Some(bus_frame::Kind::Beat(Beat {})),
+        }
+        .encode_to_vec()
+    }
+
+    fn kinds(sent: &mut mpsc::Receiver<Bytes>) -> Vec<&'static str> {
+        std::iter::from_fn(|| sent.try_recv().ok())
+            .map(|bytes| match BusFrame::decode(bytes).expect("decodes").kind {
+                Some(bus_frame::Kind::PresenceState(_)) => "state",
+                Some(bus_frame::Kind::StateRequest(_)) => "request",
+                Some(bus_frame::Kind::Gone(_)) => "gone",
+                Some(bus_frame::Kind::Beat(_)) => "beat",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_pod_heard_first_is_sent_this_pods_state_and_one_silent_too_long_is_down() {
+        let (members, mut sent) = members();
+        members.listening();
+        assert_eq!(kinds(&mut sent), ["request", "state"]);
+        let other = NodeId::random();
+        members.take(&beat_of(other));
+        assert_eq!(kinds(&mut sent), ["state"], "the new pod gets our state");
+        members.take(&beat_of(other));
+        assert_eq!(kinds(&mut sent), Vec::<&str>::new(), "once");
+        assert_eq!(members.pods().len(), 1);
+
+        let now = Instant::now();
+        assert_eq!(members.silent(now), Vec::new());
+        assert_eq!(members.silent(now + SILENCE), vec![other]);
+        assert!(members.pods().is_empty(), "forgotten once down");
+    }
+
+    #[test]
+    fn nobody_is_taken_for_down_while_this_pod_cannot_hear() {
+        let (members, _sent) = members();
+        let other = NodeId::random();
+        members.take(&beat_of(other));
+        let later = Instant::now() + SILENCE * 4;
+        assert_eq!(members.silent(later), Vec::new(), "never listened");
+        members.listening();
+        members.deaf();
+        assert_eq!(members.silent(later), Vec::new(), "deaf now");
+    }
+
+    #[test]
+    fn frames_that_do_not_decode_or_name_no_pod_are_dropped_and_this_pods_own_ignored() {
+        let (members, mut sent) = members();
+        members.take(b"\xff\xff not a frame");
+        let nameless = BusFrame {
+            node: "not a node".into(),
+            ..BusFrame::default()
+        };
+        members.take(&nameless.encode_to_vec());
+        members.take(&beat_of(members.inner.node));
+        assert!(members.pods().is_empty());
+        assert_eq!(kinds(&mut sent), Vec::<&str>::new());
+    }
+}
