@@ -359,12 +359,14 @@ pub async fn run(
     };
     // Inbound peer streams end with `stop`; outbound ones last until their
     // queues are flushed. Only the mesh takes peers on the peer port.
+    // With Redis the peer port is closed here: nothing listens on it.
+    let peer_listener = matches!(backend, Backend::Mesh(_)).then_some(listeners.peer);
     let peer = async {
-        if let Backend::Mesh(mesh) = &backend {
+        if let (Backend::Mesh(mesh), Some(listener)) = (&backend, peer_listener) {
             let accepted = inbound::Accepted::new(mesh.clone(), tracker.clone(), stop.clone());
             match peer_tls {
-                None => accepted.serve(listeners.peer).await,
-                Some(tls) => accepted.serve_tls(listeners.peer, tls).await,
+                None => accepted.serve(listener).await,
+                Some(tls) => accepted.serve_tls(listener, tls).await,
             }
         }
         Ok::<(), Error>(())
