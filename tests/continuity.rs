@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::backend::Backend;
-use common::process::{Ports, Process};
+use common::process::{Ports, Process, spawn_ready};
 use common::user::User;
 use futures_util::{SinkExt, StreamExt};
 use herald::proto::v1::publisher_client::PublisherClient;
@@ -43,13 +43,7 @@ impl Cluster {
             "--peer-ready-timeout=3s".to_owned(),
         ]);
         flags.extend(extra.iter().map(|f| (*f).to_owned()));
-        let pods: Vec<Process> = ips
-            .iter()
-            .map(|ip| Process::spawn(ip, ports, &flags, &[]))
-            .collect();
-        for pod in &pods {
-            pod.wait_ready().await;
-        }
+        let pods = spawn_ready(&refs, ports, &flags).await;
         Self {
             ips,
             ports,

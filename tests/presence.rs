@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::PATIENCE;
 use common::backend::Backend;
-use common::process::{Ports, Process};
+use common::process::{Ports, Process, spawn_ready};
 use common::proxy::Proxy;
 use common::user::{Ending, User};
 use herald::proto::v1::publisher_client::PublisherClient;
@@ -83,14 +83,7 @@ async fn cluster(
 ) -> (Ports, Vec<Process>) {
     let ports = Ports::free_on(ips);
     let flags = flags(secret, backend.flags(ips, ports), extra);
-    let pods: Vec<Process> = ips
-        .iter()
-        .map(|ip| Process::spawn(ip, ports, &flags, &[]))
-        .collect();
-    for pod in &pods {
-        pod.wait_ready().await;
-    }
-    (ports, pods)
+    (ports, spawn_ready(ips, ports, &flags).await)
 }
 
 /// A user `sub` (with `{"name": sub}` as info) on `pod`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::PATIENCE;
 use common::backend::{RedisServer, command_at};
 use common::pki::Pki;
-use common::process::{Ports, Process, http_get, sample};
+use common::process::{Ports, Process, http_get, sample, spawn_ready};
 use common::proxy::Proxy;
 use common::user::User;
 use herald::proto::v1::publisher_client::PublisherClient;
@@ -22,24 +22,16 @@ use serde_json::{Value, json};
 const TOPIC: &str = "room:1";
 const IPS: [&str; 2] = ["127.0.0.1", "127.0.0.2"];
 
-/// Pods on `ips` that reach Redis at `redis` (`host:port`).
-fn pods(ips: &[&str], redis: &str, extra: &[&str]) -> Vec<Process> {
-    let ports = Ports::free_on(ips);
+/// Pods on `ips` that reach Redis at `redis` (`host:port`), ready (after
+/// the short ready wait, whether Redis answers or not).
+async fn pods(ips: &[&str], redis: &str, extra: &[&str]) -> Vec<Process> {
     let mut flags = vec![
         "--broadcast=redis".to_owned(),
         format!("--redis-url=redis://{redis}"),
         "--peer-ready-timeout=1s".to_owned(),
     ];
     flags.extend(extra.iter().map(|f| (*f).to_owned()));
-    ips.iter()
-        .map(|ip| Process::spawn(ip, ports, &flags, &[]))
-        .collect()
-}
-
-async fn ready(pods: &[Process]) {
-    for pod in pods {
-        pod.wait_ready().await;
-    }
+    spawn_ready(ips, Ports::free_on(ips), &flags).await
 }
 
 /// Publishes `data` through `pod` with `key` as its idempotency key.
@@ -81,6 +73,19 @@ async fn publish_once_up(pod: &Process, data: &str) -> PublishResponse {
     }
 }
 
+/// A user who held `epoch`'s offset 1 resumes on `pod`, is told it
+/// recovered, and gets offsets 2 to `head` (whose data are their offsets).
+async fn resumes_from_the_first(pod: &Process, epoch: &str, head: u64) {
+    let mut back = User::connect(&pod.ws_url()).await;
+    let reply = back
+        .resume(TOPIC, json!({"epoch": epoch, "offset": 1}))
+        .await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    for n in 2..=head {
+        assert_eq!(back.message(TOPIC).await, json!(n));
+    }
+}
+
 fn position(frame: &Value) -> (String, u64) {
     let epoch = frame["epoch"].as_str().expect("an epoch").to_owned();
     (epoch, frame["offset"].as_u64().expect("an offset"))
@@ -97,9 +102,8 @@ async fn metric(pod: &Process, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_started_while_redis_is_down_serve_users_refuse_publishes_at_once_and_recover() {
     let mut redis = RedisServer::reserve(&[]);
-    let pods = pods(&IPS, &redis.address(), &[]);
     // Ready after the bounded wait, though Redis never answered.
-    ready(&pods).await;
+    let pods = pods(&IPS, &redis.address(), &[]).await;
     let mut user = User::connect(&pods[1].ws_url()).await;
     let reply = user.subscribe(TOPIC).await;
     assert_eq!(reply["ok"], true, "{reply}");
@@ -138,8 +142,7 @@ async fn pods_started_while_redis_is_down_serve_users_refuse_publishes_at_once_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_lost_its_data_is_a_gap_for_subscribers_and_old_positions_are_not_recovered() {
     let mut redis = RedisServer::start().await;
-    let pods = pods(&IPS, &redis.address(), &[]);
-    ready(&pods).await;
+    let pods = pods(&IPS, &redis.address(), &[]).await;
     let mut user = User::connect(&pods[1].ws_url()).await;
     user.subscribe(TOPIC).await;
     for n in 1..=3 {
@@ -175,8 +178,7 @@ async fn a_redis_that_lost_its_data_is_a_gap_for_subscribers_and_old_positions_a
 async fn a_redis_that_kept_its_data_across_a_restart_keeps_every_position() {
     let mut redis =
         RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
-    let pods = pods(&IPS, &redis.address(), &[]);
-    ready(&pods).await;
+    let pods = pods(&IPS, &redis.address(), &[]).await;
     let mut user = User::connect(&pods[1].ws_url()).await;
     user.subscribe(TOPIC).await;
     let first = publish_once_up(&pods[0], "1").await;
@@ -194,14 +196,7 @@ async fn a_redis_that_kept_its_data_across_a_restart_keeps_every_position() {
             "no gap: {frame}"
         );
     }
-    let mut back = User::connect(&pods[0].ws_url()).await;
-    let reply = back
-        .resume(TOPIC, json!({"epoch": first.epoch, "offset": 1}))
-        .await;
-    assert_eq!(reply["recovered"], true, "{reply}");
-    for n in 2..=4 {
-        assert_eq!(back.message(TOPIC).await, json!(n));
-    }
+    resumes_from_the_first(&pods[0], &first.epoch, 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +214,9 @@ async fn what_was_published_while_a_pods_redis_link_was_down_reaches_its_users_i
         Process::spawn(IPS[0], ports, &flags(&redis.address()), &[]),
         Process::spawn(IPS[1], ports, &flags(&proxy.address), &[]),
     ];
-    ready(&pods).await;
+    for pod in &pods {
+        pod.wait_ready().await;
+    }
     let mut user = User::connect(&pods[1].ws_url()).await;
     user.subscribe(TOPIC).await;
     let first = publish_once_up(&pods[0], "0").await;
@@ -257,8 +254,7 @@ async fn what_was_published_while_a_pods_redis_link_was_down_reaches_its_users_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_fills_the_bounded_queue_and_publishes_past_it_are_refused_and_counted() {
     let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]).await;
-    let pods = pods(&IPS[..1], &redis.address(), &["--peer-queue=4"]);
-    ready(&pods).await;
+    let pods = pods(&IPS[..1], &redis.address(), &["--peer-queue=4"]).await;
     let pod = &pods[0];
     let mut user = User::connect(&pod.ws_url()).await;
     user.subscribe(TOPIC).await;
@@ -298,8 +294,7 @@ async fn a_failover_to_a_replica_keeps_every_position() {
     let replica = RedisServer::start_with(&replica_args).await;
     // What the pods reach Redis at: a Service, in a cluster.
     let service = Proxy::to(primary.address()).await;
-    let pods = pods(&IPS, &service.address, &[]);
-    ready(&pods).await;
+    let pods = pods(&IPS, &service.address, &[]).await;
     let mut user = User::connect(&pods[1].ws_url()).await;
     user.subscribe(TOPIC).await;
     let first = publish_once_up(&pods[0], "1").await;
@@ -332,11 +327,7 @@ async fn a_failover_to_a_replica_keeps_every_position() {
         (first.epoch.clone(), 3),
         "no gap: {frame}"
     );
-    let mut back = User::connect(&pods[0].ws_url()).await;
-    let reply = back
-        .resume(TOPIC, json!({"epoch": first.epoch, "offset": 1}))
-        .await;
-    assert_eq!(reply["recovered"], true, "{reply}");
+    resumes_from_the_first(&pods[0], &first.epoch, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +376,9 @@ async fn pods_reach_redis_over_tls_with_the_password_from_a_file_and_a_wrong_one
         Process::spawn(IPS[0], ports, &flags(&right), &trust),
         Process::spawn(IPS[1], ports, &flags(&right), &trust),
     ];
-    ready(&pods).await;
+    for pod in &pods {
+        pod.wait_ready().await;
+    }
     let mut user = User::connect(&pods[1].ws_url()).await;
     user.subscribe(TOPIC).await;
     publish_once_up(&pods[0], "1").await;

@@ -195,6 +195,19 @@ impl Process {
     }
 }
 
+/// One pod per address of `ips`, sharing `ports` and `flags`, each waited
+/// for until ready.
+pub async fn spawn_ready(ips: &[&str], ports: Ports, flags: &[String]) -> Vec<Process> {
+    let pods: Vec<Process> = ips
+        .iter()
+        .map(|ip| Process::spawn(ip, ports, flags, &[]))
+        .collect();
+    for pod in &pods {
+        pod.wait_ready().await;
+    }
+    pods
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
