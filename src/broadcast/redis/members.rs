@@ -298,13 +298,15 @@ mod tests {
 
     fn kinds(sent: &mut mpsc::Receiver<Bytes>) -> Vec<&'static str> {
         std::iter::from_fn(|| sent.try_recv().ok())
-            .map(|bytes| match BusFrame::decode(bytes).expect("decodes").kind {
-                Some(bus_frame::Kind::PresenceState(_)) => "state",
-                Some(bus_frame::Kind::StateRequest(_)) => "request",
-                Some(bus_frame::Kind::Gone(_)) => "gone",
-                Some(bus_frame::Kind::Beat(_)) => "beat",
-                _ => "other",
-            })
+            .map(
+                |bytes| match BusFrame::decode(bytes).expect("decodes").kind {
+                    Some(bus_frame::Kind::PresenceState(_)) => "state",
+                    Some(bus_frame::Kind::StateRequest(_)) => "request",
+                    Some(bus_frame::Kind::Gone(_)) => "gone",
+                    Some(bus_frame::Kind::Beat(_)) => "beat",
+                    _ => "other",
+                },
+            )
             .collect()
     }
 

@@ -195,11 +195,11 @@ impl Reader {
                     // from its start.
                     None => 1,
                     Some(known) if known == epoch => here.offset + 1,
-                    // Redis lost the order this pod knew: what follows is
-                    // of a new epoch.
+                    // Redis lost the order this pod knew: subscribers hear
+                    // of a gap, then get the new epoch from its start.
                     Some(_) => {
-                        local.skip_to(topic, Position::at(epoch, offset));
-                        continue;
+                        local.skip_to(topic, Position::at(epoch, 0));
+                        1
                     }
                 };
                 if offset >= from {
