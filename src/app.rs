@@ -500,7 +500,6 @@ fn start_redis(
             address,
         },
         queue: cluster.peer_queue,
-        max_message_bytes,
         ready_timeout: cluster.peer_ready_timeout,
         bounds,
         counters: parts.counters.clone(),

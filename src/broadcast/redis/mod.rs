@@ -95,8 +95,6 @@ pub struct Settings {
     pub identity: Identity,
     /// Drafts waiting for Redis before publishes are refused.
     pub queue: usize,
-    /// Largest message data accepted from Redis.
-    pub max_message_bytes: usize,
     /// Longest a pod waits for its subscription before it reports ready
     /// anyway.
     pub ready_timeout: Duration,
