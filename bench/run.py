@@ -17,6 +17,16 @@ With `--server=nats` the same scenarios run against a 2-node NATS cluster
 over NATS's TCP port on the first) driven by the same herald-bench, and the
 report is bench/results/<UTC date>-nats-<version>-<short commit>.md.
 
+With `--server=herald-redis` the pods use the Redis broadcast backend
+(`--broadcast=redis`, one redis-server on 127.0.0.1 that the script starts,
+no discovery) instead of the mesh; with `--server=socketio-redis` the same
+scenarios run against two Socket.IO nodes (bench/socketio/server.js, `node`)
+on 127.0.0.1 and 127.0.0.2 sharing that redis-server through the Redis
+adapter, users joining a room per topic and the publisher emitting to the
+first node. Their reports are bench/results/<UTC date>-<server>-<short
+commit>.md; the redis-server is restarted with the pods or nodes, stopped by
+PID like them, and its CPU is counted in the server's.
+
 Python 3 standard library only. `make bench` builds the binaries first.
 """
 
@@ -28,6 +38,7 @@ import os
 import platform
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +56,11 @@ IPS = ["127.0.0.1", "127.0.0.2"]
 HTTP_PORT, GRPC_PORT, PEER_PORT = 28080, 29090, 27070
 # The NATS nodes' client, WebSocket, route and monitoring ports.
 NATS_PORT, NATS_WS_PORT, NATS_ROUTE_PORT, NATS_HTTP_PORT = 24222, 28222, 26222, 28223
+# The redis-server of the Redis broadcast backend and of the Socket.IO
+# adapter, and the Socket.IO nodes' port.
+REDIS_PORT = 26379
+SOCKETIO_PORT = 23000
+SOCKETIO_DIR = os.path.join(ROOT, "bench", "socketio")
 NATS_CONFIG = """listen: {ip}:{client}
 http: {ip}:{http}
 websocket {{ listen: "{ip}:{ws}", no_tls: true }}
@@ -106,17 +122,49 @@ def start_nats(nats_server, log_dir, name):
     return [p.pid for p in PODS]
 
 
-def start_pods(bin_dir, log_dir, name, env=None, flags=()):
+def redis_url():
+    return f"redis://{IPS[0]}:{REDIS_PORT}"
+
+
+def start_redis(redis_server, log_dir, name):
+    """Starts an empty redis-server on the first address (no persistence)
+    and waits until it answers PING; returns its PID."""
+    log = open(os.path.join(log_dir, f"{name}-redis.log"), "w")
+    PODS.append(subprocess.Popen(
+        [redis_server, "--bind", IPS[0], "--port", str(REDIS_PORT), "--save", "",
+         "--appendonly", "no", "--dir", log_dir],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection((IPS[0], REDIS_PORT), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(64).startswith(b"+PONG"):
+                    return PODS[-1].pid
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"redis-server not answering; see {log_dir}")
+        time.sleep(0.1)
+
+
+def start_pods(bin_dir, log_dir, name, env=None, flags=(), redis_server=None):
     """Starts the 2-pod cluster (with extra environment `env` and extra
-    `herald serve` flags) and waits until both pods are ready."""
+    `herald serve` flags) and waits until both pods are ready. With
+    `redis_server`, the pods broadcast through a fresh redis-server (also
+    started here, its PID last) instead of the mesh."""
     stop_pods()
-    peers = ",".join(f"{ip}:{PEER_PORT}" for ip in IPS)
+    if redis_server:
+        start_redis(redis_server, log_dir, name)
+        cluster = ["--broadcast=redis", f"--redis-url={redis_url()}"]
+    else:
+        cluster = ["--discovery=static", f"--peers={','.join(f'{ip}:{PEER_PORT}' for ip in IPS)}"]
     for i, ip in enumerate(IPS):
         log = open(os.path.join(log_dir, f"{name}-pod{i + 1}.log"), "w")
         cmd = [
             os.path.join(bin_dir, "herald"), "serve",
             f"--http-addr={ip}:{HTTP_PORT}", f"--grpc-addr={ip}:{GRPC_PORT}",
-            f"--peer-addr={ip}:{PEER_PORT}", "--discovery=static", f"--peers={peers}",
+            f"--peer-addr={ip}:{PEER_PORT}", *cluster,
             # One load generator on one address stands for thousands of users.
             "--max-connection-rate-per-ip=0",
             *flags,
@@ -128,13 +176,118 @@ def start_pods(bin_dir, log_dir, name, env=None, flags=()):
     return [p.pid for p in PODS]
 
 
+def start_socketio(node, redis_server, log_dir, name):
+    """Starts a fresh redis-server and the 2 Socket.IO nodes sharing it
+    through the Redis adapter; waits until both nodes listen (they listen
+    only once their Redis connections are up)."""
+    stop_pods()
+    start_redis(redis_server, log_dir, name)
+    for i, ip in enumerate(IPS):
+        log = open(os.path.join(log_dir, f"{name}-socketio{i + 1}.log"), "w")
+        PODS.append(subprocess.Popen(
+            [node, os.path.join(SOCKETIO_DIR, "server.js"), "--host", ip,
+             "--port", str(SOCKETIO_PORT), "--redis-url", redis_url()],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL))
+    deadline = time.monotonic() + 30
+    for ip in IPS:
+        while True:
+            try:
+                socket.create_connection((ip, SOCKETIO_PORT), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"Socket.IO node on {ip} not listening; see {log_dir}")
+                time.sleep(0.1)
+    return [p.pid for p in PODS]
+
+
+def socketio_version():
+    """The installed socket.io and its Redis adapter's versions."""
+    def version(package):
+        path = os.path.join(SOCKETIO_DIR, "node_modules", *package.split("/"), "package.json")
+        with open(path) as f:
+            return json.load(f)["version"]
+    return version("socket.io"), version("@socket.io/redis-adapter")
+
+
+def redis_version(redis_server):
+    out = subprocess.run([redis_server, "--version"], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    return next((w[2:] for w in out.split() if w.startswith("v=")), "unknown")
+
+
 def target_args(server):
     """herald-bench's flags naming the cluster's users' and publisher's ends."""
     if server == "nats":
         ws = ",".join(f"ws://{ip}:{NATS_WS_PORT}/" for ip in IPS)
         return [f"--ws={ws}", "--server=nats", f"--nats={IPS[0]}:{NATS_PORT}"]
+    if server == "socketio-redis":
+        urls = [f"ws://{ip}:{SOCKETIO_PORT}/socket.io/?EIO=4&transport=websocket" for ip in IPS]
+        return [f"--ws={','.join(urls)}", "--server=socketio", f"--socketio={urls[0]}"]
     ws = ",".join(f"ws://{ip}:{HTTP_PORT}/ws" for ip in IPS)
     return [f"--ws={ws}", f"--grpc=http://{IPS[0]}:{GRPC_PORT}"]
+
+
+SERVERS = ["herald", "herald-redis", "nats", "socketio-redis"]
+REDIS_SERVER = os.path.join(ROOT, "target", "tools", "redis", "redis-server")
+
+# How each server's cluster is laid out, for the reports.
+CLUSTERS = {
+    "herald": "2 pods, static discovery, 127.0.0.1 and 127.0.0.2; users spread round-robin over "
+              "both, publishing through gRPC on 127.0.0.1; 128-byte payloads.",
+    "herald-redis": "2 pods on the Redis backend (`--broadcast=redis`, one redis-server on "
+                    "127.0.0.1, no discovery), 127.0.0.1 and 127.0.0.2; users spread round-robin "
+                    "over both, publishing through gRPC on 127.0.0.1; 128-byte payloads; server "
+                    "CPU counts redis-server's.",
+    "nats": "2 NATS nodes routed to each other, 127.0.0.1 and 127.0.0.2, WebSocket listeners; "
+            "users spread round-robin over both, publishing over NATS's client port on "
+            "127.0.0.1; 128-byte payloads.",
+    "socketio-redis": "2 Socket.IO nodes (bench/socketio/server.js, WebSocket transport only) "
+                      "on 127.0.0.1 and 127.0.0.2 sharing one redis-server through "
+                      "@socket.io/redis-adapter; users spread round-robin over both, each "
+                      "joining a room per topic; the publisher emits `publish` events on one "
+                      "WebSocket to 127.0.0.1, which emits to the room; 128-byte payloads; "
+                      "server CPU counts redis-server's.",
+}
+
+
+def start_server(server, args, log_dir, name, flags=()):
+    """Starts `server`'s cluster afresh (`args`: the binaries' flags);
+    returns the PIDs to sample."""
+    if server == "nats":
+        return start_nats(args.nats_server, log_dir, name)
+    if server == "socketio-redis":
+        return start_socketio(args.node, args.redis_server, log_dir, name)
+    redis = args.redis_server if server == "herald-redis" else None
+    return start_pods(args.bin_dir, log_dir, name, flags=flags, redis_server=redis)
+
+
+def server_name(server, args):
+    """The server's name with its versions, for the reports."""
+    if server == "herald-redis":
+        return f"herald on Redis {redis_version(args.redis_server)}"
+    if server == "socketio-redis":
+        sio, adapter = socketio_version()
+        return (f"Socket.IO {sio} + Redis adapter {adapter} on Redis "
+                f"{redis_version(args.redis_server)}")
+    return "herald (mesh)" if server == "herald" else server
+
+
+def server_commands(server):
+    """How the server's processes are started, for the reports."""
+    if server == "socketio-redis":
+        return (f"`redis-server --bind 127.0.0.1 --port {REDIS_PORT} --save '' --appendonly no`"
+                f", then on each IP `node bench/socketio/server.js --host IP --port "
+                f"{SOCKETIO_PORT} --redis-url redis://127.0.0.1:{REDIS_PORT}`")
+    if server == "herald-redis":
+        return (f"`redis-server --bind 127.0.0.1 --port {REDIS_PORT} --save '' --appendonly no`"
+                f", then on each IP `herald serve --http-addr=IP:{HTTP_PORT} "
+                f"--grpc-addr=IP:{GRPC_PORT} --peer-addr=IP:{PEER_PORT} --broadcast=redis "
+                f"--redis-url=redis://127.0.0.1:{REDIS_PORT} --max-connection-rate-per-ip=0`")
+    peers = ",".join(f"127.0.0.{i + 1}:{PEER_PORT}" for i in range(len(IPS)))
+    return (f"on each IP `herald serve --http-addr=IP:{HTTP_PORT} --grpc-addr=IP:{GRPC_PORT} "
+            f"--peer-addr=IP:{PEER_PORT} --discovery=static --peers={peers} "
+            f"--max-connection-rate-per-ip=0`")
 
 
 def bench(bin_dir, pids, label, extra, raw, server="herald", target=None):
@@ -337,19 +490,23 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     parser.add_argument("--quick", action="store_true",
                         help="shorter runs and fewer S2 steps, to try the harness")
-    parser.add_argument("--server", choices=["herald", "nats"], default="herald",
-                        help="what to measure: herald's pods, or a NATS cluster for comparison")
+    parser.add_argument("--server", choices=SERVERS, default="herald",
+                        help="what to measure: herald's pods on the mesh or on Redis, or a NATS "
+                             "cluster or Socket.IO with its Redis adapter for comparison")
     parser.add_argument("--nats-server", default="nats-server",
                         help="the nats-server binary, with --server=nats")
+    parser.add_argument("--redis-server", default=REDIS_SERVER,
+                        help="the redis-server binary, with --server=herald-redis or "
+                             "socketio-redis")
+    parser.add_argument("--node", default="node",
+                        help="the Node.js binary, with --server=socketio-redis")
     parser.add_argument("--history-cost", action="store_true",
                         help="only S1, S2 and S4, each with history on and off")
     args = parser.parse_args()
     server = args.server
 
     def start(name, flags=()):
-        if server == "nats":
-            return start_nats(args.nats_server, log_dir, name)
-        return start_pods(args.bin_dir, log_dir, name, flags=flags)
+        return start_server(server, args, log_dir, name, flags)
 
     def run(pids, label, extra):
         return bench(args.bin_dir, pids, label, extra, raw, server)
@@ -367,6 +524,9 @@ def main():
                                  text=True, check=True).stdout.split()[-1]
         name = f"NATS {version.lstrip('v')}"
         stem = f"{now:%Y-%m-%d}-nats-{version}-{commit}"
+    elif server in ("herald-redis", "socketio-redis"):
+        name = server_name(server, args)
+        stem = f"{now:%Y-%m-%d}-{server}-{commit}"
     else:
         name = "herald"
         stem = f"{now:%Y-%m-%d}-{commit}"
@@ -394,7 +554,7 @@ def main():
         """Runs a scenario `repeats` times on fresh pods for each of
         VARIANTS; returns {pod flags: [reports]}."""
         reports = {}
-        for flags in VARIANTS if server == "herald" else [()]:
+        for flags in VARIANTS if server.startswith("herald") else [()]:
             pids = start(scenario.lower(), flags)
             reports[flags] = []
             for n in range(repeats):
@@ -445,14 +605,7 @@ def main():
     md.append(f"# {name} benchmark {now:%Y-%m-%d %H:%M} UTC, herald-bench at commit {commit}"
               f"{' (with uncommitted changes in src/)' if dirty else ''}\n")
     md.append(f"- Machine: {machine()}; the load generator shares the cores with both pods.")
-    if server == "nats":
-        md.append("- Cluster: 2 NATS nodes routed to each other, 127.0.0.1 and 127.0.0.2, "
-                  "WebSocket listeners; users spread round-robin over both, publishing over "
-                  "NATS's client port on 127.0.0.1; 128-byte payloads.")
-    else:
-        md.append("- Cluster: 2 pods, static discovery, 127.0.0.1 and 127.0.0.2; users spread "
-                  "round-robin over both, publishing through gRPC on 127.0.0.1; 128-byte "
-                  "payloads.")
+    md.append(f"- Cluster: {CLUSTERS[server]}")
     md.append(f"- Mode: {'quick (not comparable)' if args.quick else 'full'}; "
               "produced by `make bench` (`bench/run.py`).\n")
     md.append("## Headline\n")
@@ -508,7 +661,10 @@ def main():
               f"{s3['connect']['time_ms']['p99']:.1f} ms; RSS "
               f"{s3['server']['rss_before_bytes']} → {s3['server']['rss_after_bytes']} bytes.\n")
     md.append("## Commands\n")
-    if server == "nats":
+    if server in ("herald-redis", "socketio-redis"):
+        md.append(f"Each with `{' '.join(target_args(server))} --pids=<both, and redis-server> "
+                  f"--json=-`; {server_commands(server)}, restarted before each run group.\n")
+    elif server == "nats":
         md.append(f"Each with `{' '.join(target_args(server))} --pids=<both nodes> --json=-`; "
                   "nodes run `nats-server -c` with this configuration (IP and the route "
                   "to the other node filled in), restarted before S1, L, S2, S3 and S4:\n")
