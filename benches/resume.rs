@@ -21,9 +21,14 @@
 //! users on another topic before and during the storm.
 //!
 //! Run with `make bench-resume` (or `cargo bench --bench resume`, with
-//! `-- storm` for the storm); about a minute each. Under test runners it
-//! does nothing (the behaviour is tested by tests/continuity.rs).
+//! `-- storm` for the storm); about a minute each. With `-- redis` the pods
+//! use the Redis broadcast backend (`--broadcast=redis`) on a redis-server
+//! the bench starts on 127.0.0.1 (`$REDIS_SERVER`, or what `make
+//! redis-server` unpacked) instead of the mesh; `make bench-redis` runs R
+//! both ways. Under test runners it does nothing (the behaviour is tested
+//! by tests/continuity.rs).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +43,8 @@ const IPS: [&str; 3] = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
 const HTTP: u16 = 38080;
 const GRPC: u16 = 39090;
 const PEER: u16 = 37070;
+/// The redis-server's port with `-- redis`, on 127.0.0.1.
+const REDIS_PORT: u16 = 36379;
 const TOPIC: &str = "bench:r";
 const USERS: usize = 3_000;
 const RATE: u64 = 200;
@@ -75,9 +82,95 @@ impl std::ops::DerefMut for Pod {
     }
 }
 
-fn spawn(i: usize) -> Pod {
+/// What carries messages between the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broadcast {
+    /// The pods' own mesh, static discovery.
+    Mesh,
+    /// One redis-server on 127.0.0.1:[`REDIS_PORT`].
+    Redis,
+}
+
+impl Broadcast {
+    /// The `herald serve` flags that choose it.
+    fn flags(self) -> Vec<String> {
+        match self {
+            Self::Mesh => {
+                let peers: Vec<String> = IPS.iter().map(|ip| format!("{ip}:{PEER}")).collect();
+                vec![
+                    "--discovery=static".into(),
+                    format!("--peers={}", peers.join(",")),
+                ]
+            }
+            Self::Redis => vec![
+                "--broadcast=redis".into(),
+                format!("--redis-url=redis://127.0.0.1:{REDIS_PORT}"),
+            ],
+        }
+    }
+}
+
+/// The redis-server of `-- redis` (empty, no persistence), killed on drop.
+struct Redis(Child);
+
+impl Redis {
+    /// Starts it and waits until it answers `PING`.
+    async fn start() -> Self {
+        let binary = std::env::var_os("REDIS_SERVER").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/redis/redis-server"),
+            PathBuf::from,
+        );
+        assert!(
+            binary.exists(),
+            "{} not found: `make redis-server` fetches it (or set REDIS_SERVER)",
+            binary.display()
+        );
+        let log = std::fs::File::create("target/bench/resume-redis.log").expect("log file");
+        let child = Command::new(binary)
+            .args(["--bind", "127.0.0.1", "--port", &REDIS_PORT.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir", "target/bench"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let redis = Self(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !redis.pong().await {
+            assert!(Instant::now() < deadline, "redis-server never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        redis
+    }
+
+    async fn pong(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", REDIS_PORT))
+                .await
+                .ok()?;
+            stream.write_all(b"PING\r\n").await.ok()?;
+            let mut reply = [0; 16];
+            let n = stream.read(&mut reply).await.ok()?;
+            Some(reply[..n].starts_with(b"+PONG"))
+        };
+        tokio::time::timeout(Duration::from_secs(1), exchange)
+            .await
+            .ok()
+            .flatten()
+            == Some(true)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(i: usize, broadcast: Broadcast) -> Pod {
     let ip = IPS[i];
-    let peers: Vec<String> = IPS.iter().map(|ip| format!("{ip}:{PEER}")).collect();
     let log =
         std::fs::File::create(format!("target/bench/resume-pod{}.log", i + 1)).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -85,8 +178,7 @@ fn spawn(i: usize) -> Pod {
         .arg(format!("--http-addr={ip}:{HTTP}"))
         .arg(format!("--grpc-addr={ip}:{GRPC}"))
         .arg(format!("--peer-addr={ip}:{PEER}"))
-        .arg("--discovery=static")
-        .arg(format!("--peers={}", peers.join(",")))
+        .args(broadcast.flags())
         .arg(format!("--drain-window={DRAIN_WINDOW}"))
         .arg("--max-connection-rate=100000")
         // One bench process on one address stands for thousands of users.
@@ -326,15 +418,27 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    if std::env::args().any(|arg| arg == "storm") {
-        runtime.block_on(storm());
+    let broadcast = if std::env::args().any(|arg| arg == "redis") {
+        Broadcast::Redis
     } else {
-        runtime.block_on(run());
-    }
+        Broadcast::Mesh
+    };
+    runtime.block_on(async {
+        // Dropped (killed) after the pods are gone.
+        let _redis = match broadcast {
+            Broadcast::Redis => Some(Redis::start().await),
+            Broadcast::Mesh => None,
+        };
+        if std::env::args().any(|arg| arg == "storm") {
+            storm(broadcast).await;
+        } else {
+            run(broadcast).await;
+        }
+    });
 }
 
-async fn run() {
-    let mut pods: Vec<Pod> = (0..3).map(spawn).collect();
+async fn run(broadcast: Broadcast) {
+    let mut pods: Vec<Pod> = (0..3).map(|i| spawn(i, broadcast)).collect();
     for i in 0..3 {
         ready(i).await;
     }
@@ -370,7 +474,7 @@ async fn run() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        *pod = spawn(i);
+        *pod = spawn(i, broadcast);
         ready(i).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
@@ -414,11 +518,20 @@ async fn run() {
         .flat_map(|s| s.latencies.iter().copied())
         .collect();
     latencies.sort_unstable();
-    println!("# Scenario R (resume): rolling restart of 3 pods, {USERS} users, {RATE} msg/s\n");
+    let on = match broadcast {
+        Broadcast::Mesh => "",
+        Broadcast::Redis => " on Redis",
+    };
+    println!("# Scenario R (resume){on}: rolling restart of 3 pods, {USERS} users, {RATE} msg/s\n");
     println!(
         "- Machine: {} CPUs; loopback; pods are release builds as processes; the users and the backend share the cores.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if broadcast == Broadcast::Redis {
+        println!(
+            "- Broadcast: Redis (`--broadcast=redis`, one redis-server on 127.0.0.1, no discovery)."
+        );
+    }
     println!(
         "- Drain window {DRAIN_WINDOW}; each pod restarted in turn, 3 s apart; run took {:.0} s.\n",
         elapsed.as_secs_f64()
@@ -593,16 +706,17 @@ fn p99_ms(latencies: impl Iterator<Item = u64>) -> (f64, usize) {
     (percentile(&sorted, 0.99), sorted.len())
 }
 
-async fn storm() {
+async fn storm(broadcast: Broadcast) {
     // The survivors first: one of them numbers the storm's topic from its
     // first message on (the sequencer sticks to the pod that numbered the
     // last message), so killing pod 1 does not start a new epoch.
-    let mut pods: Vec<Option<Pod>> = vec![None, Some(spawn(1)), Some(spawn(2))];
+    let mut pods: Vec<Option<Pod>> =
+        vec![None, Some(spawn(1, broadcast)), Some(spawn(2, broadcast))];
     ready(1).await;
     ready(2).await;
     let (_never, quiet) = watch::channel(false);
     publish(1, STORM_TOPIC, 1, 0, quiet.clone()).await;
-    pods[0] = Some(spawn(0));
+    pods[0] = Some(spawn(0, broadcast));
     ready(0).await;
 
     let (done_tx, done) = watch::channel(false);
@@ -691,6 +805,11 @@ async fn storm() {
         "- Machine: {} CPUs; loopback; pods are release builds as processes; the users and the publishers share the cores.",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if broadcast == Broadcast::Redis {
+        println!(
+            "- Broadcast: Redis (`--broadcast=redis`, one redis-server on 127.0.0.1, no discovery)."
+        );
+    }
     println!(
         "- 3 pods; the storm's users reconnect to the 2 survivors (half each); {STORM_OTHERS} other users on the survivors, on a topic published at {OTHER_RATE} msg/s.\n"
     );
