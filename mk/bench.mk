@@ -62,6 +62,25 @@ bench-storm: ## Resume storm: 5,000 users of a SIGKILLed pod resume 100 messages
 	$(CARGO) bench --bench resume -- storm > $(STORM_REPORT)
 	@cat $(STORM_REPORT)
 
+# Broadcast backends side by side: S1, S2 and S4 on the mesh, on Redis and
+# on Socket.IO with its Redis adapter (the reference server in
+# bench/socketio, its packages installed from the committed lock file), then
+# scenario R on the mesh and on Redis; one sitting, about 20 minutes after
+# the builds.
+NPM ?= npm
+SOCKETIO_MODULES := bench/socketio/node_modules/.package-lock.json
+
+.PHONY: socketio-deps bench-redis
+socketio-deps: $(SOCKETIO_MODULES) ## Install the Socket.IO reference server's packages (npm ci in bench/socketio)
+
+$(SOCKETIO_MODULES): bench/socketio/package.json bench/socketio/package-lock.json
+	cd bench/socketio && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+bench-redis: redis-server socketio-deps ## Broadcast backends: S1, S2, S4 on the mesh, Redis and Socket.IO + Redis adapter, then R on mesh and Redis; report to bench/results/
+	$(CARGO) build --release --bin herald --bin herald-bench
+	$(PYTHON3) bench/backends.py --redis-server=$(REDIS_SERVER)
+
 # nats-server for `make bench-nats` and the harness's smoke test (tests/
 # bench_smoke.rs): Debian's package, unpacked under target/ (no system
 # install, no root needed once the package lists are there).
