@@ -248,37 +248,32 @@ impl Local {
     /// Takes messages another pod numbered: keeps and delivers each that
     /// is new here, in order. A message after a hole, or of a new epoch,
     /// is preceded by a `gap` event to the topic's subscribers. Publishes
-    /// of this pod waiting for one of them are answered.
+    /// of this pod waiting for one of them (new here or not) are answered.
     pub fn accept(&self, messages: impl IntoIterator<Item = Arc<Message>>) {
         let mut pending = Pending::default();
         let mut arrived = Vec::new();
         for message in messages {
-            let fresh = self.inner.history.with(message.topic(), |entry| {
+            self.inner.history.with(message.topic(), |entry| {
                 self.keep_and_offer(entry, &message, &mut pending)
             });
-            if fresh {
-                arrived.push(Receipt {
-                    id: message.id(),
-                    stamp: message.stamp(),
-                });
-            }
+            // A duplicate answers its publish too: its first copy may have
+            // come in a restore, which answers nobody.
+            arrived.push(Receipt {
+                id: message.id(),
+                stamp: message.stamp(),
+            });
         }
         self.inner.hub.write_out(pending);
         self.answer(&arrived);
     }
 
     /// Adds `message` to its log and offers it to the topic's subscribers
-    /// (after a `gap` event if it does not follow the head). False for a
-    /// duplicate, which is dropped.
-    fn keep_and_offer(
-        &self,
-        entry: &mut Entry<'_>,
-        message: &Arc<Message>,
-        pending: &mut Pending,
-    ) -> bool {
+    /// (after a `gap` event if it does not follow the head). A duplicate is
+    /// dropped.
+    fn keep_and_offer(&self, entry: &mut Entry<'_>, message: &Arc<Message>, pending: &mut Pending) {
         let hub = &self.inner.hub;
         match entry.add(message) {
-            Fit::Seen => return false,
+            Fit::Seen => return,
             Fit::Next => {}
             Fit::Hole { after } | Fit::Epoch { after } => {
                 tracing::debug!(topic = %message.topic(), ?after, at = ?message.position(), "a gap in a topic's order");
@@ -288,7 +283,6 @@ impl Local {
         }
         self.keys().insert(message);
         hub.offer(message, pending);
-        true
     }
 
     /// Catches a session up on the topics it is behind on, one step: up to
@@ -461,12 +455,20 @@ impl Local {
             let knew = entry.log().head();
             entry.restore(head, sequencer, kept);
             // Users who subscribed while this pod knew nothing of the
-            // topic stood at "nothing yet": they are told where it stands,
-            // unless nothing was numbered yet and they missed nothing.
-            let now_at = entry.log().head();
+            // topic stood at "nothing yet": they get the topic from its
+            // first message when all of it came, else are told where it
+            // stands (unless nothing was numbered yet: they missed nothing).
+            let log = entry.log();
+            let now_at = log.head();
             if knew.epoch.is_none() && now_at != knew && now_at.offset > 0 {
                 let hub = &self.inner.hub;
-                hub.offer_event(topic, gap_frame(topic, now_at), &mut pending);
+                if log.first_kept() == Some(1) && log.len() as u64 == now_at.offset {
+                    for message in log.last(log.len()) {
+                        hub.offer(&message, &mut pending);
+                    }
+                } else {
+                    hub.offer_event(topic, gap_frame(topic, now_at), &mut pending);
+                }
             }
         });
         self.inner.hub.write_out(pending);
@@ -550,5 +552,36 @@ mod tests {
             frames(&mut mailbox),
             [gap_frame(&used, Position::at(epoch, 5))]
         );
+    }
+
+    #[test]
+    fn subscribers_at_nothing_yet_get_a_restored_topic_from_its_first_message_and_once() {
+        let node = NodeId::random();
+        let local = Local::new(Hub::new(), History::new(Default::default()), node);
+        let (mut membership, mut mailbox) = local.inner.hub.join(16, 16);
+        let topic = Topic::new("room:1").expect("topic");
+        let subscribed = local.subscribe(
+            &mut membership,
+            topic.clone(),
+            None,
+            Options::default(),
+            |_| Outgoing::text("subscribed"),
+        );
+        assert!(subscribed.is_ok());
+        assert_eq!(frames(&mut mailbox), ["subscribed"]);
+
+        let kept: Vec<_> = (1..=3)
+            .map(|n| crate::message::sample("room:1", n, &n.to_string()))
+            .collect();
+        local.restore(&topic, kept[2].position(), node, &kept);
+        let whole: Vec<String> = kept.iter().map(|m| m.frame().to_string()).collect();
+        assert_eq!(frames(&mut mailbox), whole, "the messages, not a gap");
+
+        // The last one arriving live too is not delivered again, and a
+        // publish waiting for it is answered.
+        let mut waiting = local.expect(kept[2].id());
+        local.accept(vec![kept[2].clone()]);
+        assert_eq!(frames(&mut mailbox), Vec::<String>::new());
+        assert_eq!(waiting.try_recv().map(|r| r.id), Ok(kept[2].id()));
     }
 }

@@ -200,6 +200,55 @@ async fn a_redis_that_kept_its_data_across_a_restart_keeps_every_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_came_back_with_fewer_messages_than_pods_saw_starts_a_new_epoch_not_a_reuse() {
+    let redis = RedisServer::start().await;
+    let pods = pods(&IPS, &redis.address(), &[]).await;
+    let mut user = User::connect(&pods[1].ws_url()).await;
+    user.subscribe(TOPIC).await;
+    let mut last = None;
+    for n in 1..=3 {
+        last = Some(publish_once_up(&pods[0], &n.to_string()).await);
+        user.message(TOPIC).await;
+    }
+    let old = last.expect("published").epoch;
+    // As if Redis had persisted only the first message before a restart:
+    // its counter is behind what the pods saw, and the pods reconnect.
+    let meta = format!("herald:herald:{{{TOPIC}}}:meta");
+    assert_eq!(
+        redis
+            .command(&format!("HSET {meta} offset 1"))
+            .await
+            .as_deref(),
+        Some(":0")
+    );
+    assert!(redis.command("CLIENT KILL TYPE pubsub").await.is_some());
+    // The first pod to check after its reconnect sees it (then the topic
+    // is gone from Redis, and the other finds nothing to compare).
+    let deadline = Instant::now() + PATIENCE;
+    while !pods.iter().any(|pod| {
+        pod.logs()
+            .contains("Redis lost the last messages of a topic")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "nobody noticed:\n{}",
+            pods[1].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let next = publish_once_up(&pods[0], "4").await;
+    assert_ne!(next.epoch, old, "offsets 2 and 3 are never given again");
+    assert_eq!(next.offset, 1);
+    let gap = user.next().await;
+    assert_eq!(
+        (gap["op"].as_str(), position(&gap)),
+        (Some("gap"), (next.epoch.clone(), 0))
+    );
+    assert_eq!(user.message(TOPIC).await, json!(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_published_while_a_pods_redis_link_was_down_reaches_its_users_in_place() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::to(redis.address()).await;

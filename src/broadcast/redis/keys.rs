@@ -63,7 +63,8 @@ end
 return {1, epoch, offset}
 "#;
 
-/// The numbering script, loaded once per connection.
+/// The numbering script, sent by its hash; loaded into Redis when Redis
+/// says it does not know it (it restarted).
 pub fn number_script() -> redis::Script {
     redis::Script::new(NUMBER)
 }

@@ -4,7 +4,7 @@
 //!
 //! One task ([`Link::maintain`]) dials, with capped backoff, whenever there
 //! is no connection; a caller whose command failed on the connection itself
-//! reports it [`broken`](Link::broken) and the task dials again. Commands
+//! reports it ([`failed`](Link::failed)) and the task dials again. Commands
 //! never wait for a connection: without one they fail at once, so a
 //! publish while Redis is down is refused rather than held.
 

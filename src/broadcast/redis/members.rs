@@ -8,7 +8,7 @@
 //! go after presence's grace. A pod's own subscription coming up asks every
 //! pod for its state (it may have missed deltas while it was down), and
 //! sends its own. A pod that leaves says so ([`Gone`]) and its entries go at
-//! once. Silence is judged only while this pod's own subscription has been
+//! once, and it says nothing more. Silence is judged only while this pod's own subscription has been
 //! up for [`SILENCE`]: a pod that cannot hear anyone does not take everyone
 //! for dead.
 //!
@@ -56,6 +56,8 @@ struct Inner {
     frames: mpsc::Sender<Bytes>,
     queued: Arc<Queued>,
     owe_state: AtomicBool,
+    /// Set once this pod said it is gone: it says nothing more.
+    gone: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -89,6 +91,7 @@ impl Members {
                 frames,
                 queued,
                 owe_state: AtomicBool::new(false),
+                gone: AtomicBool::new(false),
                 state: Mutex::default(),
             }),
         }
@@ -123,9 +126,11 @@ impl Members {
         self.lock().listening_since = None;
     }
 
-    /// This pod leaves: the others drop its entries now.
+    /// This pod leaves: the others drop its entries now, and it sends
+    /// nothing more (a beat after it would bring it back).
     pub fn leave(&self) {
         self.send(bus_frame::Kind::Gone(Gone {}));
+        self.inner.gone.store(true, Ordering::Release);
     }
 
     /// Takes a frame from the presence channel.
@@ -241,6 +246,9 @@ impl Members {
     }
 
     fn send(&self, kind: bus_frame::Kind) {
+        if self.inner.gone.load(Ordering::Acquire) {
+            return;
+        }
         let frame = BusFrame {
             node: self.inner.node.to_string(),
             address: self.inner.address.clone(),
@@ -326,6 +334,15 @@ mod tests {
         assert_eq!(members.silent(now), Vec::new());
         assert_eq!(members.silent(now + SILENCE), vec![other]);
         assert!(members.pods().is_empty(), "forgotten once down");
+    }
+
+    #[test]
+    fn a_pod_that_said_it_is_gone_sends_nothing_more() {
+        let (members, mut sent) = members();
+        members.leave();
+        members.listening();
+        members.take(&beat_of(NodeId::random()));
+        assert_eq!(kinds(&mut sent), ["gone"]);
     }
 
     #[test]

@@ -109,10 +109,14 @@ impl Reader {
             .await
             .map_err(|_| Broke::Timeout(CONNECT_TIMEOUT))??;
         let (messages, presence) = (self.keys.messages(), self.keys.presence());
-        pubsub.subscribe(&[&messages, &presence]).await?;
+        tokio::time::timeout(RESPONSE_TIMEOUT, pubsub.subscribe(&[&messages, &presence]))
+            .await
+            .map_err(|_| Broke::Timeout(RESPONSE_TIMEOUT))??;
         let mut stream = pubsub.into_on_message();
-        self.members.listening();
         self.catch_up().await?;
+        // Only now is this pod listening: silence was not judged while it
+        // caught up.
+        self.members.listening();
         self.up.store(true, Ordering::Release);
         self.settled.store(true, Ordering::Release);
         tracing::info!(redis = %self.link.address(), "subscribed to the cluster's channels");
@@ -194,6 +198,18 @@ impl Reader {
                     // Subscribers who stood at "nothing yet" get the topic
                     // from its start.
                     None => 1,
+                    // Redis came back with less than this pod saw (it
+                    // persisted only part, or a replica lagged): its next
+                    // offsets would repeat ones already delivered. The
+                    // topic starts a new epoch at its next message, which
+                    // every subscriber hears of as a gap.
+                    Some(known) if known == epoch && offset < here.offset => {
+                        tracing::error!(%topic, redis = offset, here = here.offset, "Redis lost the last messages of a topic; it starts a new epoch");
+                        store::forget(&mut connection, &self.keys, topic, epoch, here.offset)
+                            .await
+                            .inspect_err(|error| self.link.failed(error))?;
+                        continue;
+                    }
                     Some(known) if known == epoch => here.offset + 1,
                     // Redis lost the order this pod knew: subscribers hear
                     // of a gap, then get the new epoch from its start.
@@ -209,6 +225,9 @@ impl Reader {
                         batch.push(&missed);
                     }
                     batch.flush();
+                    // What the log no longer held (or could not be read)
+                    // is a gap, not a head left behind.
+                    local.skip_to(topic, Position::at(epoch, offset));
                 }
             }
         }

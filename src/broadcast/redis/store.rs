@@ -6,6 +6,7 @@ use redis::RedisError;
 use redis::aio::MultiplexedConnection;
 
 use super::keys::{Keys, stamped};
+use crate::message::Epoch;
 use crate::proto::v1::Envelope;
 use crate::topic::Topic;
 
@@ -76,6 +77,33 @@ pub async fn heads(
         })
         .collect())
 }
+
+/// Forgets `topic` in Redis (its epoch and offset, and its log) if Redis
+/// holds it at `epoch` below `seen`: its next message then starts a new
+/// epoch. A topic that moved on meanwhile is left alone.
+pub async fn forget(
+    connection: &mut MultiplexedConnection,
+    keys: &Keys,
+    topic: &Topic,
+    epoch: Epoch,
+    seen: u64,
+) -> Result<(), RedisError> {
+    redis::Script::new(FORGET)
+        .key(keys.meta(topic))
+        .key(keys.log(topic))
+        .arg(epoch.as_u64())
+        .arg(seen)
+        .invoke_async(connection)
+        .await
+}
+
+/// KEYS meta, log; ARGV the epoch and the offset a pod saw.
+const FORGET: &str = r#"
+local epoch, offset = unpack(redis.call('HMGET', KEYS[1], 'epoch', 'offset'))
+if epoch == ARGV[1] and tonumber(offset) < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+end
+"#;
 
 /// The kept messages of `topic` from offset `from` to the newest, oldest
 /// first. Fewer when some are no longer kept.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, RedisError};
+use redis::{RedisError, ServerErrorKind, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -80,34 +80,40 @@ impl Writer {
         stop: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
+        let script = number_script();
         loop {
+            // Presence frames first: they are few and small, and a pod
+            // whose beats wait behind a stream of publishes would be taken
+            // for down by the others.
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
+                Some(frame) = frames.recv() => {
+                    self.publish(&presence_channel, frame).await;
+                    self.queued.frames.fetch_sub(1, Ordering::AcqRel);
+                }
                 n = drafts.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         return;
                     }
                     let count = batch.len();
-                    self.number(std::mem::take(&mut batch)).await;
+                    self.number(&script, std::mem::take(&mut batch)).await;
                     self.queued.drafts.fetch_sub(count, Ordering::AcqRel);
-                }
-                Some(frame) = frames.recv() => {
-                    self.publish(&presence_channel, frame).await;
-                    self.queued.frames.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }
     }
 
-    /// Numbers `drafts` in one pipeline, in order.
-    async fn number(&self, drafts: Vec<Draft>) {
+    /// Numbers `drafts` in one pipeline, in order, with `script`.
+    async fn number(&self, script: &redis::Script, drafts: Vec<Draft>) {
         let Some(mut connection) = self.link.connection() else {
             self.refuse(&drafts, "no connection to Redis");
             return;
         };
-        let script = number_script();
+        // Each reply on its own: one script that fails (Redis out of
+        // memory) refuses its own publish, not the others, which did land.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for draft in &drafts {
             let key = draft.key.as_deref();
             pipe.cmd("EVALSHA")
@@ -130,11 +136,10 @@ impl Writer {
                 .arg(KEY_WINDOW.as_secs())
                 .arg(draft.origin.to_string());
         }
-        let mut replies = pipe.query_async::<Vec<Vec<String>>>(&mut connection).await;
+        let mut replies = pipe.query_async::<Vec<Value>>(&mut connection).await;
         // A Redis that restarted has forgotten the script: none of the
         // pipeline ran. Load it and send the pipeline again.
-        if matches!(&replies, Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
+        if matches!(&replies, Ok(replies) if replies.first().is_some_and(no_script)) {
             replies = match script.prepare_invoke().load_async(&mut connection).await {
                 Ok(_) => pipe.query_async(&mut connection).await,
                 Err(e) => Err(e),
@@ -143,7 +148,7 @@ impl Writer {
         match replies {
             Ok(replies) => {
                 for (draft, reply) in drafts.iter().zip(replies) {
-                    self.answer(draft, &reply);
+                    self.answer(draft, reply);
                 }
             }
             Err(error) => {
@@ -155,8 +160,15 @@ impl Writer {
 
     /// Answers `draft`'s publish at once when its key was used before; a
     /// new message's publish is answered when it comes back.
-    fn answer(&self, draft: &Draft, reply: &[String]) {
-        match reply {
+    fn answer(&self, draft: &Draft, reply: Value) {
+        let reply = match redis::from_redis_value::<Vec<String>>(reply) {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(%error, topic = %draft.topic, "Redis did not number a message");
+                return self.refuse(std::slice::from_ref(draft), "a failed script");
+            }
+        };
+        match reply.as_slice() {
             [new, ..] if new == "1" => {}
             [_, prior] => match repeat(prior) {
                 Some(receipt) => self.local.answer_repeat(draft.id, receipt),
@@ -206,6 +218,11 @@ async fn publish(
         .arg(frame)
         .query_async(connection)
         .await
+}
+
+/// Whether `reply` says Redis does not know the script.
+fn no_script(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript))
 }
 
 /// An idempotency record, `<id> <epoch> <offset> <pod>`, as a receipt.
