@@ -3,8 +3,10 @@
 //!
 //! Messages that arrive together are delivered together. A subscription
 //! loses nothing while it is up (Redis sends one connection's messages in
-//! order, and drops a subscriber that reads too slowly rather than skip
-//! messages for it), so messages are missed only while it is down. When it
+//! order and whole; the client library reads them off the socket as they
+//! come and holds what this task has not taken yet, so a pod that falls
+//! behind holds its backlog in memory rather than lose it), so messages
+//! are missed only while it is down. When it
 //! comes (back) up, every topic this pod holds a log of is checked against
 //! Redis before anything else is read: messages published meanwhile are
 //! read from the topic's log and delivered in their place, what the log no
