@@ -65,7 +65,7 @@ bench-storm: ## Resume storm: 5,000 users of a SIGKILLed pod resume 100 messages
 # Broadcast backends side by side: S1, S2 and S4 on the mesh, on Redis and
 # on Socket.IO with its Redis adapter (the reference server in
 # bench/socketio, its packages installed from the committed lock file), then
-# scenario R on the mesh and on Redis; one sitting, about 20 minutes after
+# scenario R on the mesh and on Redis; one sitting, about 11 minutes after
 # the builds.
 NPM ?= npm
 SOCKETIO_MODULES := bench/socketio/node_modules/.package-lock.json
