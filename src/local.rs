@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
-use crate::history::{BadPosition, Entry, Fit, History, Since};
+use crate::history::{BadPosition, Entry, Fit, History, Need, Since};
 use crate::hub::{Hub, Membership, Options, Outgoing, Pending, TooManySubscriptions};
 use crate::message::{Draft, Message, MessageId, NodeId, Position, Stamp, gap_frame};
 use crate::topic::Topic;
@@ -80,9 +80,9 @@ pub struct Page {
 /// backends implement it.
 pub trait Recall: Send + Sync {
     /// Brings what this pod holds of `topic` up to what the group holds,
-    /// back to `since` when given, as far as it can within a bounded wait;
-    /// never fails (the answer is then given from what this pod holds).
-    fn recall<'a>(&'a self, topic: &'a Topic, since: Option<Position>) -> BoxFuture<'a, ()>;
+    /// as far as `need` asks, within a bounded wait; never fails (the
+    /// answer is then given from what this pod holds).
+    fn recall<'a>(&'a self, topic: &'a Topic, need: Need) -> BoxFuture<'a, ()>;
 }
 
 /// A handle to this pod's ordered topics. Clones share it.

@@ -249,6 +249,49 @@ async fn a_redis_that_came_back_with_fewer_messages_than_pods_saw_starts_a_new_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_started_after_a_topics_first_messages_answers_history_like_the_others() {
+    let redis = RedisServer::start().await;
+    let ports = Ports::free_on(&IPS);
+    let flags = [
+        "--broadcast=redis".to_owned(),
+        format!("--redis-url={}", redis.url()),
+    ];
+    let first = Process::spawn(IPS[0], ports, &flags, &[]);
+    first.wait_ready().await;
+    for n in 1..=5 {
+        publish_once_up(&first, &n.to_string()).await;
+    }
+    // The late pod hears 6 and 7 live: its own log starts at 6.
+    let late = Process::spawn(IPS[1], ports, &flags, &[]);
+    late.wait_ready().await;
+    let mut user = User::connect(&first.ws_url()).await;
+    user.subscribe(TOPIC).await;
+    for n in 6..=7 {
+        publish_once_up(&first, &n.to_string()).await;
+        user.message(TOPIC).await;
+    }
+    late.wait_for_log("delivered messages from a peer").await;
+    for pod in [&first, &late] {
+        let mut reader = User::connect(&pod.ws_url()).await;
+        let page = reader
+            .request(json!({"op": "history", "topic": TOPIC, "limit": 10, "ref": "h"}))
+            .await;
+        let data: Vec<Value> = page["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|m| m["data"].clone())
+            .collect();
+        assert_eq!(
+            data,
+            (1..=7).map(|n| json!(n)).collect::<Vec<_>>(),
+            "{}",
+            pod.ip
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_published_while_a_pods_redis_link_was_down_reaches_its_users_in_place() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::to(redis.address()).await;

@@ -35,6 +35,7 @@ use super::secret::{ClusterSecret, Role};
 use super::{PeerSet, handshake};
 use crate::broadcast::intake::{Intake, MAX_OFFSET, valid_offset};
 use crate::broadcast::{Broadcast, Identity, PeerInfo};
+use crate::history::Need;
 use crate::hub::Hub;
 use crate::local::Local;
 use crate::local::Recall;
@@ -763,7 +764,7 @@ impl Broadcast for Mesh {
 /// Every pod of the mesh syncs every topic from its peers when it starts,
 /// and holds what they hold from then on: nothing to recall.
 impl Recall for Mesh {
-    fn recall<'a>(&'a self, _topic: &'a Topic, _since: Option<Position>) -> BoxFuture<'a, ()> {
+    fn recall<'a>(&'a self, _topic: &'a Topic, _need: Need) -> BoxFuture<'a, ()> {
         Box::pin(std::future::ready(()))
     }
 }

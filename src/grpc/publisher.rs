@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use crate::auth::TokenScope;
 use crate::broadcast::Broadcast;
-use crate::history::BadPosition;
+use crate::history::{BadPosition, Need};
 use crate::local::{Local, Receipt};
 use crate::message::{Position, TraceContext};
 use crate::presence::{self, Conn};
@@ -207,7 +207,8 @@ impl PublisherApi for PublisherService {
             MAX_HISTORY_LIMIT as usize,
         )?;
         let since = since.as_ref().map(position).transpose()?;
-        self.broadcast.recall(&topic, since).await;
+        let need = since.map_or(Need::Last(limit), Need::Since);
+        self.broadcast.recall(&topic, need).await;
         let page = self.local.page(&topic, since, limit)?;
         let messages = page
             .messages

@@ -34,6 +34,17 @@ pub enum Fit {
     },
 }
 
+/// What an answer needs of a topic's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Where the topic stands (a subscribe without `since`).
+    Head,
+    /// Every message after a position (a resume, or a read with `since`).
+    Since(Position),
+    /// Its newest messages, up to so many (a read without `since`).
+    Last(usize),
+}
+
 /// What a log can say about the messages after a position.
 #[derive(Debug, Clone)]
 pub enum Since {
@@ -308,6 +319,23 @@ impl Log {
         true
     }
 
+    /// Whether this log of `topic` answers `need` as fully as the group
+    /// could: it knows the head and, when it `keeps` messages (up to
+    /// `max_kept`), holds what is asked for. A log that started after the
+    /// topic's first message (this pod started later) may not.
+    pub fn answers(&self, topic: &Topic, need: Need, keeps: bool, max_kept: usize) -> bool {
+        match need {
+            _ if self.head.epoch.is_none() => false,
+            Need::Head => true,
+            // Nothing more could be kept here.
+            _ if !keeps => true,
+            Need::Since(since) => !matches!(self.since_at_most(topic, since, 0), Ok(Since::Lost)),
+            Need::Last(count) => {
+                self.first_kept() == Some(1) || self.run.len() >= count.min(max_kept)
+            }
+        }
+    }
+
     /// The messages after `since` in `topic` (this log's), or why they
     /// cannot be given.
     pub fn since(&self, topic: &Topic, since: Position) -> Result<Since, BadPosition> {
@@ -422,6 +450,28 @@ mod tests {
             log.add(&message(epoch, offset), true, max_kept, Instant::now());
         }
         log
+    }
+
+    #[test]
+    fn a_log_that_started_mid_topic_answers_only_for_what_it_holds() {
+        let (topic, epoch) = (topic(), new_epoch());
+        let mut late = Log::default();
+        for offset in 6..=7 {
+            late.add(&message(epoch, offset), true, 100, Instant::now());
+        }
+        let answers = |log: &Log, need, keeps| log.answers(&topic, need, keeps, 100);
+        assert!(answers(&late, Need::Head, true));
+        assert!(answers(&late, Need::Last(2), true));
+        assert!(!answers(&late, Need::Last(10), true), "1 to 5 are missing");
+        assert!(
+            answers(&late, Need::Last(10), false),
+            "history off: nothing to gain"
+        );
+        assert!(!answers(&late, Need::Since(Position::at(epoch, 3)), true));
+        assert!(answers(&late, Need::Since(Position::at(epoch, 6)), true));
+        // A log from the topic's start answers any count.
+        assert!(answers(&filled(epoch, 3, 100), Need::Last(10), true));
+        assert!(!answers(&Log::default(), Need::Head, true), "knows nothing");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 mod log;
 
-pub use log::{BadPosition, Fit, Log, Since};
+pub use log::{BadPosition, Fit, Log, Need, Since};
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -243,6 +243,18 @@ impl History {
     /// knows nothing of.
     pub fn read<R>(&self, topic: &Topic, read: impl FnOnce(&Log) -> R) -> Option<R> {
         self.lock(topic).logs.get(topic).map(read)
+    }
+
+    /// Whether this pod's log of `topic` answers `need` as fully as the
+    /// group could (see [`Log::answers`]); false for a topic it has no log
+    /// of.
+    pub fn answers(&self, topic: &Topic, need: Need) -> bool {
+        let limits = &self.inner.limits;
+        let keeps = !limits.off.allows(topic.as_str());
+        self.read(topic, |log| {
+            log.answers(topic, need, keeps, limits.max_messages)
+        })
+        .unwrap_or(false)
     }
 
     /// The topics `node` numbers, and their heads: what a leaving

@@ -16,6 +16,7 @@ use axum::extract::ws::Message;
 use super::protocol::{self, ErrorCode, Op, Request};
 use crate::auth::{Identity, Verifier};
 use crate::history::BadPosition;
+use crate::history::Need;
 use crate::hub::{Membership, Outgoing, Pending};
 use crate::limit::TokenBucket;
 use crate::local::{Local, Recall, SubscribeError};
@@ -137,7 +138,8 @@ impl Requests {
                 } else if options.join_leave && !self.presence.covers(&topic) {
                     presence_disabled(reference, &topic)
                 } else {
-                    self.recall.recall(&topic, since).await;
+                    let need = since.map_or(Need::Head, Need::Since);
+                    self.recall.recall(&topic, need).await;
                     // A resume from a pod that was ahead of this one (the
                     // client saw messages still on their way here) waits
                     // for them rather than being refused.
@@ -189,7 +191,8 @@ impl Requests {
                 if self.forbidden(&topic) {
                     forbidden_reply(refused, reference, "reading", &topic)
                 } else {
-                    self.recall.recall(&topic, since).await;
+                    let need = since.map_or(Need::Last(limit), Need::Since);
+                    self.recall.recall(&topic, need).await;
                     match self.local.page(&topic, since, limit) {
                         Ok(page) => {
                             protocol::history(reference, page.head, &page.messages, page.recovered)

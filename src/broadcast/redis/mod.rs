@@ -52,7 +52,7 @@ use self::reader::Reader;
 use self::writer::{LogBounds, Queued, Writer};
 use super::intake::Intake;
 use super::{Broadcast, Identity, PeerInfo};
-use crate::history::Since;
+use crate::history::Need;
 use crate::local::Recall;
 use crate::message::{Draft, Epoch, Message, NodeId, Position};
 use crate::presence::Presence;
@@ -199,17 +199,12 @@ impl Redis {
     }
 
     /// Reads what Redis holds of `topic` into this pod's history, when this
-    /// pod knows nothing of it, or its log does not reach back to `since`.
-    async fn fill(&self, topic: &Topic, since: Option<Position>) {
+    /// pod's log cannot answer `need` as fully as Redis (it knows nothing
+    /// of the topic, or started after the messages asked for).
+    async fn fill(&self, topic: &Topic, need: Need) {
         let inner = &*self.inner;
         let local = inner.intake.local();
-        let answers = local.history().read(topic, |log| {
-            log.head().epoch.is_some()
-                && since.is_none_or(|since| {
-                    !matches!(log.since_at_most(topic, since, 0), Ok(Since::Lost))
-                })
-        });
-        if answers == Some(true) {
+        if local.history().answers(topic, need) {
             return;
         }
         let Some(mut connection) = inner.link.connection() else {
@@ -286,8 +281,8 @@ impl Relay for Redis {
 }
 
 impl Recall for Redis {
-    fn recall<'a>(&'a self, topic: &'a Topic, since: Option<Position>) -> BoxFuture<'a, ()> {
-        Box::pin(self.fill(topic, since))
+    fn recall<'a>(&'a self, topic: &'a Topic, need: Need) -> BoxFuture<'a, ()> {
+        Box::pin(self.fill(topic, need))
     }
 }
 
