@@ -292,6 +292,36 @@ async fn a_pod_started_after_a_topics_first_messages_answers_history_like_the_ot
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_published_on_the_clusters_channels_is_dropped_and_the_pods_carry_on() {
+    let redis = RedisServer::start().await;
+    let pods = pods(&IPS, &redis.address(), &[]).await;
+    let mut user = User::connect(&pods[1].ws_url()).await;
+    user.subscribe(TOPIC).await;
+    for line in [
+        "PUBLISH herald:herald:messages garbage",
+        "PUBLISH herald:herald:messages \"1 2 \\xff\\xff\"",
+        "PUBLISH herald:herald:presence \"\\xff\\x00 not a frame\"",
+    ] {
+        assert!(
+            redis
+                .command(line)
+                .await
+                .is_some_and(|r| r.starts_with(':')),
+            "{line}"
+        );
+    }
+    pods[1]
+        .wait_for_log("dropping an unreadable message from Redis")
+        .await;
+    pods[1]
+        .wait_for_log("dropping an unreadable frame from the presence channel")
+        .await;
+    publish_once_up(&pods[0], "1").await;
+    assert_eq!(user.message(TOPIC).await, json!(1));
+    assert_eq!(pods[1].http_status("/readyz").await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_published_while_a_pods_redis_link_was_down_reaches_its_users_in_place() {
     let redis = RedisServer::start().await;
     let proxy = Proxy::to(redis.address()).await;
