@@ -518,26 +518,33 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_subscriber_who_stood_at_nothing_yet_hears_of_a_gap_only_if_something_was_numbered() {
-        let node = NodeId::random();
-        let local = Local::new(Hub::new(), History::new(Default::default()), node);
+    /// A session of `local`'s hub subscribed to `topics` (without
+    /// `since`), its replies read.
+    fn session(local: &Local, topics: &[&Topic]) -> (Membership, crate::hub::Mailbox) {
         let (mut membership, mut mailbox) = local.inner.hub.join(16, 16);
-        let (fresh, used) = (
-            Topic::new("room:fresh").expect("topic"),
-            Topic::new("room:used").expect("topic"),
-        );
-        for topic in [&fresh, &used] {
+        for topic in topics {
             let subscribed = local.subscribe(
                 &mut membership,
-                topic.clone(),
+                (*topic).clone(),
                 None,
                 Options::default(),
                 |_| Outgoing::text("subscribed"),
             );
             assert!(subscribed.is_ok());
         }
-        assert_eq!(frames(&mut mailbox), ["subscribed", "subscribed"]);
+        assert_eq!(frames(&mut mailbox), vec!["subscribed"; topics.len()]);
+        (membership, mailbox)
+    }
+
+    #[test]
+    fn a_subscriber_who_stood_at_nothing_yet_hears_of_a_gap_only_if_something_was_numbered() {
+        let node = NodeId::random();
+        let local = Local::new(Hub::new(), History::new(Default::default()), node);
+        let (fresh, used) = (
+            Topic::new("room:fresh").expect("topic"),
+            Topic::new("room:used").expect("topic"),
+        );
+        let (_membership, mut mailbox) = session(&local, &[&fresh, &used]);
 
         // A peer says where each topic stands: one has numbered nothing yet.
         local.restore(&fresh, Position::at(Epoch::new_for(&fresh), 0), node, &[]);
@@ -558,17 +565,8 @@ mod tests {
     fn subscribers_at_nothing_yet_get_a_restored_topic_from_its_first_message_and_once() {
         let node = NodeId::random();
         let local = Local::new(Hub::new(), History::new(Default::default()), node);
-        let (mut membership, mut mailbox) = local.inner.hub.join(16, 16);
         let topic = Topic::new("room:1").expect("topic");
-        let subscribed = local.subscribe(
-            &mut membership,
-            topic.clone(),
-            None,
-            Options::default(),
-            |_| Outgoing::text("subscribed"),
-        );
-        assert!(subscribed.is_ok());
-        assert_eq!(frames(&mut mailbox), ["subscribed"]);
+        let (_membership, mut mailbox) = session(&local, &[&topic]);
 
         let kept: Vec<_> = (1..=3)
             .map(|n| crate::message::sample("room:1", n, &n.to_string()))
