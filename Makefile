@@ -13,7 +13,7 @@ include mk/bench.mk
 include mk/js.mk
 include mk/redis.mk
 
-.PHONY: help run build test test-rust lint fmt cluster e2e
+.PHONY: help run build test test-rust lint fmt cluster cluster-redis e2e
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort -u | \
@@ -58,4 +58,15 @@ cluster: ## Run a local 3-pod cluster (static discovery on 127.0.0.1-3); Ctrl-C 
 			--discovery=static --peers=$$peers & pids+=($$!); \
 	done; \
 	echo "herald cluster up: ws://127.0.0.{1,2,3}:8080/ws, gRPC http://127.0.0.{1,2,3}:9090"; \
+	wait
+
+cluster-redis: redis-server ## The same 3 pods on the Redis backend (a redis-server on 127.0.0.1:6379, no discovery); Ctrl-C stops it
+	$(CARGO) build --release --bin herald
+	@pids=(); trap 'kill $${pids[@]} 2>/dev/null; wait' EXIT INT TERM; \
+	$(REDIS_SERVER) --bind 127.0.0.1 --port 6379 --save '' --appendonly no & pids+=($$!); \
+	for ip in 127.0.0.1 127.0.0.2 127.0.0.3; do \
+		target/release/herald serve --http-addr=$$ip:8080 --grpc-addr=$$ip:9090 --peer-addr=$$ip:7070 \
+			--broadcast=redis --redis-url=redis://127.0.0.1:6379 & pids+=($$!); \
+	done; \
+	echo "herald on Redis: ws://127.0.0.{1,2,3}:8080/ws, gRPC http://127.0.0.{1,2,3}:9090"; \
 	wait
