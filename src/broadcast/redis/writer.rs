@@ -114,23 +114,24 @@ impl Writer {
         // memory) refuses its own publish, not the others, which did land.
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let channel = self.keys.messages();
         for draft in &drafts {
             let key = draft.key.as_deref();
+            let meta = self.keys.meta(&draft.topic);
+            // Without a key, the meta key stands in for it (never read).
+            let key_name = key.map(|k| self.keys.key(&draft.topic, k));
             pipe.cmd("EVALSHA")
                 .arg(script.get_hash())
                 .arg(3)
-                .arg(self.keys.meta(&draft.topic))
+                .arg(&meta)
                 .arg(self.keys.log(&draft.topic))
-                .arg(key.map_or_else(
-                    || self.keys.meta(&draft.topic),
-                    |k| self.keys.key(&draft.topic, k),
-                ))
+                .arg(key_name.as_ref().unwrap_or(&meta))
                 .arg(fresh_epoch(&draft.topic))
                 .arg(draft_bytes(draft))
                 .arg(self.bounds.messages.max(1))
                 .arg(self.bounds.age.as_secs().max(1))
                 .arg(super::keys::META_TTL.as_secs())
-                .arg(self.keys.messages())
+                .arg(&channel)
                 .arg(draft.id.to_string())
                 .arg(if key.is_some() { "1" } else { "0" })
                 .arg(KEY_WINDOW.as_secs())
