@@ -454,6 +454,7 @@ impl MeshParts<'_> {
                 peer_queue: cluster.peer_queue,
                 max_message_bytes: self.max_message_bytes,
                 ready_timeout: cluster.peer_ready_timeout,
+                routing: cluster.peer_routing,
                 tls: self.tls,
                 secret: self.secret,
             },

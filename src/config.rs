@@ -469,6 +469,26 @@ pub struct ClusterArgs {
     /// Messages queued for one peer before new ones are dropped for it.
     #[arg(long, env = "HERALD_PEER_QUEUE", default_value_t = 65536)]
     pub peer_queue: usize,
+    /// Which pods a topic's messages go to on the mesh: those that follow
+    /// the topic, or every pod (the cost of routing measured against).
+    #[arg(
+        long,
+        env = "HERALD_PEER_ROUTING",
+        value_enum,
+        default_value = "interest"
+    )]
+    pub peer_routing: PeerRouting,
+}
+
+/// Which pods the mesh sends a topic's messages to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerRouting {
+    /// The pods that follow the topic (hold subscribers for it, or read it
+    /// lately), the pod that published it and the topic's backup; every
+    /// pod while its interest is unknown.
+    Interest,
+    /// Every pod.
+    All,
 }
 
 /// Log output format.

@@ -478,6 +478,41 @@ impl Local {
         }
     }
 
+    /// Brings this pod's log of `topic`, which may have fallen behind (this
+    /// pod did not follow the topic), up to what another pod keeps of it:
+    /// its `head`, `sequencer` and newest messages `kept`. Messages newer
+    /// than the log are added and offered to its subscribers in their
+    /// place, and older ones that join the log fill it in; a log they
+    /// cannot be joined to starts over from them, and its subscribers (if
+    /// any) get a `gap` to the new head.
+    pub fn refresh(&self, topic: &Topic, head: Position, sequencer: NodeId, kept: &[Arc<Message>]) {
+        let mut pending = Pending::default();
+        self.inner.history.with(topic, |entry| {
+            let at = entry.log().head();
+            let same = at.epoch.is_some() && at.epoch == head.epoch;
+            let joins = kept
+                .first()
+                .is_some_and(|m| m.stamp().offset <= at.offset + 1);
+            if same && (at.offset >= head.offset || joins) {
+                for message in kept.iter().filter(|m| m.stamp().offset > at.offset) {
+                    self.keep_and_offer(entry, message, &mut pending);
+                }
+                entry.restore(head, sequencer, kept);
+            } else {
+                entry.replace(head, sequencer, kept);
+                if head != at && head.offset > 0 {
+                    let hub = &self.inner.hub;
+                    hub.offer_event(topic, gap_frame(topic, head), &mut pending);
+                }
+            }
+        });
+        self.inner.hub.write_out(pending);
+        let mut keys = self.keys();
+        for message in kept {
+            keys.insert(message);
+        }
+    }
+
     /// The receipt of an earlier publish to `topic` with `key`, if seen
     /// within the key window.
     pub fn receipt_for(&self, topic: &Topic, key: &Arc<str>) -> Option<Receipt> {
@@ -581,5 +616,60 @@ mod tests {
         local.accept(vec![kept[2].clone()]);
         assert_eq!(frames(&mut mailbox), Vec::<String>::new());
         assert_eq!(waiting.try_recv().map(|r| r.id), Ok(kept[2].id()));
+    }
+
+    #[test]
+    fn a_log_that_fell_behind_is_brought_up_to_a_fresher_one_and_one_that_cannot_join_starts_over()
+    {
+        let node = NodeId::random();
+        let local = Local::new(Hub::new(), History::new(Default::default()), node);
+        let topic = Topic::new("room:1").expect("topic");
+        let all: Vec<_> = (1..=6)
+            .map(|n| crate::message::sample("room:1", n, &n.to_string()))
+            .collect();
+        local.accept(all[..3].to_vec());
+        let (_membership, mut mailbox) = session(&local, &[&topic]);
+        let texts = |messages: &[Arc<Message>]| -> Vec<String> {
+            messages.iter().map(|m| m.frame().to_string()).collect()
+        };
+        let kept = || -> Vec<u64> {
+            local
+                .history()
+                .read(&topic, |log| log.last(100))
+                .unwrap_or_default()
+                .iter()
+                .map(|m| m.stamp().offset)
+                .collect()
+        };
+
+        // Newer messages that join the log: added and delivered in place.
+        local.refresh(&topic, all[5].position(), node, &all[2..]);
+        assert_eq!(frames(&mut mailbox), texts(&all[3..]));
+        assert_eq!(kept(), [1, 2, 3, 4, 5, 6]);
+
+        // A log at the head whose run was cut: older messages fill it in,
+        // nothing is delivered again.
+        let cut = Topic::new("room:2").expect("topic");
+        let other: Vec<_> = (1..=4)
+            .map(|n| crate::message::sample("room:2", n, &n.to_string()))
+            .collect();
+        local.accept([other[0].clone(), other[3].clone()]);
+        local.refresh(&cut, other[3].position(), node, &other);
+        let offsets: Vec<u64> = local
+            .history()
+            .read(&cut, |log| log.last(100))
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m.stamp().offset)
+            .collect();
+        assert_eq!(offsets, [1, 2, 3, 4]);
+
+        // Another epoch: the log starts over, and subscribers hear of a gap.
+        let epoch = Epoch::new_for(&topic);
+        let head = Position::at(epoch, 9);
+        local.refresh(&topic, head, node, &[]);
+        assert_eq!(frames(&mut mailbox), [gap_frame(&topic, head)]);
+        assert_eq!(local.history().read(&topic, |log| log.head()), Some(head));
+        assert!(kept().is_empty());
     }
 }

@@ -312,6 +312,11 @@ fn register(meter: &Meter, sources: Sources) {
         |s| read(&s.counters.redis_refused),
     );
     counter(
+        "herald_peer_messages_skipped_total",
+        "Messages this pod numbered and did not send to a peer, because the peer does not follow their topic (--peer-routing interest).",
+        |s| read(&s.counters.peer_skipped),
+    );
+    counter(
         "herald_peer_bytes_sent_total",
         "Bytes of peer-wire frames written to other pods after the handshake.",
         |s| read(&s.counters.peer_bytes_sent),

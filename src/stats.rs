@@ -116,6 +116,8 @@ pub struct Counters {
     pub publish_refused: AtomicU64,
     /// Messages dropped for a peer because its queue was full.
     pub peer_queue_drops: AtomicU64,
+    /// Messages not sent to a peer because it does not follow their topic.
+    pub peer_skipped: AtomicU64,
     /// Peer streams re-established after a break.
     pub peer_reconnects: AtomicU64,
     /// Publishes refused because Redis could not take them (its queue was

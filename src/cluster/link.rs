@@ -81,6 +81,8 @@ pub struct Link {
     /// A presence delta was dropped for the peer: it gets the whole state
     /// again on the stream's next tick.
     presence_stale: AtomicBool,
+    /// An interest delta was dropped for the peer: likewise.
+    interest_stale: AtomicBool,
 }
 
 type Queue = mpsc::Receiver<Item>;
@@ -104,6 +106,7 @@ impl Link {
             last_error: Mutex::new(None),
             counters,
             presence_stale: AtomicBool::new(false),
+            interest_stale: AtomicBool::new(false),
         });
         (link, rx)
     }
@@ -190,6 +193,12 @@ impl Link {
     /// delta was dropped for the peer).
     pub fn resend_presence(&self) {
         self.presence_stale.store(true, Ordering::Release);
+    }
+
+    /// Has the stream send this pod's whole interest set again soon (a
+    /// delta was dropped for the peer).
+    pub fn resend_interest(&self) {
+        self.interest_stale.store(true, Ordering::Release);
     }
 
     /// Connects again now if the link is waiting out a backoff: the peer
@@ -338,6 +347,12 @@ async fn stream_wire(
     if let Err(e) = send_presence_state(&mut stream, link, mesh, &mut out).await {
         return e;
     }
+    // Likewise what this pod follows: until it arrives the peer sends this
+    // pod every message.
+    link.interest_stale.store(false, Ordering::Release);
+    if let Err(e) = send_frames(&mut stream, link, mesh.interest_state(), &mut out).await {
+        return e;
+    }
     // What was lost on a stream before this one is told first.
     if let Err(e) = tell_lost(&mut stream, link, &mut queue, &mut out, &mut writing).await {
         return e;
@@ -347,6 +362,11 @@ async fn stream_wire(
             _ = sync_check.tick() => {
                 if link.presence_stale.swap(false, Ordering::AcqRel)
                     && let Err(e) = send_presence_state(&mut stream, link, mesh, &mut out).await
+                {
+                    return e;
+                }
+                if link.interest_stale.swap(false, Ordering::AcqRel)
+                    && let Err(e) = send_frames(&mut stream, link, mesh.interest_state(), &mut out).await
                 {
                     return e;
                 }
@@ -406,7 +426,18 @@ async fn send_presence_state<W: AsyncWrite + Unpin + ?Sized>(
     mesh: &Mesh,
     out: &mut BytesMut,
 ) -> Result<(), LinkError> {
-    for kind in super::presence::state_frames(mesh.presence()) {
+    let frames = super::presence::state_frames(mesh.presence());
+    send_frames(stream, link, frames, out).await
+}
+
+/// Writes `frames` to the stream, now, ahead of anything queued.
+async fn send_frames<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
+    link: &Link,
+    frames: Vec<peer_frame::Kind>,
+    out: &mut BytesMut,
+) -> Result<(), LinkError> {
+    for kind in frames {
         wire::encode(&PeerFrame { kind: Some(kind) }, out);
         if let Err(e) = stream.write_all(out).await {
             return Err(LinkError::Stream(e.to_string()));
@@ -634,6 +665,7 @@ mod tests {
             peer_queue: 1024,
             max_message_bytes: 1 << 20,
             ready_timeout: Duration::from_secs(1),
+            routing: crate::config::PeerRouting::Interest,
             tls: None,
             secret: None,
         };
@@ -711,6 +743,15 @@ mod tests {
             assert!(
                 matches!(state.kind, Some(peer_frame::Kind::PresenceState(ref s)) if s.first && s.last),
                 "{state:?}"
+            );
+            // Then what it follows (nothing yet).
+            let interest = wire::read_frame(&mut peer, &mut buf, 1 << 20)
+                .await
+                .expect("reads")
+                .expect("not closed");
+            assert!(
+                matches!(interest.kind, Some(peer_frame::Kind::InterestState(ref s)) if s.first && s.last && s.topics.is_empty()),
+                "{interest:?}"
             );
             // A pod that has not synced asks its first peer to.
             let ask = wire::read_frame(&mut peer, &mut buf, 1 << 20)

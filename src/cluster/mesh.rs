@@ -18,8 +18,8 @@
 //! dead peer never blocks publishing or the other peers. Membership changes
 //! come from one task (`follow`) and swap in a new list.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,11 +30,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::interest::{self, Follow};
 use super::link::{self, Link};
 use super::secret::{ClusterSecret, Role};
 use super::{PeerSet, handshake};
 use crate::broadcast::intake::{Intake, MAX_OFFSET, valid_offset};
 use crate::broadcast::{Broadcast, Identity, PeerInfo};
+use crate::config::PeerRouting;
 use crate::history::Need;
 use crate::hub::Hub;
 use crate::local::Local;
@@ -42,7 +44,8 @@ use crate::local::Recall;
 use crate::message::{Draft, Epoch, Message, MessageId, NodeId, Position, Stamp};
 use crate::presence::Presence;
 use crate::proto::v1::{
-    Envelope, Head, Heads, Hello, Leaving, PeerFrame, Receipt, Snapshot, peer_frame,
+    Envelope, Head, Heads, Hello, InterestAck, InterestDelta, Leaving, PeerFrame, Receipt,
+    Snapshot, peer_frame,
 };
 use crate::publish::{Relay, Route};
 use crate::stats::Counters;
@@ -65,6 +68,44 @@ pub const SNAPSHOT_BYTES: usize = 1 << 20;
 /// and for room in that stream's queue.
 const SYNC_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Longest a subscribe or read waits for the live peers to acknowledge
+/// that this pod follows its topic; past it, it is answered from what this
+/// pod holds (a peer that did not answer has a full queue or a broken
+/// stream: messages for this pod are being lost there anyway, and told as
+/// a `gap`).
+const FOLLOW_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How often topics left alone are let go.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A delta this pod waits to hear acknowledged.
+struct Ask {
+    /// Peers that have not answered yet.
+    waiting: HashSet<NodeId>,
+    /// What those that answered keep of the topic, and who sent it.
+    snapshots: Vec<(NodeId, Snapshot)>,
+    /// A peer asked will not answer.
+    unheard: bool,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl Ask {
+    /// `node` answered.
+    fn answered(&mut self, node: NodeId) {
+        if self.waiting.remove(&node) && self.waiting.is_empty() {
+            self.done.notify_one();
+        }
+    }
+
+    /// `node` will not answer.
+    fn unheard(&mut self, node: NodeId) {
+        if self.waiting.contains(&node) {
+            self.unheard = true;
+            self.answered(node);
+        }
+    }
+}
+
 /// How this pod presents itself to its peers.
 #[derive(Debug, Clone)]
 pub struct MeshSettings {
@@ -80,6 +121,8 @@ pub struct MeshSettings {
     pub max_message_bytes: usize,
     /// Longest wait for streams to all peers before reporting ready anyway.
     pub ready_timeout: Duration,
+    /// Which peers a topic's messages go to.
+    pub routing: PeerRouting,
     /// Mutual TLS towards peers, when the peer port uses it.
     pub tls: Option<PeerTls>,
     /// The secret peers prove in the handshake; `None` accepts any peer
@@ -130,6 +173,13 @@ struct Inner {
     /// This pod handed its topics on: it numbers nothing more while
     /// another pod is live.
     leaving: AtomicBool,
+    /// The topics each peer follows.
+    interest: interest::Peers,
+    /// The topics this pod follows.
+    own: Arc<interest::Own>,
+    /// Deltas this pod waits to hear acknowledged, by number.
+    asks: Mutex<HashMap<u64, Ask>>,
+    next_ask: AtomicU64,
     /// When this pod last asked a peer for what it keeps.
     sync_asked: Mutex<Option<Instant>>,
     /// This pod has what a peer keeps (or found no peer to ask): until
@@ -156,12 +206,18 @@ impl Mesh {
         shutdown: CancellationToken,
         counters: Arc<Counters>,
     ) -> Self {
+        let own = Arc::new(interest::Own::default());
+        local.hub().watch(own.clone());
         Self {
             inner: Arc::new(Inner {
                 intake: Intake::new(local.clone(), settings.max_message_bytes),
                 settings,
                 local,
                 presence,
+                interest: interest::Peers::default(),
+                own,
+                asks: Mutex::default(),
+                next_ask: AtomicU64::new(0),
                 links: ArcSwap::default(),
                 by_address: Mutex::default(),
                 left: Mutex::default(),
@@ -215,13 +271,23 @@ impl Mesh {
     }
 
     /// A stream from peer `from` ended: its presence entries last for the
-    /// grace unless one comes back.
+    /// grace unless one comes back, what it follows is unknown (it gets
+    /// every message) until a new stream brings it, and this pod's
+    /// questions to it go unanswered.
     pub fn stream_down(&self, from: NodeId) {
         self.inner.presence.peer_down(from);
+        self.inner.interest.stream_down(from);
+        let mut asks = self.inner.asks.lock().unwrap_or_else(|p| p.into_inner());
+        for ask in asks.values_mut() {
+            ask.unheard(from);
+        }
     }
 
     /// Follows the peer sets published by discovery until shutdown.
+    /// Stops following topics left alone for [`interest::LINGER`] now and
+    /// then, meanwhile.
     pub async fn follow(self, mut peers: watch::Receiver<Option<PeerSet>>) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             let current = peers.borrow_and_update().clone();
             if let Some(set) = current {
@@ -229,6 +295,10 @@ impl Mesh {
             }
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => return,
+                _ = sweep.tick() => {
+                    self.unfollow_idle();
+                    continue;
+                }
                 changed = peers.changed() => if changed.is_err() {
                     // The source has stopped; keep the peers it last gave.
                     self.inner.shutdown.cancelled().await;
@@ -361,7 +431,7 @@ impl Mesh {
             return;
         }
         let me = inner.settings.node;
-        let heads: Vec<(Topic, Position)> = inner
+        let handed: Vec<(Topic, Position, NodeId)> = inner
             .local
             .history()
             .sequenced_by(me)
@@ -369,8 +439,13 @@ impl Mesh {
             .map(|(topic, _)| {
                 let successor = first_ranked(&topic, &successors).unwrap_or(me);
                 let head = inner.local.hand_on(&topic, successor);
-                (topic, head)
+                (topic, head, successor)
             })
+            .collect();
+        self.hand_history(&handed, timeout).await;
+        let heads: Vec<(Topic, Position)> = handed
+            .into_iter()
+            .map(|(topic, head, _)| (topic, head))
             .collect();
         let successors: Vec<String> = successors.iter().map(NodeId::to_string).collect();
         let frames: Vec<Leaving> = heads
@@ -408,6 +483,32 @@ impl Mesh {
             topics = heads.len(),
             "handed this pod's topics to their successors"
         );
+    }
+
+    /// Sends each successor what this pod keeps of the topics it takes
+    /// over, ahead of the handover: the topic's history outlives a rolling
+    /// restart even where no other pod followed it.
+    async fn hand_history(&self, handed: &[(Topic, Position, NodeId)], timeout: Duration) {
+        let me = self.inner.settings.node;
+        let links = self.inner.links.load();
+        for (topic, head, successor) in handed {
+            let Some(link) = links.iter().find(|l| l.node() == Some(*successor)) else {
+                continue;
+            };
+            let kept = self
+                .inner
+                .local
+                .history()
+                .read(topic, |log| log.newest(SNAPSHOT_BYTES))
+                .unwrap_or_default();
+            let frame = snapshot_frame(topic, *head, me, &kept, link.address());
+            if !link
+                .send_control(peer_frame::Kind::Snapshot(frame), timeout)
+                .await
+            {
+                tracing::warn!(peer = %link.address(), "a topic's history did not fit in its successor's queue in time");
+            }
+        }
     }
 
     /// Peers with a stream up that have not left.
@@ -460,6 +561,11 @@ impl Mesh {
                 Some(peer_frame::Kind::PresenceState(state)) => {
                     super::presence::take_state(&self.inner.presence, from, state);
                 }
+                Some(peer_frame::Kind::InterestState(state)) => {
+                    self.inner.interest.take_state(from, state);
+                }
+                Some(peer_frame::Kind::InterestDelta(delta)) => self.take_interest(from, &delta),
+                Some(peer_frame::Kind::InterestAck(ack)) => self.take_ack(from, ack),
                 Some(_) | None => tracing::debug!("ignoring an unexpected frame from a peer"),
             }
         }
@@ -613,23 +719,19 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let snapshots = self.inner.local.history().snapshot(SNAPSHOT_BYTES);
+        // Where each topic stands and who numbers it: a pod that just
+        // started follows nothing yet, and reads a topic's messages from
+        // its sequencer when it starts following it.
+        let snapshots = self.inner.local.history().snapshot(0);
         let topics = snapshots.len();
         for snapshot in snapshots {
-            let frame = Snapshot {
-                head: Some(Head {
-                    topic: snapshot.topic.to_string(),
-                    epoch: snapshot.head.epoch.map_or(0, Epoch::as_u64),
-                    offset: snapshot.head.offset,
-                }),
-                sequencer: snapshot.sequencer.to_string(),
-                kept: snapshot
-                    .kept
-                    .iter()
-                    .map(|m| link::envelope(m, link.address()))
-                    .collect(),
-                done: false,
-            };
+            let frame = snapshot_frame(
+                &snapshot.topic,
+                snapshot.head,
+                snapshot.sequencer,
+                &[],
+                link.address(),
+            );
             let kind = peer_frame::Kind::Snapshot(frame);
             if !link.send_control(kind, SYNC_PATIENCE).await {
                 return;
@@ -651,25 +753,9 @@ impl Mesh {
             tracing::info!("synced what a peer keeps of every topic");
             return;
         }
-        let Some(head) = &snapshot.head else {
+        let Some((topic, head, sequencer, kept)) = self.parse_snapshot(snapshot) else {
             return;
         };
-        let (Ok(topic), Some(epoch), Ok(sequencer), true) = (
-            Topic::new(&head.topic),
-            Epoch::from_u64(head.epoch),
-            snapshot.sequencer.parse::<NodeId>(),
-            head.offset <= MAX_OFFSET,
-        ) else {
-            tracing::warn!(topic = %head.topic, "dropping an invalid snapshot from a peer");
-            return;
-        };
-        let kept: Vec<_> = snapshot
-            .kept
-            .iter()
-            .filter_map(|envelope| self.inner.intake.numbered(envelope))
-            .filter(|message| *message.topic() == topic)
-            .collect();
-        let head = Position::at(epoch, head.offset);
         self.inner.local.restore(&topic, head, sequencer, &kept);
     }
 
@@ -711,6 +797,310 @@ impl Mesh {
             .iter()
             .find(|l| l.is_connected() && l.node() == Some(to))
             .is_some_and(|link| link.forward(draft, hops))
+    }
+}
+
+/// Interest-based routing (see [`interest`]): what this pod follows, told
+/// to its peers; what they follow, taken from them.
+impl Mesh {
+    /// This pod's whole interest set as it travels, first on every stream.
+    pub fn interest_state(&self) -> Vec<peer_frame::Kind> {
+        self.inner.own.state_frames()
+    }
+
+    /// Makes this pod follow `topic`: once every live peer acknowledged it,
+    /// whoever numbers the topic sends it here, and this pod's log of it is
+    /// brought up to the freshest one they keep. Returns at once when the
+    /// topic is followed already.
+    async fn follow_topic(&self, topic: &Topic) {
+        match self.inner.own.follow(topic) {
+            Follow::Ready => {}
+            Follow::Wait(mut ready) => {
+                let _ = tokio::time::timeout(FOLLOW_PATIENCE, ready.wait_for(|r| *r)).await;
+            }
+            Follow::Start(round) => {
+                let complete = self.ask_to_follow(topic).await;
+                self.inner.own.finish(topic, round, complete);
+            }
+        }
+    }
+
+    /// Tells every connected peer that this pod follows `topic`, waits for
+    /// their acks (up to [`FOLLOW_PATIENCE`]) and refreshes the log from
+    /// what they sent. Returns whether every peer this pod knows of
+    /// answered (else the next subscribe or read asks again: a peer not
+    /// reached yet may hold what this pod lacks).
+    async fn ask_to_follow(&self, topic: &Topic) -> bool {
+        let inner = &self.inner;
+        let ask = inner.next_ask.fetch_add(1, Ordering::Relaxed) + 1;
+        let known = inner.links.load();
+        let links: Vec<Arc<Link>> = known
+            .iter()
+            .filter(|l| !l.is_self() && l.is_connected() && l.node().is_some())
+            .cloned()
+            .collect();
+        let mut complete = links.len() == known.iter().filter(|l| !l.is_self()).count();
+        let done = Arc::new(tokio::sync::Notify::new());
+        let waiting: HashSet<NodeId> = links.iter().filter_map(|l| l.node()).collect();
+        self.asks().insert(
+            ask,
+            Ask {
+                waiting,
+                snapshots: Vec::new(),
+                unheard: false,
+                done: done.clone(),
+            },
+        );
+        let delta = peer_frame::Kind::InterestDelta(InterestDelta {
+            added: vec![topic.to_string()],
+            removed: Vec::new(),
+            ask,
+        });
+        for link in &links {
+            if !link.offer_control(delta.clone())
+                && !link.send_control(delta.clone(), FOLLOW_PATIENCE).await
+            {
+                link.resend_interest();
+                if let (Some(node), Some(ask)) = (link.node(), self.asks().get_mut(&ask)) {
+                    ask.unheard(node);
+                }
+            }
+        }
+        let deadline = Instant::now() + FOLLOW_PATIENCE;
+        loop {
+            let answered = {
+                let mut asks = self.asks();
+                let Some(pending) = asks.get_mut(&ask) else {
+                    break;
+                };
+                // A peer whose stream from here broke took the delta in
+                // or gets the whole set on the next stream.
+                for link in &links {
+                    if let (false, Some(node)) = (link.is_connected(), link.node()) {
+                        pending.unheard(node);
+                    }
+                }
+                pending.waiting.is_empty()
+            };
+            if answered {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(%topic, ask, "peers did not acknowledge that this pod follows a topic in time");
+                complete = false;
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), done.notified()).await;
+        }
+        let Some(answer) = self.asks().remove(&ask) else {
+            return false;
+        };
+        self.take_snapshots(topic, answer.snapshots);
+        complete && !answer.unheard
+    }
+
+    /// Brings this pod's log of `topic` up to the freshest of what peers
+    /// sent: the topic's sequencer's, else (it is gone) the copy whose
+    /// newest message is newest; then older messages of the others fill
+    /// it in.
+    fn take_snapshots(&self, topic: &Topic, snapshots: Vec<(NodeId, Snapshot)>) {
+        let mut parsed: Vec<(bool, Position, NodeId, Vec<Arc<Message>>)> = snapshots
+            .into_iter()
+            .filter_map(|(from, snapshot)| {
+                let (named, head, sequencer, kept) = self.parse_snapshot(&snapshot)?;
+                (named == *topic).then_some((sequencer == from, head, sequencer, kept))
+            })
+            .collect();
+        parsed.sort_by_key(|(numbers, _, _, kept)| (*numbers, kept.last().map(|m| m.id())));
+        let Some((numbers, head, sequencer, kept)) = parsed.pop() else {
+            return;
+        };
+        let local = &self.inner.local;
+        // A copy from a pod that does not number the topic is taken only
+        // if it is newer than what this pod holds.
+        let newer = numbers
+            || local
+                .history()
+                .read(topic, |log| log.newest(usize::MAX).last().map(|m| m.id()))
+                .flatten()
+                .is_none_or(|mine| kept.last().is_some_and(|m| m.id() > mine));
+        if !newer {
+            return;
+        }
+        local.refresh(topic, head, sequencer, &kept);
+        for (_, head, sequencer, kept) in parsed {
+            local.restore(topic, head, sequencer, &kept);
+        }
+    }
+
+    /// A peer's delta; one that asks is answered on the stream to it,
+    /// under each added topic's lock, after every message of it queued
+    /// there before and with what this pod keeps of it when it numbers
+    /// the topic or is its copy.
+    fn take_interest(&self, from: NodeId, delta: &InterestDelta) {
+        let inner = &self.inner;
+        let added = inner.interest.take_delta(from, delta);
+        if delta.ask == 0 {
+            return;
+        }
+        let Some(link) = inner
+            .links
+            .load()
+            .iter()
+            .find(|l| l.node() == Some(from))
+            .cloned()
+        else {
+            return;
+        };
+        let me = inner.settings.node;
+        let live = self.live_peers();
+        let mut ack = InterestAck {
+            ask: delta.ask,
+            snapshots: Vec::new(),
+        };
+        let Some((last, rest)) = added.split_last() else {
+            link.offer_control(peer_frame::Kind::InterestAck(ack));
+            return;
+        };
+        for topic in rest {
+            inner.local.history().with(topic, |entry| {
+                ack.snapshots
+                    .extend(copy_for(entry.log(), topic, me, &live, link.address()));
+            });
+        }
+        inner.local.history().with(last, |entry| {
+            ack.snapshots
+                .extend(copy_for(entry.log(), last, me, &live, link.address()));
+            if !link.offer_control(peer_frame::Kind::InterestAck(ack)) {
+                tracing::debug!(peer = %from, "no room to acknowledge a peer's interest");
+            }
+        });
+    }
+
+    /// A peer's answer to this pod's delta.
+    fn take_ack(&self, from: NodeId, ack: InterestAck) {
+        let mut asks = self.asks();
+        let Some(pending) = asks.get_mut(&ack.ask) else {
+            return;
+        };
+        pending
+            .snapshots
+            .extend(ack.snapshots.into_iter().map(|s| (from, s)));
+        pending.answered(from);
+    }
+
+    /// Stops following topics left alone, and tells every peer.
+    fn unfollow_idle(&self) {
+        let inner = &self.inner;
+        let gone = inner.own.sweep(inner.local.hub(), Instant::now());
+        if gone.is_empty() {
+            return;
+        }
+        tracing::debug!(topics = gone.len(), "no longer following topics left alone");
+        let delta = peer_frame::Kind::InterestDelta(InterestDelta {
+            added: Vec::new(),
+            removed: gone.iter().map(Topic::to_string).collect(),
+            ask: 0,
+        });
+        for link in inner.links.load().iter() {
+            if !link.is_self() && !link.offer_control(delta.clone()) {
+                link.resend_interest();
+            }
+        }
+    }
+
+    /// The live peer rendezvous hashing ranks first for `topic`, this pod
+    /// aside: the one that keeps a copy of every message of a topic this
+    /// pod numbers, and takes it over if this pod goes.
+    fn backup_of(links: &[Arc<Link>], topic: &Topic) -> Option<NodeId> {
+        links
+            .iter()
+            .filter(|l| l.is_connected())
+            .filter_map(|l| l.node())
+            .max_by_key(|node| rank(topic, *node))
+    }
+
+    /// Reads a snapshot from a peer; `None` (logged) if it is invalid.
+    fn parse_snapshot(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Option<(Topic, Position, NodeId, Vec<Arc<Message>>)> {
+        let head = snapshot.head.as_ref()?;
+        let (Ok(topic), Some(epoch), Ok(sequencer), true) = (
+            Topic::new(&head.topic),
+            Epoch::from_u64(head.epoch),
+            snapshot.sequencer.parse::<NodeId>(),
+            head.offset <= MAX_OFFSET,
+        ) else {
+            tracing::warn!(topic = %head.topic, "dropping an invalid snapshot from a peer");
+            return None;
+        };
+        let kept: Vec<_> = snapshot
+            .kept
+            .iter()
+            .filter_map(|envelope| self.inner.intake.numbered(envelope))
+            .filter(|message| *message.topic() == topic)
+            .collect();
+        Some((topic, Position::at(epoch, head.offset), sequencer, kept))
+    }
+
+    fn asks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Ask>> {
+        self.inner.asks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What this pod sends of `log` (of `topic`) to a peer that starts
+/// following it: everything it keeps (up to [`SNAPSHOT_BYTES`]) when this
+/// pod (`me`) numbers the topic, or holds a copy while its sequencer is
+/// not among the `live` peers, or is the copy the sequencer keeps (the
+/// live pod ranked first for the topic, the sequencer aside).
+fn copy_for(
+    log: &crate::history::Log,
+    topic: &Topic,
+    me: NodeId,
+    live: &[NodeId],
+    peer: &str,
+) -> Option<Snapshot> {
+    let sequencer = log.sequencer()?;
+    log.head().epoch?;
+    let numbers = sequencer == me;
+    let copy = !log.is_empty() && {
+        let others: Vec<NodeId> = live
+            .iter()
+            .copied()
+            .chain(std::iter::once(me))
+            .filter(|n| *n != sequencer)
+            .collect();
+        !live.contains(&sequencer) || first_ranked(topic, &others) == Some(me)
+    };
+    (numbers || copy).then(|| {
+        snapshot_frame(
+            topic,
+            log.head(),
+            sequencer,
+            &log.newest(SNAPSHOT_BYTES),
+            peer,
+        )
+    })
+}
+
+/// One topic as it travels to `peer`.
+fn snapshot_frame(
+    topic: &Topic,
+    head: Position,
+    sequencer: NodeId,
+    kept: &[Arc<Message>],
+    peer: &str,
+) -> Snapshot {
+    Snapshot {
+        head: Some(Head {
+            topic: topic.to_string(),
+            epoch: head.epoch.map_or(0, Epoch::as_u64),
+            offset: head.offset,
+        }),
+        sequencer: sequencer.to_string(),
+        kept: kept.iter().map(|m| link::envelope(m, peer)).collect(),
+        done: false,
     }
 }
 
@@ -761,18 +1151,47 @@ impl Broadcast for Mesh {
     }
 }
 
-/// Every pod of the mesh syncs every topic from its peers when it starts,
-/// and holds what they hold from then on: nothing to recall.
+/// A pod holds a fresh log only of the topics it follows: a subscribe or a
+/// read of any topic makes it follow the topic first (see
+/// [`follow_topic`](Mesh::follow_topic)), whatever the answer needs.
 impl Recall for Mesh {
-    fn recall<'a>(&'a self, _topic: &'a Topic, _need: Need) -> BoxFuture<'a, ()> {
-        Box::pin(std::future::ready(()))
+    fn recall<'a>(&'a self, topic: &'a Topic, _need: Need) -> BoxFuture<'a, ()> {
+        Box::pin(self.follow_topic(topic))
     }
 }
 
 impl Relay for Mesh {
+    /// Offers `message` to the peers that get it: with interest routing,
+    /// those that follow its topic or whose interest is unknown, the pod
+    /// it was published on (its publish waits for it), and the topic's
+    /// backup; a topic's first message of an epoch goes to every pod, so
+    /// that all know who numbers it.
     fn relay(&self, message: &Arc<Message>) {
-        for link in self.inner.links.load().iter() {
-            link.offer(message);
+        let inner = &self.inner;
+        let links = inner.links.load();
+        if inner.settings.routing == PeerRouting::All || message.stamp().offset == 1 {
+            for link in links.iter() {
+                link.offer(message);
+            }
+            return;
+        }
+        let topic = message.topic();
+        let origin = message.origin();
+        let backup = Self::backup_of(&links, topic);
+        let skipped = inner.interest.route(topic, |wants| {
+            let mut skipped = 0;
+            for link in links.iter() {
+                match link.node() {
+                    Some(node) if node != origin && Some(node) != backup && !wants(node) => {
+                        skipped += 1;
+                    }
+                    _ => link.offer(message),
+                }
+            }
+            skipped
+        });
+        if skipped > 0 {
+            crate::stats::add(&inner.counters.peer_skipped, skipped);
         }
     }
 
@@ -832,6 +1251,7 @@ mod tests {
             peer_queue: 8,
             max_message_bytes: 64,
             ready_timeout: Duration::from_secs(1),
+            routing: crate::config::PeerRouting::Interest,
             tls: None,
             secret: None,
         };

@@ -16,6 +16,7 @@ pub mod backoff;
 pub mod discovery;
 pub mod handshake;
 pub mod inbound;
+pub mod interest;
 pub mod link;
 pub mod mesh;
 pub mod presence;

@@ -294,6 +294,43 @@ impl Log {
         added
     }
 
+    /// Forgets everything of the topic, then takes what another pod keeps
+    /// of it as [`restore`](Self::restore) does for a log that knew
+    /// nothing: a log that fell behind (this pod stopped following the
+    /// topic) starts over from a fresher one. Returns the messages kept.
+    pub fn replace(
+        &mut self,
+        head: Position,
+        sequencer: NodeId,
+        kept: &[Arc<Message>],
+        max_kept: usize,
+    ) -> Vec<Arc<Message>> {
+        self.drop_run();
+        *self = Self {
+            touched: self.touched,
+            ..Self::default()
+        };
+        self.restore(head, sequencer, kept, max_kept)
+    }
+
+    /// The newest kept messages, oldest first, up to about `max_bytes` of
+    /// them.
+    pub fn newest(&self, max_bytes: usize) -> Vec<Arc<Message>> {
+        let mut bytes = 0;
+        let mut newest: Vec<_> = self
+            .run
+            .iter()
+            .rev()
+            .take_while(|message| {
+                bytes += message.footprint();
+                bytes <= max_bytes
+            })
+            .cloned()
+            .collect();
+        newest.reverse();
+        newest
+    }
+
     /// Drops kept messages that arrived before `now - max_age`. Returns
     /// how many.
     pub fn expire(&mut self, now: Instant, max_age: Duration) -> usize {

@@ -166,8 +166,26 @@ impl Entry<'_> {
     ) {
         let keep = if self.keep { self.max_kept } else { 0 };
         let added = self.log.restore(head, sequencer, kept, keep);
+        self.note_older(&added);
+    }
+
+    /// Starts the log over from what another pod keeps (see
+    /// [`Log::replace`]).
+    pub fn replace(
+        &mut self,
+        head: crate::message::Position,
+        sequencer: crate::message::NodeId,
+        kept: &[Arc<Message>],
+    ) {
+        let keep = if self.keep { self.max_kept } else { 0 };
+        let added = self.log.replace(head, sequencer, kept, keep);
+        self.note_older(&added);
+    }
+
+    /// Books messages a restore added: older than anything the shard kept
+    /// since, so first to be evicted.
+    fn note_older(&mut self, added: &[Arc<Message>]) {
         self.added += added.len();
-        // Older than anything the shard kept since: first to be evicted.
         for message in added.iter().rev() {
             self.kept
                 .push_front((message.topic().clone(), message.stamp().offset));
@@ -299,16 +317,7 @@ impl History {
                 let (Some(sequencer), Some(_)) = (log.sequencer(), log.head().epoch) else {
                     continue;
                 };
-                let mut kept = Vec::new();
-                let mut bytes = 0;
-                for message in log.last(log.len()).into_iter().rev() {
-                    bytes += message.footprint();
-                    if bytes > max_bytes {
-                        break;
-                    }
-                    kept.push(message);
-                }
-                kept.reverse();
+                let kept = log.newest(max_bytes);
                 out.push(Snapshot {
                     topic: topic.clone(),
                     head: log.head(),

@@ -385,6 +385,11 @@ impl Hub {
         removed
     }
 
+    /// Whether any session on this pod is subscribed to `topic`.
+    pub fn has_subscribers(&self, topic: &Topic) -> bool {
+        self.read(topic).contains_key(topic)
+    }
+
     fn shard(&self, topic: &Topic) -> &RwLock<HashMap<Topic, Subscribers>> {
         let hash = self.inner.hasher.hash_one(topic);
         &self.inner.shards[hash as usize % SHARDS]
