@@ -10,6 +10,12 @@ and runs three load shapes with herald-bench, publishing on the first pod:
 - (c) `user topics`: 10,000 users, one `user:`-like topic each, spread over
   every pod, messages round robin over the topics.
 
+Each shape runs once unmeasured first, on the same pods: it creates the
+topics (a topic's first message goes to every pod, so that every pod knows
+who numbers it) and the users' interest. Every pod count runs under each
+`--routing` (`--peer-routing interest`, the default, and `all`, every
+message to every pod), in one sitting.
+
 For each: the CPU microseconds of the origin pod and of all pods together
 per message published (herald-bench samples /proc/PID/stat over the publish
 window), the peer-wire bytes all pods
@@ -56,17 +62,22 @@ def shapes(ips, quick):
     ]
 
 
-def measure(args, log_dir, raw, count):
-    """Every shape on `count` fresh pods; {label: [row values]} of medians."""
+def measure(args, log_dir, raw, count, routing):
+    """Every shape on `count` fresh pods routing by `routing`; {label: [row
+    values]} of medians."""
     ips = [f"127.0.0.{n}" for n in range(1, count + 1)]
     harness.IPS = ips
-    pids = harness.start_pods(args.bin_dir, log_dir, f"scale{count}")
+    pids = harness.start_pods(args.bin_dir, log_dir, f"scale{count}-{routing}",
+                              flags=[f"--peer-routing={routing}"])
     out = {}
     for label, target, flags in shapes(ips, args.quick):
+        harness.bench(args.bin_dir, pids, f"{count} pods {label} {routing} warm-up",
+                      flags, raw, target=target)
         runs = []
         for n in range(args.repeats):
             before = peer_bytes(ips)
-            r, command = harness.bench(args.bin_dir, pids, f"{count} pods {label} #{n + 1}",
+            r, command = harness.bench(args.bin_dir, pids,
+                                       f"{count} pods {label} {routing} #{n + 1}",
                                        flags, raw, target=target)
             published = max(r["published"], 1)
             server = r["server"]
@@ -91,13 +102,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs per shape and pod count")
     parser.add_argument("--pods", default=",".join(map(str, POD_COUNTS)),
                         help="the pod counts, comma-separated")
+    parser.add_argument("--routing", default="interest,all",
+                        help="the --peer-routing modes, comma-separated")
     args = parser.parse_args()
     sitting = harness.Sitting(args.out, "scale")
 
     commit, now, stem = sitting.commit, sitting.now, sitting.stem
     log_dir, raw = sitting.log_dir, sitting.raw
     counts = [int(c) for c in args.pods.split(",")]
-    results = {count: measure(args, log_dir, raw, count) for count in counts}
+    routings = args.routing.split(",")
+    results = {(routing, count): measure(args, log_dir, raw, count, routing)
+               for routing in routings for count in counts}
 
     md = [f"# Cost against pod count, {now:%Y-%m-%d %H:%M} UTC, commit {commit}\n",
           f"- Machine: {harness.machine()}; the load generator and every pod share the cores.",
@@ -106,16 +121,18 @@ def main():
           "- origin / all: CPU microseconds per message published, on the first pod / summed "
           "over every pod; bytes: peer-wire bytes all pods sent per message published.",
           ""]
-    for label, (_, command) in results[counts[0]].items():
+    for label, (_, command) in results[(routings[0], counts[0])].items():
         md.append(f"## {label}\n")
         md.append(f"`{command}`, users on {'the last pod' if 'one pod' in label else 'every pod'}\n")
-        md.append("| pods | origin µs/msg | all pods µs/msg | peer bytes/msg | deliveries/s | "
-                  "p99 ms | lost |")
-        md.append("|---:|---:|---:|---:|---:|---:|---:|")
-        for count in counts:
-            m, _ = results[count][label]
-            md.append(f"| {count} | {m['origin_us']:.1f} | {m['all_us']:.1f} | {m['bytes']:.0f} | "
-                      f"{m['deliveries']:.0f} | {m['p99']:.2f} | {m['lost']:.0f} |")
+        md.append("| routing | pods | origin µs/msg | all pods µs/msg | peer bytes/msg | "
+                  "deliveries/s | p99 ms | lost |")
+        md.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for routing in routings:
+            for count in counts:
+                m, _ = results[(routing, count)][label]
+                md.append(f"| {routing} | {count} | {m['origin_us']:.1f} | {m['all_us']:.1f} | "
+                          f"{m['bytes']:.0f} | {m['deliveries']:.0f} | {m['p99']:.2f} | "
+                          f"{m['lost']:.0f} |")
         md.append("")
     harness.write_report(args.out, stem, md, show=True)
 

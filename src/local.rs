@@ -197,6 +197,10 @@ impl Local {
                     let Some((epoch, offset)) = entry.log().next_stamp(&topic, me) else {
                         return Err(draft);
                     };
+                    if offset == 1 && entry.log().head().epoch.is_some() {
+                        let log = entry.log();
+                        tracing::info!(%topic, before = ?log.head(), sequencer = ?log.sequencer(), "numbering a topic in a new epoch");
+                    }
                     let stamp = Stamp {
                         epoch,
                         offset,

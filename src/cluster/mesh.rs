@@ -57,6 +57,11 @@ use crate::topic::Topic;
 /// (views of who is live differ for a moment while membership changes).
 pub const MAX_HOPS: u32 = 2;
 
+/// How long a forwarded draft that has used its hops waits, and how many
+/// times, for this pod's view of who numbers its topic to settle.
+const SETTLE_WAIT: Duration = Duration::from_millis(20);
+const SETTLE_TRIES: u32 = 10;
+
 /// Most topics one handover frame carries.
 const HEADS_PER_FRAME: usize = 1_000;
 
@@ -180,6 +185,9 @@ struct Inner {
     /// Deltas this pod waits to hear acknowledged, by number.
     asks: Mutex<HashMap<u64, Ask>>,
     next_ask: AtomicU64,
+    /// This pod is queueing its handover: forwards wait in `held`.
+    handing: AtomicBool,
+    held: Mutex<Option<Vec<(NodeId, Draft, u32)>>>,
     /// When this pod last asked a peer for what it keeps.
     sync_asked: Mutex<Option<Instant>>,
     /// This pod has what a peer keeps (or found no peer to ask): until
@@ -218,6 +226,8 @@ impl Mesh {
                 own,
                 asks: Mutex::default(),
                 next_ask: AtomicU64::new(0),
+                handing: AtomicBool::new(false),
+                held: Mutex::default(),
                 links: ArcSwap::default(),
                 by_address: Mutex::default(),
                 left: Mutex::default(),
@@ -430,6 +440,10 @@ impl Mesh {
         if successors.is_empty() {
             return;
         }
+        // Drafts for the topics handed on wait until the handover is queued
+        // (see `release_held`).
+        *inner.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        inner.handing.store(true, Ordering::Release);
         let me = inner.settings.node;
         let handed: Vec<(Topic, Position, NodeId)> = inner
             .local
@@ -442,10 +456,9 @@ impl Mesh {
                 (topic, head, successor)
             })
             .collect();
-        self.hand_history(&handed, timeout).await;
         let heads: Vec<(Topic, Position)> = handed
-            .into_iter()
-            .map(|(topic, head, _)| (topic, head))
+            .iter()
+            .map(|(topic, head, _)| (topic.clone(), *head))
             .collect();
         let successors: Vec<String> = successors.iter().map(NodeId::to_string).collect();
         let frames: Vec<Leaving> = heads
@@ -479,15 +492,37 @@ impl Mesh {
                 }
             }
         }
+        self.release_held();
+        // The history follows the handover: a forward that reaches a
+        // successor before the handover would bounce back here.
+        self.hand_history(&handed, timeout).await;
         tracing::info!(
             topics = heads.len(),
             "handed this pod's topics to their successors"
         );
     }
 
-    /// Sends each successor what this pod keeps of the topics it takes
-    /// over, ahead of the handover: the topic's history outlives a rolling
-    /// restart even where no other pod followed it.
+    /// Forwards the drafts held while the handover was being queued: behind
+    /// it, so that a successor numbers them rather than sending them back
+    /// here as to the topic's sequencer.
+    fn release_held(&self) {
+        let inner = &self.inner;
+        let mut held = inner.held.lock().unwrap_or_else(|p| p.into_inner());
+        inner.handing.store(false, Ordering::Release);
+        for (to, draft, hops) in held.take().unwrap_or_default() {
+            let links = inner.links.load();
+            let link = links
+                .iter()
+                .find(|l| l.is_connected() && l.node() == Some(to));
+            if !link.is_some_and(|link| link.forward(draft, hops)) {
+                tracing::debug!(peer = %to, "a held draft found no room: its publish times out as unconfirmed");
+            }
+        }
+    }
+
+    /// Sends each successor what this pod keeps of the topics it took
+    /// over, right behind the handover: the topic's history outlives a
+    /// rolling restart even where no other pod followed it.
     async fn hand_history(&self, handed: &[(Topic, Position, NodeId)], timeout: Duration) {
         let me = self.inner.settings.node;
         let links = self.inner.links.load();
@@ -578,17 +613,30 @@ impl Mesh {
         let Some(draft) = draft.map(|d| self.inner.intake.forwarded(d)) else {
             return;
         };
-        let draft = match draft {
-            Ok(draft) => draft,
-            Err(reason) => {
-                tracing::warn!(%reason, "dropping an invalid forward from a peer");
-                return;
-            }
-        };
+        match draft {
+            Ok(draft) => self.place_forward(draft, hops, 0),
+            Err(reason) => tracing::warn!(%reason, "dropping an invalid forward from a peer"),
+        }
+    }
+
+    /// Numbers a forwarded draft here, or forwards it on. A draft that has
+    /// used its hops while this pod still believes another pod numbers its
+    /// topic waits a moment (`tries` times) for the views to settle (the
+    /// handover that moved the topic here is usually right behind it)
+    /// before this pod numbers it itself, in a new epoch.
+    fn place_forward(&self, draft: Draft, hops: u32, tries: u32) {
         match self.route(&draft.topic) {
             Route::To(node)
                 if hops < MAX_HOPS && self.send_forward(node, draft.clone(), hops + 1) =>
             {
+                return;
+            }
+            Route::To(_) if tries < SETTLE_TRIES => {
+                let mesh = self.clone();
+                self.inner.tracker.spawn(async move {
+                    tokio::time::sleep(SETTLE_WAIT).await;
+                    mesh.place_forward(draft, hops, tries + 1);
+                });
                 return;
             }
             Route::Unavailable => {
@@ -791,6 +839,13 @@ impl Mesh {
     }
 
     fn send_forward(&self, to: NodeId, draft: Draft, hops: u32) -> bool {
+        if self.inner.handing.load(Ordering::Acquire) {
+            let mut held = self.inner.held.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = held.as_mut() {
+                held.push((to, draft, hops));
+                return true;
+            }
+        }
         self.inner
             .links
             .load()
