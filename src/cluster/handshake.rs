@@ -10,8 +10,9 @@ pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest peer protocol version this build still accepts. Raised only
 /// when a version has been out for at least one release, so that two
 /// adjacent herald versions always work together during a rolling upgrade.
-/// (Version 2 numbered every topic's messages and 3 added the proof of the
-/// cluster secret, both before any release: no running pod speaks 1 or 2.)
+/// (Version 2 numbered every topic's messages, 3 added the proof of the
+/// cluster secret and 4 interest-based routing, all before any release: no
+/// running pod speaks 1 to 3.)
 pub const MIN_PROTOCOL_VERSION: u32 = 4;
 
 /// Why a peer's hello is refused.

@@ -2,7 +2,7 @@
 //! wire ([`Accepted`]). The peer's hello is checked first, then each frame
 //! is handed to the mesh: numbered messages for local delivery, drafts to
 //! number, a leaving pod's handover. Numbered messages are never passed
-//! on: every sequencer sends its messages to every peer directly.
+//! on: each sequencer sends its messages directly to the pods that get them.
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! comes right after a disconnect finds the log fresh). It tells every peer
 //! on its stream to it: the whole set first on every new stream
 //! ([`InterestState`] parts), then deltas. A pod that starts following a
-//! topic asks every live peer to take the delta in and waits for their
+//! topic asks every connected peer to take the delta in and waits for their
 //! acks before its subscribe is answered (see `mesh`): from then on any
 //! pod that numbers the topic sends it the messages.
 //!
@@ -50,17 +50,25 @@ pub struct Peers {
     inner: RwLock<PeersInner>,
 }
 
+/// The sets, by peer and by topic.
 #[derive(Debug, Default)]
 struct PeersInner {
     /// Peers whose whole set arrived on their current stream, and the set.
     known: HashMap<NodeId, HashSet<Topic>>,
+    /// The version of each known peer's set: a delta no newer was written
+    /// before the set this pod holds, and is ignored.
+    versions: HashMap<NodeId, u64>,
     /// Parts of a whole set still arriving.
     partial: HashMap<NodeId, HashSet<Topic>>,
     /// The same sets, by topic: who follows it.
     followers: HashMap<Topic, Vec<NodeId>>,
+    /// Streams up from each peer (a new one may come up before the old one
+    /// is seen to end).
+    streams: HashMap<NodeId, u32>,
 }
 
 impl PeersInner {
+    /// Adds `topic` to known peer `node`'s set.
     fn add(&mut self, node: NodeId, topic: Topic) {
         let Some(set) = self.known.get_mut(&node) else {
             return;
@@ -70,6 +78,7 @@ impl PeersInner {
         }
     }
 
+    /// Removes `topic` from known peer `node`'s set.
     fn remove(&mut self, node: NodeId, topic: &Topic) {
         let Some(set) = self.known.get_mut(&node) else {
             return;
@@ -84,8 +93,10 @@ impl PeersInner {
         }
     }
 
+    /// Makes `node`'s set unknown.
     fn forget(&mut self, node: NodeId) {
         self.partial.remove(&node);
+        self.versions.remove(&node);
         for topic in self.known.remove(&node).unwrap_or_default() {
             if let Some(nodes) = self.followers.get_mut(&topic) {
                 nodes.retain(|n| *n != node);
@@ -123,32 +134,52 @@ impl Peers {
         let whole = inner.partial.remove(&from).unwrap_or_default();
         inner.forget(from);
         inner.known.insert(from, HashSet::new());
+        inner.versions.insert(from, state.version);
         for topic in whole {
             inner.add(from, topic);
         }
     }
 
-    /// `from`'s delta (ignored while its set is unknown: the whole set
-    /// that makes it known comes first on the stream).
+    /// `from`'s delta, if newer than what this pod holds of its set (a
+    /// delta is ignored while the set is unknown: the whole set that makes
+    /// it known comes first on the stream, and holds every change older
+    /// than itself). Returns the topics it adds, applied or not.
     pub fn take_delta(&self, from: NodeId, delta: &InterestDelta) -> Vec<Topic> {
+        let added: Vec<Topic> = delta.added.iter().filter_map(|t| topic(t)).collect();
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        match inner.versions.get_mut(&from) {
+            Some(version) if *version < delta.version => *version = delta.version,
+            _ => return added,
+        }
         for name in &delta.removed {
             if let Some(topic) = topic(name) {
                 inner.remove(from, &topic);
             }
         }
-        let added: Vec<Topic> = delta.added.iter().filter_map(|t| topic(t)).collect();
         for topic in &added {
             inner.add(from, topic.clone());
         }
         added
     }
 
-    /// `from`'s stream ended: its set is unknown until a new stream brings
-    /// it whole.
+    /// A stream from `from` came up.
+    pub fn stream_up(&self, from: NodeId) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        *inner.streams.entry(from).or_default() += 1;
+    }
+
+    /// A stream from `from` ended: once none is left, its set is unknown
+    /// until a new stream brings it whole.
     pub fn stream_down(&self, from: NodeId) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        inner.forget(from);
+        let left = inner.streams.get_mut(&from).map_or(0, |n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        if left == 0 {
+            inner.streams.remove(&from);
+            inner.forget(from);
+        }
     }
 }
 
@@ -167,7 +198,7 @@ struct Followed {
 /// What this pod follows, and the topics the hub says lost a subscriber.
 #[derive(Debug, Default)]
 pub struct Own {
-    followed: Mutex<HashMap<Topic, Followed>>,
+    followed: Mutex<Followings>,
     /// Topics that lost a subscriber, and when: candidates for the sweep.
     idle: Mutex<HashMap<Topic, Instant>>,
 }
@@ -183,9 +214,40 @@ pub enum Follow {
     Start(Round),
 }
 
-/// A round of asking the peers about one topic, under way.
+/// The topics this pod follows, at a version that rises with each change
+/// (peers ignore a delta older than the set they hold).
+#[derive(Debug, Default)]
+struct Followings {
+    topics: HashMap<Topic, Followed>,
+    version: u64,
+}
+
+/// A round of asking the peers about one topic, under way. Dropped
+/// unfinished, it lets waiters go and leaves the topic to be asked about
+/// again.
 #[derive(Debug)]
-pub struct Round(watch::Sender<bool>);
+pub struct Round {
+    ready: watch::Sender<bool>,
+    version: u64,
+}
+
+impl Round {
+    /// A receiver that turns true when the round ends.
+    pub fn waiter(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// The version of this pod's set with the topic added: the delta's.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        let _ = self.ready.send(true);
+    }
+}
 
 impl Own {
     /// Marks `topic` used now and says whether it is followed already.
@@ -194,7 +256,7 @@ impl Own {
         // Looked at again after the linger: kept while it has subscribers.
         self.idle_from(topic, now);
         let mut followed = self.followed();
-        if let Some(entry) = followed.get_mut(topic) {
+        if let Some(entry) = followed.topics.get_mut(topic) {
             entry.used = now;
             if !*entry.ready.borrow() {
                 return Follow::Wait(entry.ready.clone());
@@ -209,32 +271,44 @@ impl Own {
             complete: false,
             used: now,
         };
-        followed.insert(topic.clone(), entry);
-        Follow::Start(Round(tx))
+        followed.topics.insert(topic.clone(), entry);
+        followed.version += 1;
+        Follow::Start(Round {
+            ready: tx,
+            version: followed.version,
+        })
     }
 
     /// Ends a round about `topic`: `complete` when every peer this pod
     /// knows of answered it.
     pub fn finish(&self, topic: &Topic, round: Round, complete: bool) {
-        if let Some(entry) = self.followed().get_mut(topic) {
+        if let Some(entry) = self.followed().topics.get_mut(topic) {
             entry.complete = complete;
         }
-        let _ = round.0.send(true);
+        drop(round);
     }
 
     /// The whole set as it travels: one frame or more.
     pub fn state_frames(&self) -> Vec<peer_frame::Kind> {
-        let topics: Vec<Topic> = self.followed().keys().cloned().collect();
+        let (topics, version) = {
+            let followed = self.followed();
+            let topics: Vec<Topic> = followed.topics.keys().cloned().collect();
+            (topics, followed.version)
+        };
         let mut parts: Vec<InterestState> = topics
             .chunks(STATE_PART_TOPICS)
             .map(|chunk| InterestState {
                 first: false,
                 last: false,
                 topics: chunk.iter().map(Topic::to_string).collect(),
+                version,
             })
             .collect();
         if parts.is_empty() {
-            parts.push(InterestState::default());
+            parts.push(InterestState {
+                version,
+                ..InterestState::default()
+            });
         }
         parts[0].first = true;
         if let Some(last) = parts.last_mut() {
@@ -248,8 +322,9 @@ impl Own {
 
     /// Topics to stop following: followed, unused since before `now -
     /// LINGER`, and without subscribers on `hub`. They are no longer
-    /// followed when this returns.
-    pub fn sweep(&self, hub: &Hub, now: Instant) -> Vec<Topic> {
+    /// followed when this returns; the version of the set without them
+    /// comes with them.
+    pub fn sweep(&self, hub: &Hub, now: Instant) -> (Vec<Topic>, u64) {
         let due: Vec<Topic> = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             let due: Vec<Topic> = idle
@@ -266,7 +341,7 @@ impl Own {
         let mut later = Vec::new();
         let mut gone = Vec::new();
         for topic in due {
-            let Some(entry) = followed.get(&topic) else {
+            let Some(entry) = followed.topics.get(&topic) else {
                 continue;
             };
             if !*entry.ready.borrow() {
@@ -275,15 +350,19 @@ impl Own {
                 later.push((topic, entry.used));
             } else if !hub.has_subscribers(&topic) {
                 // With subscribers, the last one's leaving brings it back.
-                followed.remove(&topic);
+                followed.topics.remove(&topic);
                 gone.push(topic);
             }
         }
+        if !gone.is_empty() {
+            followed.version += 1;
+        }
+        let version = followed.version;
         drop(followed);
         for (topic, at) in later {
             self.idle_from(&topic, at);
         }
-        gone
+        (gone, version)
     }
 
     /// Marks `topic` as a candidate for the sweep from `at`.
@@ -292,7 +371,8 @@ impl Own {
         idle.insert(topic.clone(), at);
     }
 
-    fn followed(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Followed>> {
+    /// The set, locked.
+    fn followed(&self) -> std::sync::MutexGuard<'_, Followings> {
         self.followed.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -324,6 +404,7 @@ mod tests {
             first,
             last,
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            version: 1,
         }
     }
 
@@ -331,6 +412,7 @@ mod tests {
     fn a_peer_gets_every_message_until_its_whole_set_arrives_and_again_after_its_stream_broke() {
         let peers = Peers::default();
         let node = NodeId::random();
+        peers.stream_up(node);
         assert!(wants(&peers, node, "a"), "unknown: everything");
 
         peers.take_state(node, state(true, false, &["a"]));
@@ -339,6 +421,10 @@ mod tests {
         assert!(wants(&peers, node, "a") && wants(&peers, node, "c"));
         assert!(!wants(&peers, node, "b"), "known: only what it follows");
 
+        // A new stream came up before the old one was seen to end.
+        peers.stream_up(node);
+        peers.stream_down(node);
+        assert!(!wants(&peers, node, "b"), "still known");
         peers.stream_down(node);
         assert!(wants(&peers, node, "b"), "unknown again");
     }
@@ -353,6 +439,7 @@ mod tests {
             added: vec!["b".into(), "not a topic!".into()],
             removed: vec!["a".into()],
             ask: 0,
+            version: 2,
         };
         assert_eq!(peers.take_delta(one, &delta), [topic("b")]);
         assert!(wants(&peers, one, "b") && !wants(&peers, one, "a"));
@@ -360,6 +447,34 @@ mod tests {
 
         peers.take_state(one, state(true, true, &["c"]));
         assert!(wants(&peers, one, "c") && !wants(&peers, one, "b"));
+    }
+
+    #[test]
+    fn a_delta_written_before_the_whole_set_it_arrives_behind_changes_nothing() {
+        let peers = Peers::default();
+        let node = NodeId::random();
+        // The set at version 5 holds "x"; the removal of "x" at version 4
+        // was still queued when the set was written ahead of it.
+        peers.take_state(
+            node,
+            InterestState {
+                version: 5,
+                ..state(true, true, &["x"])
+            },
+        );
+        let stale = InterestDelta {
+            removed: vec!["x".into()],
+            version: 4,
+            ..InterestDelta::default()
+        };
+        peers.take_delta(node, &stale);
+        assert!(wants(&peers, node, "x"), "the older removal is ignored");
+        let newer = InterestDelta {
+            version: 6,
+            ..stale
+        };
+        peers.take_delta(node, &newer);
+        assert!(!wants(&peers, node, "x"));
     }
 
     #[test]
@@ -378,11 +493,9 @@ mod tests {
         member.subscribe(busy.clone()).expect("under limit");
 
         let start = Instant::now();
-        assert!(own.sweep(&hub, start).is_empty(), "used just now");
-        assert_eq!(
-            own.sweep(&hub, start + LINGER),
-            std::slice::from_ref(&quiet)
-        );
+        assert!(own.sweep(&hub, start).0.is_empty(), "used just now");
+        let (gone, _) = own.sweep(&hub, start + LINGER);
+        assert_eq!(gone, std::slice::from_ref(&quiet));
         assert!(
             matches!(own.follow(&busy), Follow::Ready),
             "has a subscriber"
@@ -391,5 +504,20 @@ mod tests {
             matches!(own.follow(&quiet), Follow::Start(_)),
             "followed anew"
         );
+    }
+
+    #[test]
+    fn a_round_dropped_unfinished_lets_waiters_go_and_the_next_use_asks_again() {
+        let own = Own::default();
+        let room = topic("room");
+        let Follow::Start(round) = own.follow(&room) else {
+            panic!("a new topic starts a round");
+        };
+        let Follow::Wait(waiter) = own.follow(&room) else {
+            panic!("a second use waits for the round");
+        };
+        drop(round);
+        assert!(*waiter.borrow(), "the waiter is let go");
+        assert!(matches!(own.follow(&room), Follow::Start(_)), "asked again");
     }
 }

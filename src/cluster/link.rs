@@ -53,8 +53,8 @@ pub enum Item {
     /// A draft for the peer to number (or forward on), forwarded `hops`
     /// times before.
     Forward(Draft, u32),
-    /// A frame of the cluster's own: a handover, a sync request or one
-    /// topic of a sync's answer.
+    /// A frame of the cluster's own: a handover, a topic's history, a
+    /// sync's answer, presence and interest changes, an interest ack.
     Control(peer_frame::Kind),
 }
 

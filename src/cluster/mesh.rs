@@ -60,6 +60,7 @@ pub const MAX_HOPS: u32 = 2;
 /// How long a forwarded draft that has used its hops waits, and how many
 /// times, for this pod's view of who numbers its topic to settle.
 const SETTLE_WAIT: Duration = Duration::from_millis(20);
+/// See [`SETTLE_WAIT`].
 const SETTLE_TRIES: u32 = 10;
 
 /// Most topics one handover frame carries.
@@ -73,11 +74,12 @@ pub const SNAPSHOT_BYTES: usize = 1 << 20;
 /// and for room in that stream's queue.
 const SYNC_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Longest a subscribe or read waits for the live peers to acknowledge
-/// that this pod follows its topic; past it, it is answered from what this
-/// pod holds (a peer that did not answer has a full queue or a broken
-/// stream: messages for this pod are being lost there anyway, and told as
-/// a `gap`).
+/// Longest a round of asking the connected peers to send this pod a topic
+/// takes; past it, the subscribe or read is answered from what this pod
+/// holds, and the next one asks again. A peer that did not answer in time
+/// has a broken stream (its messages for this pod are lost, and told as a
+/// `gap`) or a queue from this pod that stayed full (see
+/// docs/continuity.md).
 const FOLLOW_PATIENCE: Duration = Duration::from_secs(2);
 
 /// How often topics left alone are let go.
@@ -91,6 +93,7 @@ struct Ask {
     snapshots: Vec<(NodeId, Snapshot)>,
     /// A peer asked will not answer.
     unheard: bool,
+    /// Woken when the last peer answered.
     done: Arc<tokio::sync::Notify>,
 }
 
@@ -184,6 +187,7 @@ struct Inner {
     own: Arc<interest::Own>,
     /// Deltas this pod waits to hear acknowledged, by number.
     asks: Mutex<HashMap<u64, Ask>>,
+    /// The last number given to a delta that asks.
     next_ask: AtomicU64,
     /// This pod is queueing its handover: forwards wait in `held`.
     handing: AtomicBool,
@@ -278,6 +282,7 @@ impl Mesh {
     /// its presence entries are live again.
     pub fn stream_up(&self, from: NodeId, address: &str) {
         self.inner.presence.peer_up(from, address);
+        self.inner.interest.stream_up(from);
     }
 
     /// A stream from peer `from` ended: its presence entries last for the
@@ -440,7 +445,7 @@ impl Mesh {
         if successors.is_empty() {
             return;
         }
-        // Drafts for the topics handed on wait until the handover is queued
+        // Every draft this pod forwards waits until the handover is queued
         // (see `release_held`).
         *inner.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
         inner.handing.store(true, Ordering::Release);
@@ -746,8 +751,8 @@ impl Mesh {
         true
     }
 
-    /// Sends the pod `to` what this pod keeps of every topic, on the
-    /// stream to it, then the end of the answer.
+    /// Sends the pod `to` every topic's head and sequencer, on the stream
+    /// to it, then the end of the answer.
     async fn answer_sync(self, to: NodeId) {
         let deadline = Instant::now() + SYNC_PATIENCE;
         let link = loop {
@@ -770,16 +775,10 @@ impl Mesh {
         // Where each topic stands and who numbers it: a pod that just
         // started follows nothing yet, and reads a topic's messages from
         // its sequencer when it starts following it.
-        let snapshots = self.inner.local.history().snapshot(0);
-        let topics = snapshots.len();
-        for snapshot in snapshots {
-            let frame = snapshot_frame(
-                &snapshot.topic,
-                snapshot.head,
-                snapshot.sequencer,
-                &[],
-                link.address(),
-            );
+        let topics = self.inner.local.history().sequencers();
+        let count = topics.len();
+        for (topic, head, sequencer) in topics {
+            let frame = snapshot_frame(&topic, head, sequencer, &[], link.address());
             let kind = peer_frame::Kind::Snapshot(frame);
             if !link.send_control(kind, SYNC_PATIENCE).await {
                 return;
@@ -790,7 +789,7 @@ impl Mesh {
             ..Snapshot::default()
         });
         if link.send_control(done, SYNC_PATIENCE).await {
-            tracing::info!(peer = %to, topics, "sent what this pod keeps to a pod that just started");
+            tracing::info!(peer = %to, topics = count, "sent every topic's head and sequencer to a pod that just started");
         }
     }
 
@@ -867,17 +866,24 @@ impl Mesh {
     /// whoever numbers the topic sends it here, and this pod's log of it is
     /// brought up to the freshest one they keep. Returns at once when the
     /// topic is followed already.
+    ///
+    /// The round runs on its own task, so a request that goes away
+    /// meanwhile (its user closed) does not cut it short.
     async fn follow_topic(&self, topic: &Topic) {
-        match self.inner.own.follow(topic) {
-            Follow::Ready => {}
-            Follow::Wait(mut ready) => {
-                let _ = tokio::time::timeout(FOLLOW_PATIENCE, ready.wait_for(|r| *r)).await;
-            }
+        let mut ready = match self.inner.own.follow(topic) {
+            Follow::Ready => return,
+            Follow::Wait(ready) => ready,
             Follow::Start(round) => {
-                let complete = self.ask_to_follow(topic).await;
-                self.inner.own.finish(topic, round, complete);
+                let ready = round.waiter();
+                let (mesh, topic) = (self.clone(), topic.clone());
+                self.inner.tracker.spawn(async move {
+                    let complete = mesh.ask_to_follow(&topic, round.version()).await;
+                    mesh.inner.own.finish(&topic, round, complete);
+                });
+                ready
             }
-        }
+        };
+        let _ = tokio::time::timeout(2 * FOLLOW_PATIENCE, ready.wait_for(|r| *r)).await;
     }
 
     /// Tells every connected peer that this pod follows `topic`, waits for
@@ -885,8 +891,9 @@ impl Mesh {
     /// what they sent. Returns whether every peer this pod knows of
     /// answered (else the next subscribe or read asks again: a peer not
     /// reached yet may hold what this pod lacks).
-    async fn ask_to_follow(&self, topic: &Topic) -> bool {
+    async fn ask_to_follow(&self, topic: &Topic, version: u64) -> bool {
         let inner = &self.inner;
+        let deadline = Instant::now() + FOLLOW_PATIENCE;
         let ask = inner.next_ask.fetch_add(1, Ordering::Relaxed) + 1;
         let known = inner.links.load();
         let links: Vec<Arc<Link>> = known
@@ -910,18 +917,17 @@ impl Mesh {
             added: vec![topic.to_string()],
             removed: Vec::new(),
             ask,
+            version,
         });
         for link in &links {
-            if !link.offer_control(delta.clone())
-                && !link.send_control(delta.clone(), FOLLOW_PATIENCE).await
-            {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !link.offer_control(delta.clone()) && !link.send_control(delta.clone(), left).await {
                 link.resend_interest();
                 if let (Some(node), Some(ask)) = (link.node(), self.asks().get_mut(&ask)) {
                     ask.unheard(node);
                 }
             }
         }
-        let deadline = Instant::now() + FOLLOW_PATIENCE;
         loop {
             let answered = {
                 let mut asks = self.asks();
@@ -976,7 +982,7 @@ impl Mesh {
         let newer = numbers
             || local
                 .history()
-                .read(topic, |log| log.newest(usize::MAX).last().map(|m| m.id()))
+                .read(topic, |log| log.last(1).first().map(|m| m.id()))
                 .flatten()
                 .is_none_or(|mine| kept.last().is_some_and(|m| m.id() > mine));
         if !newer {
@@ -1047,7 +1053,7 @@ impl Mesh {
     /// Stops following topics left alone, and tells every peer.
     fn unfollow_idle(&self) {
         let inner = &self.inner;
-        let gone = inner.own.sweep(inner.local.hub(), Instant::now());
+        let (gone, version) = inner.own.sweep(inner.local.hub(), Instant::now());
         if gone.is_empty() {
             return;
         }
@@ -1056,6 +1062,7 @@ impl Mesh {
             added: Vec::new(),
             removed: gone.iter().map(Topic::to_string).collect(),
             ask: 0,
+            version,
         });
         for link in inner.links.load().iter() {
             if !link.is_self() && !link.offer_control(delta.clone()) {
@@ -1067,11 +1074,13 @@ impl Mesh {
     /// The live peer rendezvous hashing ranks first for `topic`, this pod
     /// aside: the one that keeps a copy of every message of a topic this
     /// pod numbers, and takes it over if this pod goes.
-    fn backup_of(links: &[Arc<Link>], topic: &Topic) -> Option<NodeId> {
+    fn backup_of(&self, links: &[Arc<Link>], topic: &Topic) -> Option<NodeId> {
+        let left = self.inner.left.lock().unwrap_or_else(|p| p.into_inner());
         links
             .iter()
             .filter(|l| l.is_connected())
             .filter_map(|l| l.node())
+            .filter(|node| !left.contains(node))
             .max_by_key(|node| rank(topic, *node))
     }
 
@@ -1099,6 +1108,7 @@ impl Mesh {
         Some((topic, Position::at(epoch, head.offset), sequencer, kept))
     }
 
+    /// The deltas waiting for answers, locked.
     fn asks(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Ask>> {
         self.inner.asks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1232,12 +1242,18 @@ impl Relay for Mesh {
         }
         let topic = message.topic();
         let origin = message.origin();
-        let backup = Self::backup_of(&links, topic);
+        // Worked out only if some peer would not get the message.
+        let mut backup = None;
         let skipped = inner.interest.route(topic, |wants| {
             let mut skipped = 0;
             for link in links.iter() {
                 match link.node() {
-                    Some(node) if node != origin && Some(node) != backup && !wants(node) => {
+                    Some(node)
+                        if node != origin
+                            && !wants(node)
+                            && *backup.get_or_insert_with(|| self.backup_of(&links, topic))
+                                != Some(node) =>
+                    {
                         skipped += 1;
                     }
                     _ => link.offer(message),

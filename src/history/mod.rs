@@ -94,19 +94,6 @@ impl HistoryStats {
     }
 }
 
-/// One topic as this pod keeps it, for a pod that just started.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The topic.
-    pub topic: Topic,
-    /// Its head.
-    pub head: crate::message::Position,
-    /// Its sequencer.
-    pub sequencer: crate::message::NodeId,
-    /// The newest kept messages, oldest first, ending at the head.
-    pub kept: Vec<Arc<Message>>,
-}
-
 /// A handle to this pod's history. Clones share it.
 #[derive(Clone)]
 pub struct History {
@@ -306,25 +293,16 @@ impl History {
         heads
     }
 
-    /// Every topic's head, sequencer and newest kept messages (up to
-    /// `max_bytes` of them per topic): what a pod that just started is
-    /// sent.
-    pub fn snapshot(&self, max_bytes: usize) -> Vec<Snapshot> {
+    /// Every topic's head and sequencer, where both are known: what a pod
+    /// that just started is sent.
+    pub fn sequencers(&self) -> Vec<(Topic, crate::message::Position, crate::message::NodeId)> {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (topic, log) in &shard.logs {
-                let (Some(sequencer), Some(_)) = (log.sequencer(), log.head().epoch) else {
-                    continue;
-                };
-                let kept = log.newest(max_bytes);
-                out.push(Snapshot {
-                    topic: topic.clone(),
-                    head: log.head(),
-                    sequencer,
-                    kept,
-                });
-            }
+            out.extend(shard.logs.iter().filter_map(|(topic, log)| {
+                log.head().epoch?;
+                Some((topic.clone(), log.head(), log.sequencer()?))
+            }));
         }
         out
     }
