@@ -10,9 +10,10 @@ and runs three load shapes with herald-bench, publishing on the first pod:
 - (c) `user topics`: 10,000 users, one `user:`-like topic each, spread over
   every pod, messages round robin over the topics.
 
-Each shape runs once unmeasured first, on the same pods: it creates the
-topics (a topic's first message goes to every pod, so that every pod knows
-who numbers it) and the users' interest. Every pod count runs under each
+Each shape runs once unmeasured first, on the same pods and topics: it
+creates the topics (a topic's first message goes to every pod, so that
+every pod knows who numbers it; in (c) each topic gets about one message a
+run, so without it every message measured would be a first one). Every pod count runs under each
 `--routing` (`--peer-routing interest`, the default, and `all`, every
 message to every pod), in one sitting.
 
@@ -70,14 +71,16 @@ def shapes(ips, quick):
     duration = "3s" if quick else "5s"
     users = 1000 if quick else 10000
     common = ["--connect-rate=2000", "--payload-bytes=128", f"--duration={duration}"]
+    # The same topics in the warm-up and the measured runs of a shape.
+    prefix = lambda shape: f"--topic-prefix=scale.{shape}"
     grpc = f"--grpc=http://{ips[0]}:{harness.GRPC_PORT}"
     return [
         ("(a) everywhere", [ws(ips), grpc],
-         ["--users=100", "--topics=shared", "--rate=500", *common]),
+         ["--users=100", "--topics=shared", "--rate=500", *common, prefix("a")]),
         ("(b) one pod", [ws(ips[-1:]), grpc],
-         ["--users=100", "--topics=shared", "--rate=500", *common]),
+         ["--users=100", "--topics=shared", "--rate=500", *common, prefix("b")]),
         ("(c) user topics", [ws(ips), grpc],
-         [f"--users={users}", "--topics=per-user", "--rate=2000", *common]),
+         [f"--users={users}", "--topics=per-user", "--rate=2000", *common, prefix("c")]),
     ]
 
 

@@ -96,6 +96,12 @@ pub struct Args {
     /// never run out of ephemeral ports; 0 lets the kernel choose.
     #[arg(long, default_value_t = 8)]
     pub source_ips: u8,
+    /// The prefix of the topics' names. Random by default, so that runs
+    /// never share topics; a fixed one lets a warm-up run create the topics
+    /// that a measured run then publishes to (a topic's first message
+    /// costs more than the others on a mesh of many pods).
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
     /// A label for this run, copied into the report.
     #[arg(long, default_value = "")]
     pub label: String,

@@ -93,7 +93,10 @@ async fn run(args: Args, publishing: tokio::runtime::Handle) -> anyhow::Result<R
     let plan = args.plan()?;
     let targets = resolve(&args.ws).await?;
     let shared = Arc::new(Shared::new(args.users));
-    let run_id = format!("bench.{:08x}", rand::random::<u32>());
+    let run_id = args
+        .topic_prefix
+        .clone()
+        .unwrap_or_else(|| format!("bench.{:08x}", rand::random::<u32>()));
     let stride = match args.topics {
         Topics::Shared => 1,
         Topics::PerUser => args.users as u64,
