@@ -214,3 +214,40 @@ async fn a_topic_whose_sequencer_died_with_its_only_subscribers_is_recovered_fro
         }
     }
 }
+
+#[tokio::test]
+async fn users_subscribing_to_their_own_topics_all_at_once_on_one_pod_each_get_the_next_message() {
+    const USERS: usize = 200;
+    let pods = cluster(3, &["--max-connection-rate-per-ip=0"]).await;
+    let topics: Vec<String> = (0..USERS).map(|n| format!("user:{n}")).collect();
+    // Each topic exists (its first message went to every pod) and nobody
+    // follows it.
+    for topic in &topics {
+        pods[0].publish(topic, "\"first\"").await;
+    }
+    // Every user subscribes at once: the rounds that make pod 1 follow the
+    // topics run side by side and their deltas reach the peers in any
+    // order.
+    let subscribing = topics.iter().map(|topic| {
+        let (url, topic) = (pods[1].ws_url(), topic.clone());
+        tokio::spawn(async move {
+            let mut user = User::connect(&url).await;
+            user.subscribe(&topic).await;
+            (user, topic)
+        })
+    });
+    let mut users = Vec::new();
+    for joined in subscribing.collect::<Vec<_>>() {
+        users.push(joined.await.expect("subscribes"));
+    }
+    for topic in &topics {
+        pods[2].publish(topic, "\"second\"").await;
+    }
+    for (user, topic) in &mut users {
+        assert_eq!(
+            user.message_past_gaps(topic).await,
+            json!("second"),
+            "{topic}"
+        );
+    }
+}

@@ -53,10 +53,10 @@ pub struct Peers {
 /// The sets, by peer and by topic.
 #[derive(Debug, Default)]
 struct PeersInner {
-    /// Peers whose whole set arrived on their current stream, and the set.
-    known: HashMap<NodeId, HashSet<Topic>>,
-    /// The version of each known peer's set: a delta no newer was written
-    /// before the set this pod holds, and is ignored.
+    /// Peers whose whole set arrived on their current stream, and the set:
+    /// each topic with the version of the change that added it.
+    known: HashMap<NodeId, HashMap<Topic, u64>>,
+    /// The version of each known peer's whole set.
     versions: HashMap<NodeId, u64>,
     /// Parts of a whole set still arriving.
     partial: HashMap<NodeId, HashSet<Topic>>,
@@ -68,22 +68,29 @@ struct PeersInner {
 }
 
 impl PeersInner {
-    /// Adds `topic` to known peer `node`'s set.
-    fn add(&mut self, node: NodeId, topic: Topic) {
+    /// Adds `topic` to known peer `node`'s set, by the change `version`.
+    fn add(&mut self, node: NodeId, topic: Topic, version: u64) {
         let Some(set) = self.known.get_mut(&node) else {
             return;
         };
-        if set.insert(topic.clone()) {
+        if set.insert(topic.clone(), version).is_none() {
             self.followers.entry(topic).or_default().push(node);
         }
     }
 
-    /// Removes `topic` from known peer `node`'s set.
-    fn remove(&mut self, node: NodeId, topic: &Topic) {
+    /// Removes `topic` from known peer `node`'s set by the change
+    /// `version`, unless it is older than the whole set or than the change
+    /// that added the topic (changes are queued by concurrent tasks, and a
+    /// whole set is written ahead of the changes still queued).
+    fn remove(&mut self, node: NodeId, topic: &Topic, version: u64) {
+        let whole = self.versions.get(&node).copied().unwrap_or(u64::MAX);
         let Some(set) = self.known.get_mut(&node) else {
             return;
         };
-        if set.remove(topic)
+        if version < whole || set.get(topic).is_none_or(|added| version <= *added) {
+            return;
+        }
+        if set.remove(topic).is_some()
             && let Some(nodes) = self.followers.get_mut(topic)
         {
             nodes.retain(|n| *n != node);
@@ -97,7 +104,7 @@ impl PeersInner {
     fn forget(&mut self, node: NodeId) {
         self.partial.remove(&node);
         self.versions.remove(&node);
-        for topic in self.known.remove(&node).unwrap_or_default() {
+        for topic in self.known.remove(&node).unwrap_or_default().into_keys() {
             if let Some(nodes) = self.followers.get_mut(&topic) {
                 nodes.retain(|n| *n != node);
                 if nodes.is_empty() {
@@ -133,31 +140,28 @@ impl Peers {
         }
         let whole = inner.partial.remove(&from).unwrap_or_default();
         inner.forget(from);
-        inner.known.insert(from, HashSet::new());
+        inner.known.insert(from, HashMap::new());
         inner.versions.insert(from, state.version);
         for topic in whole {
-            inner.add(from, topic);
+            inner.add(from, topic, state.version);
         }
     }
 
-    /// `from`'s delta, if newer than what this pod holds of its set (a
-    /// delta is ignored while the set is unknown: the whole set that makes
-    /// it known comes first on the stream, and holds every change older
-    /// than itself). Returns the topics it adds, applied or not.
+    /// `from`'s delta (ignored while its set is unknown: the whole set
+    /// that makes it known comes first on the stream). An addition always
+    /// applies (at worst the peer gets a topic it no longer follows until
+    /// the removal behind it arrives); a removal only if no newer change
+    /// added the topic. Returns the topics it adds.
     pub fn take_delta(&self, from: NodeId, delta: &InterestDelta) -> Vec<Topic> {
         let added: Vec<Topic> = delta.added.iter().filter_map(|t| topic(t)).collect();
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        match inner.versions.get_mut(&from) {
-            Some(version) if *version < delta.version => *version = delta.version,
-            _ => return added,
-        }
         for name in &delta.removed {
             if let Some(topic) = topic(name) {
-                inner.remove(from, &topic);
+                inner.remove(from, &topic, delta.version);
             }
         }
         for topic in &added {
-            inner.add(from, topic.clone());
+            inner.add(from, topic.clone(), delta.version);
         }
         added
     }
@@ -447,6 +451,31 @@ mod tests {
 
         peers.take_state(one, state(true, true, &["c"]));
         assert!(wants(&peers, one, "c") && !wants(&peers, one, "b"));
+    }
+
+    #[test]
+    fn additions_queued_out_of_order_by_concurrent_rounds_all_apply() {
+        let peers = Peers::default();
+        let node = NodeId::random();
+        peers.take_state(node, state(true, true, &[]));
+        for (name, version) in [("y", 8), ("x", 7)] {
+            let delta = InterestDelta {
+                added: vec![name.into()],
+                ask: version,
+                version,
+                ..InterestDelta::default()
+            };
+            peers.take_delta(node, &delta);
+        }
+        assert!(wants(&peers, node, "x") && wants(&peers, node, "y"));
+        // A removal older than the addition it arrives behind is ignored.
+        let stale = InterestDelta {
+            removed: vec!["x".into()],
+            version: 6,
+            ..InterestDelta::default()
+        };
+        peers.take_delta(node, &stale);
+        assert!(wants(&peers, node, "x"));
     }
 
     #[test]
