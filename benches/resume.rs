@@ -13,7 +13,8 @@
 //! received a message published after its resume; the other users' p99
 //! latency meanwhile.
 //!
-//! The resume storm (`storm`): 5,000 users on one pod, which is SIGKILLed;
+//! The resume storm (`storm`): 5,000 users (`HERALD_STORM_USERS`) on one
+//! pod, which is SIGKILLed;
 //! 100 messages are published to their topic while they are away, then
 //! they all reconnect at once to the two survivors and resume with `since`.
 //! Reported: how long until every one has its 100 messages (recovered and
@@ -575,8 +576,9 @@ async fn run(broadcast: Broadcast) {
     );
 }
 
-/// Users of the storm's killed pod, the messages each recovers, and the
-/// users on the survivors who watch their latency meanwhile.
+/// Users of the storm's killed pod (by default; `HERALD_STORM_USERS`
+/// sets another count), the messages each recovers, and the users on the
+/// survivors who watch their latency meanwhile.
 const STORM_USERS: usize = 5_000;
 const STORM_BACKLOG: u64 = 100;
 const STORM_OTHERS: usize = 1_000;
@@ -584,6 +586,23 @@ const STORM_TOPIC: &str = "bench:storm";
 const OTHER_TOPIC: &str = "bench:others";
 /// The others' topic's publish rate during the storm.
 const OTHER_RATE: u64 = 50;
+
+/// A WebSocket to `url`. Thousands dialling at once overflow a listen
+/// backlog now and then: a user tries again (20 times, 100 ms apart)
+/// rather than leaving the bench waiting for it.
+async fn dial(
+    url: &str,
+) -> Option<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    for _ in 0..20 {
+        if let Ok((socket, _)) = tokio_tungstenite::connect_async(url).await {
+            return Some(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
 
 /// A storm user: subscribes on pod 1, holds its position when the pod
 /// dies, waits for `go`, then resumes on a survivor; returns when it holds
@@ -595,7 +614,7 @@ async fn storm_user(
     mut go: watch::Receiver<bool>,
 ) -> Option<(bool, u64)> {
     let url = format!("ws://{}:{HTTP}/ws", IPS[0]);
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.ok()?;
+    let mut socket = dial(&url).await?;
     let request = json!({"op": "subscribe", "topic": STORM_TOPIC, "ref": "s"});
     socket.send(Message::text(request.to_string())).await.ok()?;
     let mut held = None;
@@ -607,13 +626,13 @@ async fn storm_user(
             let _ = subscribed.send(()).await;
         }
     }
-    // The pod is gone: wait for everyone's signal, then all at once.
+    // The pod is gone (its socket is let go: a storm near the open-file
+    // limit needs the room): wait for everyone's signal, then all at once.
+    drop(socket);
     let (epoch, offset) = held?;
     let _ = go.wait_for(|go| *go).await;
     let survivor = IPS[1 + n % 2];
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{survivor}:{HTTP}/ws"))
-        .await
-        .ok()?;
+    let mut socket = dial(&format!("ws://{survivor}:{HTTP}/ws")).await?;
     let request = json!({"op": "subscribe", "topic": STORM_TOPIC, "ref": "s",
         "since": {"epoch": epoch, "offset": offset}});
     socket.send(Message::text(request.to_string())).await.ok()?;
@@ -706,7 +725,16 @@ fn p99_ms(latencies: impl Iterator<Item = u64>) -> (f64, usize) {
     (percentile(&sorted, 0.99), sorted.len())
 }
 
+/// How many users the storm's killed pod holds.
+fn storm_users() -> usize {
+    std::env::var("HERALD_STORM_USERS")
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(STORM_USERS)
+}
+
 async fn storm(broadcast: Broadcast) {
+    let storm_users = storm_users();
     // The survivors first: one of them numbers the storm's topic from its
     // first message on (the sequencer sticks to the pod that numbered the
     // last message), so killing pod 1 does not start a new epoch.
@@ -724,11 +752,11 @@ async fn storm(broadcast: Broadcast) {
         .map(|n| tokio::spawn(other_user(n, done.clone())))
         .collect();
     let (go_tx, go) = watch::channel(false);
-    let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::channel(STORM_USERS);
-    let users: Vec<_> = (0..STORM_USERS)
+    let (subscribed_tx, mut subscribed) = tokio::sync::mpsc::channel(storm_users);
+    let users: Vec<_> = (0..storm_users)
         .map(|n| tokio::spawn(storm_user(n, subscribed_tx.clone(), go.clone())))
         .collect();
-    for _ in 0..STORM_USERS {
+    for _ in 0..storm_users {
         subscribed
             .recv()
             .await
@@ -799,7 +827,7 @@ async fn storm(broadcast: Broadcast) {
             .map(|(_, l)| l),
     );
     println!(
-        "# Resume storm: {STORM_USERS} users of a SIGKILLed pod resume {STORM_BACKLOG} messages each at once\n"
+        "# Resume storm: {storm_users} users of a SIGKILLed pod resume {STORM_BACKLOG} messages each at once\n"
     );
     println!(
         "- Machine: {} CPUs; loopback; pods are release builds as processes; the users and the publishers share the cores.",
@@ -816,7 +844,7 @@ async fn storm(broadcast: Broadcast) {
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| resumes recovered (of {STORM_USERS}) | {recovered} ({} completed) |",
+        "| resumes recovered (of {storm_users}) | {recovered} ({} completed) |",
         ends.len()
     );
     println!(
