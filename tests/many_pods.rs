@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{Ports, Process};
+use common::process::{Ports, Process, wait_whole};
 use common::user::User;
 use serde_json::json;
 
@@ -28,21 +28,6 @@ fn spawn(ip: &str, ports: Ports) -> Process {
         format!("--peers={}", peers.join(",")),
     ];
     Process::spawn(ip, ports, &flags, &[])
-}
-
-/// Waits until every pod streams to every other.
-async fn wait_whole(pods: &[Process]) {
-    for pod in pods {
-        pod.wait_ready().await;
-    }
-    for pod in pods {
-        let others: Vec<String> = pods
-            .iter()
-            .filter(|p| p.ip != pod.ip)
-            .map(|p| format!("{}:{}", p.ip, p.ports.peer))
-            .collect();
-        pod.wait_connected(&others).await;
-    }
 }
 
 /// One user subscribed to `topic` on each pod.

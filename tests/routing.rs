@@ -11,7 +11,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::process::{Ports, Process, http_get, sample, spawn_ready};
+use common::backend::Backend;
+use common::process::{Ports, Process, http_get, sample, spawn_ready, wait_whole};
 use common::user::User;
 use herald::cluster::mesh::first_ranked;
 use herald::message::NodeId;
@@ -25,25 +26,11 @@ async fn cluster(count: usize, extra: &[&str]) -> Vec<Process> {
     let ips: Vec<String> = (1..=count).map(|i| format!("127.0.0.{i}")).collect();
     let refs: Vec<&str> = ips.iter().map(String::as_str).collect();
     let ports = Ports::free_on(&refs);
-    let peers: Vec<String> = refs
-        .iter()
-        .map(|ip| format!("{ip}:{}", ports.peer))
-        .collect();
-    let mut flags = vec![
-        "--discovery=static".to_owned(),
-        format!("--peers={}", peers.join(",")),
-        "--peer-ready-timeout=5s".to_owned(),
-    ];
+    let mut flags = Backend::mesh().flags(&refs, ports);
+    flags.push("--peer-ready-timeout=5s".to_owned());
     flags.extend(extra.iter().map(|f| (*f).to_owned()));
     let pods = spawn_ready(&refs, ports, &flags).await;
-    for pod in &pods {
-        let others: Vec<String> = peers
-            .iter()
-            .filter(|p| !p.starts_with(&format!("{}:", pod.ip)))
-            .cloned()
-            .collect();
-        pod.wait_connected(&others).await;
-    }
+    wait_whole(&pods).await;
     pods
 }
 

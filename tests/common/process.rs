@@ -195,6 +195,21 @@ impl Process {
     }
 }
 
+/// Waits until every pod of a mesh is ready and streams to every other.
+pub async fn wait_whole(pods: &[Process]) {
+    for pod in pods {
+        pod.wait_ready().await;
+    }
+    for pod in pods {
+        let others: Vec<String> = pods
+            .iter()
+            .filter(|p| p.ip != pod.ip)
+            .map(|p| format!("{}:{}", p.ip, p.ports.peer))
+            .collect();
+        pod.wait_connected(&others).await;
+    }
+}
+
 /// One pod per address of `ips`, sharing `ports` and `flags`, each waited
 /// for until ready.
 pub async fn spawn_ready(ips: &[&str], ports: Ports, flags: &[String]) -> Vec<Process> {
