@@ -195,8 +195,8 @@ async fn serve_wire<IO: PeerIo>(mut stream: IO, mesh: Mesh, shutdown: Cancellati
     }
     mesh.heard_from(&theirs.address);
     let _up = StreamUp::new(&mesh, from, &theirs.address);
-    // A snapshot (one topic's newest history, for a pod that just started)
-    // is the largest frame a peer sends.
+    // A snapshot (one topic's newest history, in an interest ack or behind a
+    // handover) is the largest frame a peer sends.
     let max = settings.max_message_bytes + MAX_ENVELOPE_OVERHEAD + 2 * SNAPSHOT_BYTES;
     let mut frames = Vec::new();
     loop {

@@ -66,8 +66,9 @@ const SETTLE_TRIES: u32 = 10;
 /// Most topics one handover frame carries.
 const HEADS_PER_FRAME: usize = 1_000;
 
-/// Most bytes of one topic's newest messages sent to a pod that just
-/// started (the rest stays on the pods that have it).
+/// Most bytes of one topic's newest messages sent to a pod that starts
+/// following it, or to its successor on a drain (the rest stays on the
+/// pods that have it).
 pub const SNAPSHOT_BYTES: usize = 1 << 20;
 
 /// How long a pod answering a sync waits for its stream to the asking pod,
@@ -995,7 +996,7 @@ impl Mesh {
     }
 
     /// A peer's delta; one that asks is answered on the stream to it,
-    /// under each added topic's lock, after every message of it queued
+    /// under the added topic's lock, after every message of it queued
     /// there before and with what this pod keeps of it when it numbers
     /// the topic or is its copy.
     fn take_interest(&self, from: NodeId, delta: &InterestDelta) {
@@ -1019,19 +1020,15 @@ impl Mesh {
             ask: delta.ask,
             snapshots: Vec::new(),
         };
-        let Some((last, rest)) = added.split_last() else {
+        // An ask adds one topic (the ack must fit in one frame); one that
+        // adds more is acknowledged without history.
+        let [topic] = added.as_slice() else {
             link.offer_control(peer_frame::Kind::InterestAck(ack));
             return;
         };
-        for topic in rest {
-            inner.local.history().with(topic, |entry| {
-                ack.snapshots
-                    .extend(copy_for(entry.log(), topic, me, &live, link.address()));
-            });
-        }
-        inner.local.history().with(last, |entry| {
+        inner.local.history().with(topic, |entry| {
             ack.snapshots
-                .extend(copy_for(entry.log(), last, me, &live, link.address()));
+                .extend(copy_for(entry.log(), topic, me, &live, link.address()));
             if !link.offer_control(peer_frame::Kind::InterestAck(ack)) {
                 tracing::debug!(peer = %from, "no room to acknowledge a peer's interest");
             }
